@@ -1,0 +1,134 @@
+"""Many stacks in one go: resumable, atomic, and a failure in one stack never stops the others.
+
+Each finished stack leaves a ``<name>_fusion.json`` holding a fingerprint of its input files
+(names, sizes, modification times) and the settings; a re-run skips a stack whose fingerprint
+and settings are unchanged and whose outputs are all there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .errors import StackMFFError
+from .io import IMAGE_SUFFIXES, TIFF_SUFFIXES, list_slice_files, result_paths
+
+
+@dataclass(frozen=True)
+class StackJob:
+    """One stack to fuse: a name for its outputs and where its pixels are."""
+
+    name: str
+    source: Path
+
+    def input_files(self) -> list[Path]:
+        return list_slice_files(self.source, warn=False) if self.source.is_dir() else [self.source]
+
+
+@dataclass
+class BatchSummary:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def text(self) -> str:
+        lines = [f"{len(self.done)} fused, {len(self.skipped)} skipped (already done), {len(self.failed)} failed "
+                 f"in {self.seconds:.1f} s"]
+        lines += [f"  FAILED {name}: {err}" for name, err in self.failed]
+        return "\n".join(lines)
+
+
+def discover_stacks(root: str | Path) -> list[StackJob]:
+    """Stacks under ``root``: each sub-folder of slices (root/scene/1.png...) and each TIFF file."""
+    root = Path(root)
+    if not root.is_dir():
+        raise StackMFFError(f"{root}: not a folder; batch takes a folder of stacks (root/scene/1.png, or TIFFs).")
+    jobs = []
+    for p in sorted(root.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir() and any(q.suffix.lower() in IMAGE_SUFFIXES for q in p.iterdir()):
+            jobs.append(StackJob(p.name, p))
+        elif p.is_file() and p.suffix.lower() in TIFF_SUFFIXES:
+            jobs.append(StackJob(p.name.split(".")[0], p))
+    if not jobs:
+        raise StackMFFError(f"{root}: found no stacks (sub-folders of slices or TIFF files).")
+    return jobs
+
+
+def fingerprint(files: Iterable[Path], settings: dict[str, Any]) -> str:
+    """Changes when an input file is added, removed, rewritten, or the settings change."""
+    h = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def is_done(job: StackJob, outdir: Path, fp: str) -> bool:
+    info = result_paths(outdir, job.name)["info"]
+    if not info.exists():
+        return False
+    try:
+        meta = json.loads(info.read_text())
+    except (OSError, ValueError):
+        return False
+    if meta.get("fingerprint") != fp:
+        return False
+    return all((outdir / name).exists() for name in meta.get("outputs", {}).values())
+
+
+def fuse_job(job: StackJob, outdir: Path, settings: dict[str, Any], fp: str) -> dict[str, Path]:
+    """Fuse one stack and write its outputs (used by local and distributed runs alike)."""
+    from .fusion import fuse
+    from .io import load_stack, save_result
+
+    stack = load_stack(job.source)
+    result = fuse(stack, **settings)
+    return save_result(result, outdir, job.name, inputs=job.input_files(),
+                       extra_info={"fingerprint": fp, "source": str(job.source), "settings": settings})
+
+
+def run_batch(
+    jobs: list[StackJob],
+    outdir: str | Path,
+    *,
+    overwrite: bool = False,
+    on_progress: Callable[[StackJob, str], None] | None = None,
+    **settings: Any,
+) -> BatchSummary:
+    """Fuse every job in turn; report per-stack errors in the summary instead of raising."""
+    outdir = Path(outdir)
+    summary = BatchSummary()
+    t0 = time.perf_counter()
+    for job in jobs:
+        status = "done"
+        try:
+            fp = fingerprint(job.input_files(), settings)
+            if not overwrite and is_done(job, outdir, fp):
+                summary.skipped.append(job.name)
+                status = "skipped"
+            else:
+                fuse_job(job, outdir, settings, fp)
+                summary.done.append(job.name)
+        except StackMFFError as exc:
+            summary.failed.append((job.name, str(exc)))
+            status = "failed"
+        except Exception as exc:  # keep going; say what broke
+            summary.failed.append((job.name, f"unexpected {type(exc).__name__}: {exc} "
+                                             f"(at {traceback.extract_tb(exc.__traceback__)[-1].name})"))
+            status = "failed"
+        if on_progress is not None:
+            on_progress(job, status)
+    summary.seconds = time.perf_counter() - t0
+    return summary

@@ -1,0 +1,461 @@
+"""Reading focal stacks and writing fusion results.
+
+Readers turn a folder of numbered slices, a list of files, or a (multi-page, ImageJ, OME) TIFF
+into a :class:`FocalStack` with z positions when the metadata has them. Writers never leave a
+half-written file behind: everything goes to a temporary file in the target folder first, then
+is renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import warnings
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .errors import OutputError, StackError
+from .stack import FocalStack, as_focal_stack, check_finite
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .fusion import FusionResult
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+TIFF_SUFFIXES = {".tif", ".tiff"}
+_UNIT_ALIASES = {"micron": "um", "microns": "um", "µm": "um", "\\u00B5m": "um", "micrometer": "um", "nanometer": "nm"}
+
+PathLike = str | os.PathLike
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+# --------------------------------------------------------------------------------------- reading
+def natural_key(path: Path) -> list:
+    """Sort key that puts slice 2 before slice 10 (numbers compare as numbers)."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def list_slice_files(folder: PathLike, *, warn: bool = True) -> list[Path]:
+    """Image files of a slice folder in natural order; other files are ignored with a warning."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise StackError(f"{folder}: not a folder.")
+    files, ignored = [], []
+    for p in folder.iterdir():
+        if p.name.startswith("."):
+            continue
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            files.append(p)
+        else:
+            ignored.append(p.name)
+    if ignored and warn:
+        shown = ", ".join(sorted(ignored)[:5]) + (" ..." if len(ignored) > 5 else "")
+        warnings.warn(f"{folder}: ignoring {len(ignored)} non-image entr{'y' if len(ignored) == 1 else 'ies'}: {shown}",
+                      stacklevel=2)
+    return sorted(files, key=natural_key)
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """One 2-D image (gray or RGB[A]) as stored: uint8, uint16 or float, never rescaled."""
+    path = Path(path)
+    if not path.exists():
+        raise StackError(f"{path}: file not found.")
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+
+            img = tifffile.imread(path)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()
+                if im.mode == "P":
+                    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                elif im.mode in ("I", "I;16", "I;16B", "I;16L"):
+                    arr = np.asarray(im)
+                    return arr.astype(np.uint16) if arr.min() >= 0 and arr.max() <= 65535 else arr
+                elif im.mode in ("1", "LA", "CMYK", "YCbCr"):
+                    im = im.convert("L" if im.mode in ("1", "LA") else "RGB")
+                img = np.asarray(im)
+    except StackError:
+        raise
+    except Exception as exc:  # corrupt, truncated, unknown format
+        raise StackError(f"{path}: cannot read this image ({type(exc).__name__}: {exc}). Is the file complete?") from None
+    img = np.asarray(img)
+    if img.ndim == 3 and img.shape[0] in (3, 4) and img.shape[-1] not in (3, 4):
+        img = np.moveaxis(img, 0, -1)  # planar RGB TIFF
+    if img.ndim not in (2, 3):
+        raise StackError(f"{path}: expected one 2-D image per file, got an array of shape {img.shape}.")
+    return img
+
+
+def read_slices(paths: Sequence[PathLike], *, source: str | None = None) -> FocalStack:
+    """Stack a list of single-image files (in the given order) into a FocalStack."""
+    paths = [Path(p) for p in paths]
+    source = source or (str(paths[0].parent) if paths else None)
+    if len(paths) == 0:
+        raise StackError(f"{source}: no image files (png, jpg, bmp, tif) found.")
+    if len(paths) == 1:
+        raise StackError(f"{paths[0]}: a focal stack needs at least 2 slices, only one image was given.")
+    first = read_image(paths[0])
+    data = np.empty((len(paths), *first.shape), dtype=first.dtype)
+    data[0] = first
+    for i, p in enumerate(paths[1:], start=1):
+        img = read_image(p)
+        if img.shape != first.shape:
+            raise StackError(
+                f"{p}: slice shape {img.shape} differs from {paths[0].name} {first.shape}; "
+                "all slices of a stack must have the same size and channels."
+            )
+        if img.dtype != first.dtype:
+            raise StackError(
+                f"{p}: pixel type {img.dtype} differs from {paths[0].name} ({first.dtype}); "
+                "save all slices with the same bit depth."
+            )
+        data[i] = img
+    if data.dtype.kind == "f":
+        check_finite(data, source)
+    stack = as_focal_stack(data, source=source)
+    stack.metadata["files"] = [str(p) for p in paths]
+    return stack
+
+
+def _ome_physical(tif: Any) -> tuple[float | None, str | None, tuple[float, float] | None]:
+    """(z step, unit, (y, x) pixel size) from OME-XML, when present."""
+    try:
+        root = ET.fromstring(tif.ome_metadata)
+    except Exception:
+        return None, None, None
+    pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
+    if pixels is None:
+        return None, None, None
+    def num(key: str) -> float | None:
+        v = pixels.get(key)
+        return float(v) if v not in (None, "") else None
+    dz, dy, dx = num("PhysicalSizeZ"), num("PhysicalSizeY"), num("PhysicalSizeX")
+    unit = pixels.get("PhysicalSizeZUnit") or pixels.get("PhysicalSizeXUnit") or ("um" if (dz or dx) else None)
+    unit = _UNIT_ALIASES.get(unit, unit)
+    pixel = (dy, dx) if dy and dx else None
+    return dz, unit, pixel
+
+
+def _imagej_physical(tif: Any) -> tuple[float | None, str | None, tuple[float, float] | None]:
+    meta = tif.imagej_metadata or {}
+    dz = meta.get("spacing")
+    unit = meta.get("unit")
+    unit = _UNIT_ALIASES.get(unit, unit) if unit else None
+    pixel = None
+    try:
+        page = tif.pages[0]
+        xr, yr = page.tags["XResolution"].value, page.tags["YResolution"].value
+        px, py = xr[1] / xr[0], yr[1] / yr[0]
+        if px != 1.0 or py != 1.0:
+            pixel = (float(py), float(px))
+    except Exception:
+        pass
+    return (float(dz) if dz else None), unit, pixel
+
+
+def _canonical_axes(axes: str, shape: tuple[int, ...], path: Path) -> tuple[list[int], str, bool]:
+    """Map tifffile's axes letters onto our (T, Z, Y, X, C) order.
+
+    Returns the transpose order, the resulting axes string and whether C holds RGB samples.
+    """
+    axes = axes.upper()
+    letters = list(axes)
+    if "Z" not in letters:  # plain multi-page files label the page axis I, Q or T
+        for cand in ("I", "Q", "T"):
+            if cand in letters:
+                letters[letters.index(cand)] = "Z"
+                break
+    rgb = "S" in letters and shape[letters.index("S")] in (3, 4)
+    if "S" in letters and "C" not in letters:
+        letters[letters.index("S")] = "C"
+    keep = [a for a in "TZYXC" if a in letters]
+    extra = [i for i, a in enumerate(letters) if a not in keep]
+    for i in extra:
+        if shape[i] != 1:
+            raise StackError(f"{path}: axis {axes[i]!r} of size {shape[i]} is not supported (axes {axes}, shape {shape}).")
+    if "Z" not in keep or "Y" not in keep or "X" not in keep:
+        raise StackError(
+            f"{path}: holds a single image (axes {axes}, shape {shape}); a focal stack needs several "
+            "z-slices (a multi-page TIFF or a folder of slices)."
+        )
+    order = [letters.index(a) for a in keep] + extra
+    return order, "".join(keep), rgb
+
+
+def read_tiff_stack(path: PathLike) -> FocalStack:
+    """A multi-page, ImageJ-hyperstack or OME TIFF as a FocalStack (T and C kept)."""
+    import tifffile
+
+    path = Path(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes, shape = series.axes, tuple(series.shape)
+            data = series.asarray()
+            if tif.is_ome:
+                dz, unit, pixel = _ome_physical(tif)
+            elif tif.is_imagej:
+                dz, unit, pixel = _imagej_physical(tif)
+            else:
+                dz, unit, pixel = None, None, None
+    except StackError:
+        raise
+    except Exception as exc:
+        raise StackError(f"{path}: cannot read this TIFF ({type(exc).__name__}: {exc}). Is the file complete?") from None
+    order, canon, rgb = _canonical_axes(axes, shape, path)
+    data = np.transpose(data, order).reshape([data.shape[i] for i in order[: len(canon)]])
+    if data.dtype.kind == "f":
+        check_finite(data, str(path))
+    stack = as_focal_stack(data, axes=canon, z_step=dz, unit=unit, rgb=rgb, source=str(path))
+    stack.pixel_size = pixel
+    stack.metadata["files"] = [str(path)]
+    return stack
+
+
+def load_stack(
+    source: PathLike | Sequence[PathLike] | np.ndarray | FocalStack,
+    *,
+    z_step: float | None = None,
+    unit: str | None = None,
+) -> FocalStack:
+    """Load a focal stack from a folder of slices, a TIFF, a list of image files or an array.
+
+    Parameters
+    ----------
+    source
+        A folder of numbered slices (natural sort: 2 before 10), a multi-page/ImageJ/OME TIFF,
+        a list of single-image files (kept in the given order), an array or a FocalStack.
+    z_step, unit
+        Slice spacing to use when the files do not say (overrides nothing the metadata gives
+        unless the metadata has none).
+    """
+    if isinstance(source, FocalStack):
+        stack = source
+    elif isinstance(source, (list, tuple)):
+        if source and all(hasattr(s, "shape") for s in source):
+            stack = as_focal_stack(np.stack([np.asarray(s) for s in source]))
+        else:
+            stack = read_slices(source)
+    elif hasattr(source, "shape") and hasattr(source, "dtype"):
+        stack = as_focal_stack(source)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise StackError(f"{path}: no such file or folder.")
+        if path.is_dir():
+            files = list_slice_files(path)
+            if not files:
+                raise StackError(f"{path}: the folder has no image files (png, jpg, bmp, tif).")
+            if len(files) == 1 and files[0].suffix.lower() in TIFF_SUFFIXES:
+                stack = read_tiff_stack(files[0])
+            else:
+                stack = read_slices(files, source=str(path))
+        elif path.suffix.lower() in TIFF_SUFFIXES:
+            stack = read_tiff_stack(path)
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            raise StackError(
+                f"{path}: a single {path.suffix} image is not a focal stack. Pass the folder that holds "
+                "all the slices, or a multi-page TIFF."
+            )
+        else:
+            raise StackError(f"{path}: unsupported file type {path.suffix!r}; use a folder of slices or a TIFF.")
+    if stack.z_positions is None and z_step is not None:
+        stack.z_positions = np.arange(stack.n_slices, dtype=np.float64) * float(z_step)
+        stack.unit = unit or stack.unit
+    elif unit and not stack.unit:
+        stack.unit = unit
+    return stack
+
+
+def input_files(stack: FocalStack) -> list[Path]:
+    """Files a stack was read from (to refuse outputs that would overwrite them)."""
+    return [Path(p) for p in stack.metadata.get("files", [])]
+
+
+# --------------------------------------------------------------------------------------- writing
+def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` then rename onto ``path``, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + "".join(path.suffixes[-1:]), dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should be readable as usual
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def to_uint8_preview(img: np.ndarray, *, low: float = 0.1, high: float = 99.9) -> np.ndarray:
+    """8-bit version of an image for quick looks: uint8 as is, others stretched by percentiles."""
+    img = np.asarray(img)
+    if img.dtype == np.uint8:
+        return img
+    f = img.astype(np.float32)
+    lo, hi = np.percentile(f, [low, high])
+    if hi <= lo:
+        hi = lo + 1.0
+    return (np.clip((f - lo) / (hi - lo), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+# Viridis sampled at 9 points; linear interpolation between them is indistinguishable by eye.
+_VIRIDIS = np.array([
+    [68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141],
+    [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37]], dtype=np.float32)
+
+
+def colorize(values: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
+    """Map a float image to RGB uint8 with a perceptually uniform (viridis-like) colormap."""
+    t = np.clip((np.asarray(values, dtype=np.float32) - vmin) / max(vmax - vmin, 1e-12), 0, 1)
+    pos = t * (len(_VIRIDIS) - 1)
+    i0 = np.minimum(pos.astype(np.int32), len(_VIRIDIS) - 2)
+    w = (pos - i0)[..., None]
+    rgb = _VIRIDIS[i0] * (1 - w) + _VIRIDIS[i0 + 1] * w
+    return (rgb + 0.5).astype(np.uint8)
+
+
+def write_tiff(path: PathLike, data: np.ndarray, *, pixel_size: tuple[float, float] | None = None,
+               unit: str | None = None, z_step: float | None = None, description: dict | None = None,
+               axes: str | None = None) -> Path:
+    """Write a TIFF (OME metadata with pixel size/z step/unit when known), atomically.
+
+    ``axes`` defaults to YX / YXS (RGB) / TYX / TYXS by shape; pass e.g. "ZYX" for a stack.
+    """
+    import tifffile
+
+    data = np.asarray(data)
+    rgb = data.ndim >= 3 and data.shape[-1] in (3, 4) and data.dtype.kind == "u"
+    axes = axes or {2: "YX", 3: "YXS" if rgb else "TYX", 4: "TYXS"}.get(data.ndim, None)
+    meta: dict[str, Any] = {"axes": axes} if axes else {}
+    u = "µm" if unit in ("um", "micron", None) else unit
+    if pixel_size:
+        meta.update(PhysicalSizeY=float(pixel_size[0]), PhysicalSizeX=float(pixel_size[1]),
+                    PhysicalSizeYUnit=u, PhysicalSizeXUnit=u)
+    if z_step:
+        meta.update(PhysicalSizeZ=float(z_step), PhysicalSizeZUnit=u)
+    if description:
+        meta["Description"] = json.dumps(description)
+
+    def _write(tmp: Path) -> None:
+        tifffile.imwrite(tmp, data, ome=True, metadata=meta, photometric="rgb" if rgb else "minisblack",
+                         compression="zlib" if data.dtype != np.float32 else None)
+
+    return atomic_write(path, _write)
+
+
+def write_stack(path: PathLike, stack: FocalStack) -> Path:
+    """Save a FocalStack as an OME-TIFF that :func:`load_stack` reads back with its z positions."""
+    axes = stack.axes.replace("C", "S") if stack.rgb else stack.axes
+    return write_tiff(path, np.asarray(stack.data), pixel_size=stack.pixel_size, unit=stack.unit,
+                      z_step=stack.z_step, axes=axes)
+
+
+def write_png(path: PathLike, rgb_or_gray: np.ndarray) -> Path:
+    from PIL import Image
+
+    def _write(tmp: Path) -> None:
+        Image.fromarray(np.ascontiguousarray(rgb_or_gray)).save(tmp, format="PNG")
+
+    return atomic_write(path, _write)
+
+
+def write_json(path: PathLike, obj: dict) -> Path:
+    def _write(tmp: Path) -> None:
+        tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+
+    return atomic_write(path, _write)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o))
+
+
+def result_paths(outdir: PathLike, name: str) -> dict[str, Path]:
+    """Where :func:`save_result` puts each output for a stack called ``name``."""
+    outdir = Path(outdir)
+    return {
+        "all_in_focus": outdir / f"{name}_all_in_focus.tif",
+        "all_in_focus_png": outdir / f"{name}_all_in_focus.png",
+        "focus_map": outdir / f"{name}_focus_map.tif",
+        "focus_map_png": outdir / f"{name}_focus_map.png",
+        "height_map": outdir / f"{name}_height_map.tif",
+        "confidence": outdir / f"{name}_confidence.tif",
+        "info": outdir / f"{name}_fusion.json",
+    }
+
+
+def check_output_safe(outputs: Iterable[PathLike], inputs: Iterable[PathLike]) -> None:
+    """Refuse outputs that would overwrite an input, or land inside a slice folder being read."""
+    ins = {Path(p).resolve() for p in inputs}
+    in_dirs = {p.parent for p in ins if p.suffix.lower() in IMAGE_SUFFIXES and len(ins) > 1}
+    for out in outputs:
+        o = Path(out).resolve()
+        if o in ins:
+            raise OutputError(f"{out}: this output would overwrite an input file; choose another output folder.")
+        if o.parent in in_dirs and o.suffix.lower() in IMAGE_SUFFIXES:
+            raise OutputError(
+                f"{Path(out).parent}: is the input slice folder; writing results there would add them to the "
+                "stack next time. Choose another output folder (-o)."
+            )
+
+
+def save_result(
+    result: "FusionResult",
+    outdir: PathLike,
+    name: str,
+    *,
+    inputs: Sequence[PathLike] = (),
+    extra_info: dict | None = None,
+) -> dict[str, Path]:
+    """Write a fusion result: TIFFs with metadata, 8-bit PNG previews, and a JSON summary."""
+    paths = result_paths(outdir, name)
+    check_output_safe(paths.values(), inputs)
+    unit, z_step, pixel = result.unit, result.z_step, result.pixel_size
+    written: dict[str, Path] = {}
+    aif = result.all_in_focus
+    written["all_in_focus"] = write_tiff(paths["all_in_focus"], aif, pixel_size=pixel, unit=unit, z_step=z_step,
+                                         description={"method": result.method})
+    first = aif[0] if result.n_times > 1 else aif
+    written["all_in_focus_png"] = write_png(paths["all_in_focus_png"], to_uint8_preview(first))
+    written["focus_map"] = write_tiff(paths["focus_map"], result.focus_map.astype(np.float32), pixel_size=pixel,
+                                      unit=unit, z_step=z_step, description={"units": "slice index"})
+    fm = result.focus_map[0] if result.n_times > 1 else result.focus_map
+    written["focus_map_png"] = write_png(paths["focus_map_png"], colorize(fm, 0, max(result.n_slices - 1, 1)))
+    if result.height_map is not None:
+        written["height_map"] = write_tiff(paths["height_map"], result.height_map.astype(np.float32),
+                                           pixel_size=pixel, unit=unit, z_step=z_step,
+                                           description={"units": unit or "z units"})
+    written["confidence"] = write_tiff(paths["confidence"], result.confidence.astype(np.float32), pixel_size=pixel,
+                                       unit=unit)
+    info = {
+        "method": result.method,
+        "n_slices": result.n_slices,
+        "shape": list(aif.shape),
+        "dtype": str(aif.dtype),
+        "z_step": z_step,
+        "unit": unit,
+        "timings_s": result.timings,
+        "outputs": {k: p.name for k, p in written.items()},
+    }
+    info.update(extra_info or {})
+    written["info"] = write_json(paths["info"], info)
+    return written

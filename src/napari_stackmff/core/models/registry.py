@@ -1,0 +1,133 @@
+"""Model registry: name -> network class, shipped weights, readout, and a model cache.
+
+The CLI, the widgets and ``fuse()`` list and load models only through here, so a new network
+becomes available everywhere by adding one entry.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import WeightsError
+from .checkpoint import load_state_dict
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the rest of the code needs to know about a focus network."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    weights_file: str  # file name inside weights/
+    readout: str  # "softargmax" (trained as depth regression) or "argmax" (classification)
+    uses_events: bool = False
+    description: str = ""
+
+
+def _build_v2() -> nn.Module:
+    from .v2 import StackMFFV2
+
+    return StackMFFV2()
+
+
+MODELS: dict[str, ModelSpec] = {
+    "stackmff-v2": ModelSpec(
+        name="stackmff-v2",
+        build=_build_v2,
+        weights_file="stackmff_v2.pt",
+        readout="softargmax",
+        description="StackMFF-V2: focal-plane depth regression, 0.05M parameters.",
+    ),
+}
+
+#: Preference order for method="auto" among models whose weights we ship.
+AUTO_ORDER = ("stackmff-v2",)
+
+
+def model_names() -> list[str]:
+    return list(MODELS)
+
+
+def weights_dir() -> Path:
+    """Folder of shipped weights: inside the installed package, or the repo's weights/."""
+    here = Path(__file__).resolve().parents[2]  # .../napari_stackmff
+    packaged = here / "weights"
+    if packaged.is_dir():
+        return packaged
+    return here.parents[1] / "weights"  # editable install: <repo>/src/napari_stackmff -> <repo>/weights
+
+
+def shipped_weights(name: str) -> Path | None:
+    spec = get_spec(name)
+    path = weights_dir() / spec.weights_file
+    return path if path.is_file() else None
+
+
+def best_shipped_model() -> str | None:
+    """The model "auto" uses: the first in AUTO_ORDER whose weights are shipped."""
+    for name in AUTO_ORDER:
+        if shipped_weights(name) is not None:
+            return name
+    return None
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise WeightsError(f"unknown model {name!r}; known models: {', '.join(MODELS)}.") from None
+
+
+_cache: dict[tuple, nn.Module] = {}
+_cache_lock = threading.Lock()
+
+
+def load_model(name: str, weights: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """A ready (eval mode) network with our shipped weights or the given checkpoint, cached.
+
+    The cache key includes the file's modification time, so re-training into the same file is
+    picked up, while batch runs load a model once per process.
+    """
+    spec = get_spec(name)
+    path = Path(weights) if weights else shipped_weights(name)
+    if path is None:
+        raise WeightsError(
+            f"no weights for {name!r}: none are shipped in {weights_dir()}. Train some with "
+            f"`stackmff train --model {name}` or pass a checkpoint with --weights / weights=."
+        )
+    path = path.expanduser()
+    mtime = path.stat().st_mtime if path.exists() else None
+    key = (name, str(path.resolve()) if path.exists() else str(path), mtime, str(device))
+    with _cache_lock:
+        model = _cache.get(key)
+        if model is None:
+            model = spec.build()
+            load_state_dict(path, model, model_name=name)
+            model = model.to(device).eval()
+            _cache.clear()  # one model at a time: they are small, but GPU memory is not free
+            _cache[key] = model
+    return model
+
+
+# ---------------------------------------------------------------- weights users trained themselves
+_user_weights: dict[str, tuple[str, Path]] = {}
+
+
+def register_weights(path: str | Path, model: str, label: str | None = None) -> str:
+    """Make a checkpoint (e.g. one just trained in the GUI) selectable by a label everywhere."""
+    get_spec(model)
+    path = Path(path)
+    label = label or f"{model} ({path.name})"
+    _user_weights[label] = (model, path)
+    return label
+
+
+def user_weights() -> dict[str, tuple[str, Path]]:
+    """label -> (model name, checkpoint path) for every registered user checkpoint."""
+    return dict(_user_weights)

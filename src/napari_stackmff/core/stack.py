@@ -1,0 +1,259 @@
+"""FocalStack: the one container every door (CLI, widgets, scripts) hands to the fusion core.
+
+A stack keeps the user's pixels untouched (any dtype, gray/RGB/multichannel, optional time axis)
+plus what we know about the optics (z positions, pixel size). Models and focus measures only see
+a float "focus image" per slice (luma or one chosen channel); the fused image is then gathered
+from the original pixels, so values are never rescaled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import StackError
+
+#: Rec. 601 luma weights, the convention StackMFF and most fusion tools use for RGB.
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+SUPPORTED_KINDS = "uifb"
+
+
+@dataclass
+class FocalStack:
+    """A focal stack with optional time and channel axes.
+
+    Parameters
+    ----------
+    data
+        Array-like with axes ``(T?, Z, Y, X, C?)`` as described by ``axes``. Any object with
+        ``shape``, ``dtype`` and numpy-style slicing works (numpy, memmap, zarr, dask), so big
+        stacks can stay on disk until a slice is needed.
+    axes
+        One of ``"ZYX"``, ``"ZYXC"``, ``"TZYX"``, ``"TZYXC"``.
+    z_positions
+        Physical focus position of each slice (length Z), or None when unknown.
+    unit
+        Unit of ``z_positions`` and ``pixel_size`` (e.g. ``"um"``).
+    pixel_size
+        (y, x) pixel size in ``unit``, or None.
+    rgb
+        True when the channel axis holds RGB(A) colour rather than separate fluorescence channels.
+    events
+        Optional signed event frames aligned with the slices, shape ``(T?, Z, Y, X)``.
+    source
+        Where the stack came from (for messages and output names).
+    """
+
+    data: Any
+    axes: str = "ZYX"
+    z_positions: np.ndarray | None = None
+    unit: str | None = None
+    pixel_size: tuple[float, float] | None = None
+    rgb: bool = False
+    events: Any = None
+    source: str | None = None
+    channel_names: Sequence[str] | None = None
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.axes not in ("ZYX", "ZYXC", "TZYX", "TZYXC"):
+            raise StackError(f"{self._where}axes must be ZYX, ZYXC, TZYX or TZYXC, got {self.axes!r}.")
+        shape = tuple(self.data.shape)
+        if len(shape) != len(self.axes):
+            raise StackError(
+                f"{self._where}data has {len(shape)} dimensions {shape} but axes {self.axes!r} "
+                f"need {len(self.axes)}."
+            )
+        if np.dtype(self.data.dtype).kind not in SUPPORTED_KINDS:
+            raise StackError(f"{self._where}pixel type {self.data.dtype} is not supported; use integer or float images.")
+        if self.n_slices < 2:
+            raise StackError(
+                f"{self._where}a focal stack needs at least 2 slices, got {self.n_slices}. "
+                "Pass the whole z-stack (a folder of slices or a multi-page TIFF), not a single image."
+            )
+        if self.z_positions is not None:
+            z = np.asarray(self.z_positions, dtype=np.float64).ravel()
+            if z.size != self.n_slices:
+                raise StackError(f"{self._where}{z.size} z positions given for {self.n_slices} slices.")
+            self.z_positions = z
+        if self.events is not None:
+            expected = tuple(s for a, s in zip(self.axes, shape) if a != "C")
+            if tuple(self.events.shape) != expected:
+                raise StackError(
+                    f"{self._where}event frames have shape {tuple(self.events.shape)}, expected {expected} "
+                    "(one event frame per slice, same size as the images)."
+                )
+
+    # ------------------------------------------------------------------ shape facts
+    @property
+    def _where(self) -> str:
+        return f"{self.source}: " if self.source else ""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.data.dtype)
+
+    @property
+    def has_time(self) -> bool:
+        return self.axes.startswith("T")
+
+    @property
+    def has_channels(self) -> bool:
+        return self.axes.endswith("C")
+
+    @property
+    def n_times(self) -> int:
+        return self.shape[0] if self.has_time else 1
+
+    @property
+    def n_slices(self) -> int:
+        return self.shape[self.axes.index("Z")]
+
+    @property
+    def n_channels(self) -> int:
+        return self.shape[-1] if self.has_channels else 1
+
+    @property
+    def yx_shape(self) -> tuple[int, int]:
+        i = self.axes.index("Y")
+        return self.shape[i], self.shape[i + 1]
+
+    @property
+    def z_step(self) -> float | None:
+        """Mean spacing between slices in ``unit`` (None when positions are unknown)."""
+        if self.z_positions is None:
+            return None
+        return float(np.mean(np.diff(self.z_positions)))
+
+    # ------------------------------------------------------------------ access
+    def timepoint(self, t: int) -> "FocalStack":
+        """The stack at one time point (axes without T); data stays lazy if it was."""
+        if not self.has_time:
+            if t != 0:
+                raise IndexError(t)
+            return self
+        events = None if self.events is None else self.events[t]
+        return replace(self, data=self.data[t], axes=self.axes[1:], events=events)
+
+    def slice_pixels(self, z: int, t: int = 0) -> np.ndarray:
+        """Original pixels of one slice, (Y, X) or (Y, X, C), read from disk if lazy."""
+        data = self.data[t] if self.has_time else self.data
+        return np.asarray(data[z])
+
+    def focus_image(self, z: int, t: int = 0, channel: int | None = None) -> np.ndarray:
+        """Float32 image that focus is judged on for slice ``z`` (luma, a channel, or channel mean).
+
+        Values are scaled by the dtype's range (uint8 -> /255, uint16 -> /65535) so they are
+        comparable across slices; models rescale further per stack.
+        """
+        return to_focus_image(self.slice_pixels(z, t), rgb=self.rgb, channel=channel, dtype=self.dtype)
+
+    def focus_stack(self, t: int = 0, channel: int | None = None, window: tuple[slice, slice] | None = None) -> np.ndarray:
+        """(Z, Y, X) float32 focus images of one time point, optionally of one (y, x) window only.
+
+        Reading a window slice by slice keeps memory at one window's worth even for lazy data.
+        """
+        data = self.data[t] if self.has_time else self.data
+        ys, xs = window or (slice(None), slice(None))
+        out = None
+        for z in range(self.n_slices):
+            img = to_focus_image(np.asarray(data[z, ys, xs]), rgb=self.rgb, channel=channel, dtype=self.dtype)
+            if out is None:
+                out = np.empty((self.n_slices, *img.shape), dtype=np.float32)
+            out[z] = img
+        assert out is not None
+        return out
+
+
+def dtype_scale(dtype: np.dtype) -> float:
+    """Divisor that maps the dtype's natural range to [0, 1] (1 for floats)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        return 1.0
+    if dtype.kind in "ui":
+        return float(np.iinfo(dtype).max)
+    return 1.0
+
+
+def to_focus_image(
+    pixels: np.ndarray, *, rgb: bool, channel: int | None = None, dtype: np.dtype | None = None
+) -> np.ndarray:
+    """Reduce one slice to the float32 (Y, X) image that focus is measured on."""
+    dtype = np.dtype(dtype or pixels.dtype)
+    img = np.asarray(pixels)
+    if img.ndim == 3:
+        if channel is not None:
+            if not -img.shape[-1] <= channel < img.shape[-1]:
+                raise StackError(f"channel {channel} does not exist: the stack has {img.shape[-1]} channels.")
+            img = img[..., channel].astype(np.float32)
+        elif rgb and img.shape[-1] in (3, 4):
+            img = img[..., :3].astype(np.float32) @ LUMA_WEIGHTS
+        else:
+            img = img.astype(np.float32).mean(axis=-1)
+    else:
+        img = img.astype(np.float32)
+    scale = dtype_scale(dtype)
+    if scale != 1.0:
+        img *= np.float32(1.0 / scale)
+    return img
+
+
+def as_focal_stack(
+    data: Any,
+    *,
+    axes: str | None = None,
+    z_positions: Sequence[float] | None = None,
+    z_step: float | None = None,
+    unit: str | None = None,
+    rgb: bool | None = None,
+    source: str | None = None,
+) -> FocalStack:
+    """Wrap an array as a FocalStack, guessing the axes of 3-D and 4-D arrays.
+
+    (Z, Y, X) is a gray stack; (Z, Y, X, 3|4) an RGB(A) stack; other 4-D arrays are treated as
+    (T, Z, Y, X). Pass ``axes`` to say otherwise.
+    """
+    if isinstance(data, FocalStack):
+        return data
+    if not hasattr(data, "shape") or not hasattr(data, "dtype"):
+        data = np.asarray(data)
+    ndim = len(data.shape)
+    where = f"{source}: " if source else ""
+    if axes is None:
+        if ndim == 2:
+            raise StackError(
+                f"{where}got a single 2-D image {tuple(data.shape)}; a focal stack is (Z, Y, X) or "
+                "(Z, Y, X, C). Pass all the slices (a folder, a multi-page TIFF or a 3-D array)."
+            )
+        if ndim == 3:
+            axes = "ZYX"
+        elif ndim == 4:
+            axes = "ZYXC" if data.shape[-1] in (3, 4) else "TZYX"
+        elif ndim == 5:
+            axes = "TZYXC"
+        else:
+            raise StackError(f"{where}cannot interpret an array of shape {tuple(data.shape)} as a focal stack.")
+    if rgb is None:
+        rgb = axes.endswith("C") and data.shape[-1] in (3, 4) and np.dtype(data.dtype).kind in "uf"
+    if z_positions is None and z_step is not None:
+        n = data.shape[axes.index("Z")]
+        z_positions = np.arange(n, dtype=np.float64) * float(z_step)
+    if isinstance(data, np.ndarray) and data.dtype.kind == "f":
+        check_finite(data, source)
+    return FocalStack(data=data, axes=axes, z_positions=z_positions, unit=unit, rgb=bool(rgb), source=source)
+
+
+def check_finite(data: np.ndarray, source: str | None = None) -> None:
+    """Refuse NaN/inf: they would silently win or lose every focus comparison."""
+    if not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        where = f"{source}: " if source else ""
+        raise StackError(
+            f"{where}{bad} pixel(s) are NaN or infinite. Replace them (e.g. numpy.nan_to_num) before fusing."
+        )

@@ -1,0 +1,334 @@
+"""One training loop for every focus model: the CLI, the training widget and scripts drive it.
+
+It takes a config, reports progress through a callback (per batch and per epoch) and stops
+cleanly when a ``threading.Event`` is set, keeping the last checkpoint. Checkpoints are written
+atomically each epoch and hold everything needed to resume (optimizer, scheduler, RNG-free
+data state: the data are regenerated from the seed and epoch).
+
+Data: synthetic focal stacks (default) or a folder dataset in the seed layout
+(``stacks/<scene>/1.png ...`` + ``depth_maps/<scene>.png``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Literal
+
+import numpy as np
+import torch
+
+from .devices import resolve_device
+from .errors import StackMFFError
+from .models.inference import pad_to_multiple
+from .models.registry import get_spec
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a training run (all plain values, saved inside the checkpoint)."""
+
+    model: str = "stackmff-v2"
+    data: str = "synthetic"
+    epochs: int = 20
+    steps_per_epoch: int = 100
+    batch_size: int = 4
+    crop: int = 128
+    lr: float = 1e-3
+    lr_gamma: float = 0.9
+    weight_decay: float = 1e-4
+    device: str = "auto"
+    seed: int = 0
+    checkpoint: str = "runs/stackmff_v2.pt"
+    resume: bool = False
+    n_range: tuple[int, int] = (4, 16)
+    val_stacks: int = 16
+    patience: int = 6
+    workers: int = 0
+    init_weights: str | None = None
+    pool_size: int = 24
+    pool_refresh_every: int = 2
+
+
+@dataclass
+class TrainEvent:
+    """What the callback receives: after every batch, and after every epoch with validation."""
+
+    kind: Literal["batch", "epoch", "done", "stopped"]
+    epoch: int
+    n_epochs: int
+    step: int
+    n_steps: int
+    loss: float
+    val: dict[str, float] | None = None
+    checkpoint: Path | None = None
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path  # best weights (by validation)
+    last_checkpoint: Path
+    history: list[dict] = field(default_factory=list)
+    stopped: bool = False
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------------ data
+@dataclass
+class Sample:
+    """A training stack: (N, H, W) float images in [0, 1] and the true focus in slice units."""
+
+    images: np.ndarray
+    focus: np.ndarray
+
+
+def _to_unit(stack: np.ndarray) -> np.ndarray:
+    """Slices -> float gray in [0, 1], scaled by the stack's robust range (as at inference)."""
+    from .stack import to_focus_image
+
+    rgb = stack.ndim == 4 and stack.shape[-1] in (3, 4)
+    g = np.stack([to_focus_image(s, rgb=rgb) for s in stack])
+    lo, hi = np.percentile(g, [0.05, 99.95])
+    return np.clip((g - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+
+
+class SyntheticPool:
+    """A pool of rendered dense stacks; batches are random ordered slice subsets, crops and flips.
+
+    Rendering is the slow part, so each dense stack (N=24) serves many batches: picking k of its
+    slices in order gives a new stack with k slices and uneven steps, and its true focus index
+    follows by interpolation. One pool entry is re-rendered every few batches.
+    """
+
+    def __init__(self, rng: np.random.Generator, size: int, n_range: tuple[int, int], pool: int, refresh_every: int):
+        from . import synth
+
+        self.rng, self.size, self.n_range, self.refresh_every = rng, size, n_range, max(1, refresh_every)
+        self.calls = 0
+        self._synth = synth
+        self.items = [self._render() for _ in range(pool)]
+
+    def _render(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        s = self._synth.random_stack(self.rng, size=self.size, n=max(24, self.n_range[1]),
+                                     max_radius=(6.0, 24.0))
+        return _to_unit(s.slices), s.depth, s.focus_positions
+
+    def batch(self, batch_size: int, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls += 1
+        if self.calls % self.refresh_every == 0:
+            self.items[int(self.rng.integers(len(self.items)))] = self._render()
+        n = int(self.rng.integers(self.n_range[0], self.n_range[1] + 1))
+        xs, ys = [], []
+        for _ in range(batch_size):
+            img, depth, f = self.items[int(self.rng.integers(len(self.items)))]
+            keep = np.sort(self.rng.choice(len(f), size=n, replace=False))
+            fk = f[keep]
+            focus = np.interp(depth, fk, np.arange(n, dtype=np.float32))
+            y0 = int(self.rng.integers(0, img.shape[1] - crop + 1))
+            x0 = int(self.rng.integers(0, img.shape[2] - crop + 1))
+            xi = img[keep, y0:y0 + crop, x0:x0 + crop]
+            fi = focus[y0:y0 + crop, x0:x0 + crop]
+            if self.rng.random() < 0.5:
+                xi, fi = xi[:, :, ::-1], fi[:, ::-1]
+            if self.rng.random() < 0.5:
+                xi, fi = xi[:, ::-1], fi[::-1]
+            xs.append(np.ascontiguousarray(xi))
+            ys.append(np.ascontiguousarray(fi, dtype=np.float32))
+        return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+class FolderData:
+    """A dataset in the seed layout: stacks/<scene>/1.png... with depth_maps/<scene>.png in [0, max]."""
+
+    def __init__(self, root: str | Path, rng: np.random.Generator):
+        from .io import list_slice_files, read_image
+
+        root = Path(root)
+        sdir, ddir = root / "stacks", root / "depth_maps"
+        if not sdir.is_dir() or not ddir.is_dir():
+            raise StackMFFError(f"{root}: a training folder needs stacks/<scene>/1.png... and depth_maps/<scene>.png.")
+        self.rng = rng
+        self.items: list[Sample] = []
+        for scene in sorted(p for p in sdir.iterdir() if p.is_dir()):
+            dpath = next((ddir / f"{scene.name}{ext}" for ext in (".png", ".tif", ".tiff", ".jpg")
+                          if (ddir / f"{scene.name}{ext}").exists()), None)
+            if dpath is None:
+                continue
+            stack = np.stack([read_image(p) for p in list_slice_files(scene, warn=False)])
+            d = read_image(dpath).astype(np.float32)
+            d = d.mean(-1) if d.ndim == 3 else d
+            d /= 65535.0 if d.max() > 255 else 255.0
+            n = stack.shape[0]
+            self.items.append(Sample(_to_unit(stack), (np.clip(d, 0, 1) * (n - 1)).astype(np.float32)))
+        if not self.items:
+            raise StackMFFError(f"{root}: no scene in stacks/ has a matching depth map in depth_maps/.")
+
+    def batch(self, batch_size: int, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # Equal N within a batch: pick one stack, then others with the same N.
+        first = self.items[int(self.rng.integers(len(self.items)))]
+        same = [s for s in self.items if s.images.shape == first.images.shape]
+        xs, ys = [], []
+        for _ in range(batch_size):
+            s = same[int(self.rng.integers(len(same)))]
+            h, w = s.focus.shape
+            c = min(crop, h, w)
+            y0, x0 = int(self.rng.integers(0, h - c + 1)), int(self.rng.integers(0, w - c + 1))
+            xs.append(s.images[:, y0:y0 + c, x0:x0 + c])
+            ys.append(s.focus[y0:y0 + c, x0:x0 + c])
+        return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+def validation_set(seed: int, count: int, size: int, n_range: tuple[int, int]) -> list[tuple[Sample, object]]:
+    """Held-out stacks rendered from a different seed than any training data."""
+    from . import synth
+
+    rng = np.random.default_rng(10_000 + seed)
+    out = []
+    for _ in range(count):
+        s = synth.random_stack(rng, size=size, n_range=n_range)
+        out.append((Sample(_to_unit(s.slices), s.focus_index), s))
+    return out
+
+
+# ------------------------------------------------------------------------------- objective
+def depth_regression_loss(logits: torch.Tensor, focus: torch.Tensor) -> torch.Tensor:
+    """StackMFF-V2 objective: MSE between soft-argmax depth and the true focus, both in [0, 1]."""
+    n = logits.shape[1]
+    prob = torch.softmax(logits.float(), dim=1)
+    steps = torch.arange(n, device=logits.device, dtype=prob.dtype).view(1, n, 1, 1)
+    depth = (prob * steps).sum(1) / (n - 1)
+    return torch.mean((depth - focus / (n - 1)) ** 2)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, val: list[tuple[Sample, object]], device: torch.device) -> dict[str, float]:
+    """Validation: loss, fraction within ±1 slice, and PSNR of the gathered all-in-focus image."""
+    from .metrics import psnr
+    from .models.inference import readout
+
+    model.eval()
+    losses, within, psnrs = [], [], []
+    for sample, synth_stack in val:
+        x = torch.from_numpy(sample.images)[None].to(device)
+        xp, h, w = pad_to_multiple(x)
+        logits = model(xp)[:, :, :h, :w]
+        y = torch.from_numpy(sample.focus)[None].to(device)
+        losses.append(float(depth_regression_loss(logits, y)))
+        focus, _ = readout(logits[0], "softargmax")
+        err = (focus - y[0]).abs()
+        within.append(float((err <= 1).float().mean()))
+        idx = focus.round().long().clamp(0, sample.images.shape[0] - 1).cpu().numpy()
+        slices = synth_stack.slices
+        idx_b = idx[None, ..., None] if slices.ndim == 4 else idx[None]
+        fused = np.take_along_axis(slices, idx_b, 0)[0]
+        psnrs.append(psnr(fused, synth_stack.aif))
+    model.train()
+    return {"val_loss": float(np.mean(losses)), "val_within1": float(np.mean(within)),
+            "val_psnr": float(np.mean(psnrs))}
+
+
+# ---------------------------------------------------------------------------------- loop
+def _save(path: Path, payload: dict) -> None:
+    from .io import atomic_write
+
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def train(
+    cfg: TrainConfig,
+    callback: Callable[[TrainEvent], None] | None = None,
+    stop: threading.Event | None = None,
+) -> TrainResult:
+    """Train ``cfg.model``; returns the best and last checkpoints and the per-epoch history."""
+    from .models.checkpoint import load_state_dict
+
+    t0 = time.perf_counter()
+    spec = get_spec(cfg.model)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    ckpt = Path(cfg.checkpoint)
+    best_path = ckpt.with_name(ckpt.stem + ".best" + ckpt.suffix)
+    model = spec.build().to(device)
+    if cfg.init_weights:
+        load_state_dict(cfg.init_weights, model, model_name=cfg.model)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_gamma)
+    start_epoch, best, history, bad_epochs = 0, math.inf, [], 0
+    if cfg.resume and ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if state.get("model") != cfg.model:
+            raise StackMFFError(f"{ckpt}: holds a {state.get('model')!r} checkpoint, not {cfg.model!r}.")
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, best, history = state["epoch"] + 1, state["best_val"], list(state["history"])
+        bad_epochs = state.get("bad_epochs", 0)
+        rng = np.random.default_rng([cfg.seed, start_epoch])
+    if cfg.data == "synthetic":
+        data = SyntheticPool(rng, max(cfg.crop + 32, 160), cfg.n_range, cfg.pool_size, cfg.pool_refresh_every)
+    else:
+        data = FolderData(cfg.data, rng)
+    val = validation_set(cfg.seed, cfg.val_stacks, max(cfg.crop, 96), cfg.n_range)
+    use_amp = device.type == "cuda"
+    stopped = False
+    emit = callback or (lambda ev: None)
+    model.train()
+    for epoch in range(start_epoch, cfg.epochs):
+        losses = []
+        for step in range(cfg.steps_per_epoch):
+            if stop is not None and stop.is_set():
+                stopped = True
+                break
+            x, y = data.batch(cfg.batch_size, cfg.crop)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(x)
+            loss = depth_regression_loss(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            losses.append(loss.detach().item())
+            emit(TrainEvent("batch", epoch, cfg.epochs, step, cfg.steps_per_epoch, losses[-1]))
+        if not losses:
+            break
+        sched.step()
+        metrics = evaluate(model, val, device)
+        record = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
+                  "seconds": time.perf_counter() - t0, **metrics}
+        history.append(record)
+        improved = metrics["val_loss"] < best
+        if improved:
+            best, bad_epochs = metrics["val_loss"], 0
+        else:
+            bad_epochs += 1
+        payload = {"model": cfg.model, "state_dict": model.state_dict(), "optimizer": opt.state_dict(),
+                   "scheduler": sched.state_dict(), "epoch": epoch, "best_val": best, "bad_epochs": bad_epochs,
+                   "history": history, "config": {k: (list(v) if isinstance(v, tuple) else v)
+                                                  for k, v in asdict(cfg).items()}}
+        _save(ckpt, payload)
+        if improved or not best_path.exists():
+            _save(best_path, {"model": cfg.model, "state_dict": model.state_dict(), "meta": record})
+        emit(TrainEvent("epoch", epoch, cfg.epochs, cfg.steps_per_epoch, cfg.steps_per_epoch, record["loss"],
+                        val=metrics, checkpoint=ckpt))
+        if stopped or bad_epochs >= cfg.patience:
+            break
+    if device.type == "cuda":
+        del model, opt
+        torch.cuda.empty_cache()
+    final = TrainEvent("stopped" if stopped else "done", len(history), cfg.epochs, 0, 0,
+                       history[-1]["loss"] if history else float("nan"), checkpoint=best_path)
+    emit(final)
+    return TrainResult(checkpoint=best_path, last_checkpoint=ckpt, history=history, stopped=stopped,
+                       seconds=time.perf_counter() - t0)
+
+
+def iterate_epochs(history: list[dict]) -> Iterator[str]:
+    """Human-readable lines of a training history (for model cards and logs)."""
+    for h in history:
+        yield (f"epoch {h['epoch'] + 1}: loss {h['loss']:.5f} val_loss {h['val_loss']:.5f} "
+               f"within±1 {100 * h['val_within1']:.1f}% psnr {h['val_psnr']:.2f} dB")
