@@ -63,7 +63,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     from .core.batch import discover_stacks, run_batch
 
-    jobs = discover_stacks(args.root)
+    jobs = discover_stacks(args.root, exclude=[args.output])
     settings = _settings(args)
     if args.dask or args.workers > 1:
         from .core.distributed import run_batch_parallel
@@ -121,11 +121,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(model=args.model, data=args.data, epochs=args.epochs, steps_per_epoch=args.steps,
                       batch_size=args.batch_size, crop=args.crop, lr=args.lr, device=args.device, seed=args.seed,
                       checkpoint=str(args.checkpoint), resume=args.resume, n_range=(args.n_min, args.n_max),
-                      val_stacks=args.val_stacks, workers=args.workers)
+                      val_stacks=args.val_stacks, workers=args.workers, lr_gamma=args.lr_gamma,
+                      pool_size=args.pool_size, pool_refresh_every=args.refresh_every, noise=not args.no_noise,
+                      init_weights=str(args.init_weights) if args.init_weights else None)
     bar = tqdm(total=args.epochs * args.steps, desc=f"training {args.model}", unit="batch", disable=args.quiet)
 
     def callback(ev) -> None:
-        if ev.kind == "batch":
+        if ev.kind == "prepare":
+            bar.set_description_str(f"rendering training data {ev.step}/{ev.n_steps}")
+        elif ev.kind == "batch":
+            bar.set_description_str(f"training {args.model}")
             bar.update(1)
             bar.set_postfix(loss=f"{ev.loss:.4f}", epoch=ev.epoch + 1, refresh=False)
         elif ev.kind == "epoch" and ev.val:
@@ -196,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-gamma", type=float, default=0.9, help="learning-rate decay per epoch")
+    p.add_argument("--pool-size", type=int, default=24, help="rendered synthetic stacks kept in memory")
+    p.add_argument("--refresh-every", type=int, default=2, help="render one new pool stack every this many batches")
+    p.add_argument("--no-noise", action="store_true", help="synthetic data without sensor noise")
+    p.add_argument("--init-weights", type=Path, default=None, help="start from these weights (fine-tuning)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-min", type=int, default=4)

@@ -48,14 +48,19 @@ class BatchSummary:
         return "\n".join(lines)
 
 
-def discover_stacks(root: str | Path) -> list[StackJob]:
-    """Stacks under ``root``: each sub-folder of slices (root/scene/1.png...) and each TIFF file."""
+def discover_stacks(root: str | Path, *, exclude: Iterable[str | Path] = ()) -> list[StackJob]:
+    """Stacks under ``root``: each sub-folder of slices (root/scene/1.png...) and each TIFF file.
+
+    ``exclude``: paths that are not stacks even if they look like one (e.g. the output folder,
+    when it lies inside ``root``: its PNG previews would otherwise be fused on the next run).
+    """
     root = Path(root)
     if not root.is_dir():
         raise StackMFFError(f"{root}: not a folder; batch takes a folder of stacks (root/scene/1.png, or TIFFs).")
+    skip = {Path(e).resolve() for e in exclude}
     jobs = []
     for p in sorted(root.iterdir()):
-        if p.name.startswith("."):
+        if p.name.startswith(".") or p.resolve() in skip:
             continue
         if p.is_dir() and any(q.suffix.lower() in IMAGE_SUFFIXES for q in p.iterdir()):
             jobs.append(StackJob(p.name, p))
@@ -99,6 +104,35 @@ def fuse_job(job: StackJob, outdir: Path, settings: dict[str, Any], fp: str) -> 
                        extra_info={"fingerprint": fp, "source": str(job.source), "settings": settings})
 
 
+def process_job(job: StackJob, outdir: str | Path, settings: dict[str, Any], overwrite: bool = False) -> tuple[str, str]:
+    """Skip, fuse or fail one stack -> (status, error message). Never raises for a bad stack.
+
+    The one unit of work of every batch runner (sequential, process pool, Dask), so they all
+    resume and report the same way.
+    """
+    outdir = Path(outdir)
+    try:
+        fp = fingerprint(job.input_files(), settings)
+        if not overwrite and is_done(job, outdir, fp):
+            return "skipped", ""
+        fuse_job(job, outdir, settings, fp)
+        return "done", ""
+    except StackMFFError as exc:
+        return "failed", str(exc)
+    except Exception as exc:  # keep going; say what broke
+        where = traceback.extract_tb(exc.__traceback__)[-1].name if exc.__traceback__ else "?"
+        return "failed", f"unexpected {type(exc).__name__}: {exc} (at {where})"
+
+
+def record(summary: BatchSummary, job: StackJob, status: str, error: str) -> None:
+    if status == "done":
+        summary.done.append(job.name)
+    elif status == "skipped":
+        summary.skipped.append(job.name)
+    else:
+        summary.failed.append((job.name, error))
+
+
 def run_batch(
     jobs: list[StackJob],
     outdir: str | Path,
@@ -108,26 +142,11 @@ def run_batch(
     **settings: Any,
 ) -> BatchSummary:
     """Fuse every job in turn; report per-stack errors in the summary instead of raising."""
-    outdir = Path(outdir)
     summary = BatchSummary()
     t0 = time.perf_counter()
     for job in jobs:
-        status = "done"
-        try:
-            fp = fingerprint(job.input_files(), settings)
-            if not overwrite and is_done(job, outdir, fp):
-                summary.skipped.append(job.name)
-                status = "skipped"
-            else:
-                fuse_job(job, outdir, settings, fp)
-                summary.done.append(job.name)
-        except StackMFFError as exc:
-            summary.failed.append((job.name, str(exc)))
-            status = "failed"
-        except Exception as exc:  # keep going; say what broke
-            summary.failed.append((job.name, f"unexpected {type(exc).__name__}: {exc} "
-                                             f"(at {traceback.extract_tb(exc.__traceback__)[-1].name})"))
-            status = "failed"
+        status, error = process_job(job, outdir, settings, overwrite)
+        record(summary, job, status, error)
         if on_progress is not None:
             on_progress(job, status)
     summary.seconds = time.perf_counter() - t0

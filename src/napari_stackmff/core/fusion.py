@@ -132,7 +132,7 @@ def classical_maps(
     device: torch.device,
     *,
     window: int = classical.DEFAULT_WINDOW,
-    fill_threshold: float = 0.15,
+    fill_threshold: float = 0.25,
     denoise: bool = True,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
@@ -287,7 +287,7 @@ def fuse(
         raise StackMFFError(f"channel {channel} does not exist: the stack has {stack.n_channels} channel(s).")
     timings: dict[str, float] = {"load_s": time.perf_counter() - t0}
     n, T = stack.n_slices, stack.n_times
-    win = int(window or classical.DEFAULT_WINDOW)
+    win = classical.DEFAULT_WINDOW if window is None else int(window)
     if method in classical.CLASSICAL_METHODS:
         runner = None
     else:

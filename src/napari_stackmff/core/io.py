@@ -8,6 +8,7 @@ is renamed into place.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -239,7 +240,8 @@ def load_stack(
         unless the metadata has none).
     """
     if isinstance(source, FocalStack):
-        stack = source
+        # Never change the caller's stack: a later call with another z_step must not see this one's.
+        stack = dataclasses.replace(source) if (z_step is not None or unit) else source
     elif isinstance(source, (list, tuple)):
         if source and all(hasattr(s, "shape") for s in source):
             stack = as_focal_stack(np.stack([np.asarray(s) for s in source]))
@@ -432,13 +434,24 @@ def save_result(
     unit, z_step, pixel = result.unit, result.z_step, result.pixel_size
     written: dict[str, Path] = {}
     aif = result.all_in_focus
-    written["all_in_focus"] = write_tiff(paths["all_in_focus"], aif, pixel_size=pixel, unit=unit, z_step=z_step,
-                                         description={"method": result.method})
-    first = aif[0] if result.n_times > 1 else aif
-    written["all_in_focus_png"] = write_png(paths["all_in_focus_png"], to_uint8_preview(first))
+    timed = result.focus_map.ndim == 3
+    channels = aif.ndim == result.focus_map.ndim + 1
+    rgb = channels and aif.shape[-1] in (3, 4) and aif.dtype.kind == "u"
+    tif_data, tif_axes = aif, ("T" if timed else "") + ("YXS" if rgb else "YX")
+    if channels and not rgb:  # fluorescence channels: OME wants C before YX
+        tif_data, tif_axes = np.moveaxis(aif, -1, -3), ("T" if timed else "") + "CYX"
+    written["all_in_focus"] = write_tiff(paths["all_in_focus"], tif_data, pixel_size=pixel, unit=unit, z_step=z_step,
+                                         description={"method": result.method}, axes=tif_axes)
+    first = aif[0] if timed else aif
+    if first.ndim == 3 and first.shape[-1] not in (3, 4):
+        # Fluorescence channels (2, 5...) have no PNG mode: preview the max of each channel stretched.
+        preview = np.max([to_uint8_preview(first[..., c]) for c in range(first.shape[-1])], axis=0)
+    else:
+        preview = to_uint8_preview(first)
+    written["all_in_focus_png"] = write_png(paths["all_in_focus_png"], preview)
     written["focus_map"] = write_tiff(paths["focus_map"], result.focus_map.astype(np.float32), pixel_size=pixel,
                                       unit=unit, z_step=z_step, description={"units": "slice index"})
-    fm = result.focus_map[0] if result.n_times > 1 else result.focus_map
+    fm = result.focus_map[0] if timed else result.focus_map
     written["focus_map_png"] = write_png(paths["focus_map_png"], colorize(fm, 0, max(result.n_slices - 1, 1)))
     if result.height_map is not None:
         written["height_map"] = write_tiff(paths["height_map"], result.height_map.astype(np.float32),

@@ -335,7 +335,7 @@ def make_sample(kind: str = "cells", *, n: int = 12, size: int = 256, seed: int 
     aif = random_scene(rng, shape, kind, rgb=False)
     d = random_depth(rng, shape, "objects")
     radius = 1.2 * (n - 1)  # ~1 px more blur per slice step, as when the z-step matches the depth of field
-    s = render_stack(aif, d, focus_positions(rng, n, uniform=True), max_radius=radius, layers=32, dtype=dtype,
+    s = render_stack(aif, d, focus_positions(rng, n, uniform=True), max_radius=radius, layers=24, dtype=dtype,
                      peak_photons=1500.0, read_noise=0.003, rng=rng)
     if events:
         from .events import simulate_events

@@ -51,13 +51,14 @@ class TrainConfig:
     init_weights: str | None = None
     pool_size: int = 24
     pool_refresh_every: int = 2
+    noise: bool = True
 
 
 @dataclass
 class TrainEvent:
     """What the callback receives: after every batch, and after every epoch with validation."""
 
-    kind: Literal["batch", "epoch", "done", "stopped"]
+    kind: Literal["prepare", "batch", "epoch", "done", "stopped"]  # prepare: rendering data, step of n_steps
     epoch: int
     n_epochs: int
     step: int
@@ -103,17 +104,27 @@ class SyntheticPool:
     follows by interpolation. One pool entry is re-rendered every few batches.
     """
 
-    def __init__(self, rng: np.random.Generator, size: int, n_range: tuple[int, int], pool: int, refresh_every: int):
+    def __init__(self, rng: np.random.Generator, size: int, n_range: tuple[int, int], pool: int, refresh_every: int,
+                 *, noise: bool = True, on_render: Callable[[int, int], None] | None = None,
+                 stop: threading.Event | None = None):
         from . import synth
 
         self.rng, self.size, self.n_range, self.refresh_every = rng, size, n_range, max(1, refresh_every)
+        self.noise = noise
         self.calls = 0
         self._synth = synth
-        self.items = [self._render() for _ in range(pool)]
+        self.items = []
+        for i in range(pool):
+            if stop is not None and stop.is_set():
+                break
+            self.items.append(self._render())
+            if on_render is not None:
+                on_render(i + 1, pool)
 
     def _render(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        s = self._synth.random_stack(self.rng, size=self.size, n=max(24, self.n_range[1]),
-                                     max_radius=(6.0, 24.0))
+        # Gray only: the network sees luma, and blur is linear, so an RGB render adds cost, not signal.
+        s = self._synth.random_stack(self.rng, size=self.size, n=max(24, self.n_range[1]), rgb=False,
+                                     noise=self.noise, max_radius=(6.0, 24.0))
         return _to_unit(s.slices), s.depth, s.focus_positions
 
     def batch(self, batch_size: int, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,14 +192,15 @@ class FolderData:
         return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
-def validation_set(seed: int, count: int, size: int, n_range: tuple[int, int]) -> list[tuple[Sample, object]]:
+def validation_set(seed: int, count: int, size: int, n_range: tuple[int, int],
+                   noise: bool = True) -> list[tuple[Sample, object]]:
     """Held-out stacks rendered from a different seed than any training data."""
     from . import synth
 
     rng = np.random.default_rng(10_000 + seed)
     out = []
     for _ in range(count):
-        s = synth.random_stack(rng, size=size, n_range=n_range)
+        s = synth.random_stack(rng, size=size, n_range=n_range, noise=noise)
         out.append((Sample(_to_unit(s.slices), s.focus_index), s))
     return out
 
@@ -268,16 +280,26 @@ def train(
         start_epoch, best, history = state["epoch"] + 1, state["best_val"], list(state["history"])
         bad_epochs = state.get("bad_epochs", 0)
         rng = np.random.default_rng([cfg.seed, start_epoch])
+    emit = callback or (lambda ev: None)
+    n_prep = (cfg.pool_size if cfg.data == "synthetic" else 0) + cfg.val_stacks
+    prepared = [0]
+
+    def on_render(_i: int, _n: int) -> None:
+        prepared[0] += 1
+        emit(TrainEvent("prepare", start_epoch, cfg.epochs, prepared[0], n_prep, float("nan")))
+
     if cfg.data == "synthetic":
-        data = SyntheticPool(rng, max(cfg.crop + 32, 160), cfg.n_range, cfg.pool_size, cfg.pool_refresh_every)
+        data = SyntheticPool(rng, max(cfg.crop + 32, 160), cfg.n_range, cfg.pool_size, cfg.pool_refresh_every,
+                             noise=cfg.noise, on_render=on_render, stop=stop)
     else:
         data = FolderData(cfg.data, rng)
-    val = validation_set(cfg.seed, cfg.val_stacks, max(cfg.crop, 96), cfg.n_range)
+    val = validation_set(cfg.seed, cfg.val_stacks, max(cfg.crop, 96), cfg.n_range, cfg.noise)
+    for _ in val:
+        on_render(0, 0)
     use_amp = device.type == "cuda"
-    stopped = False
-    emit = callback or (lambda ev: None)
+    stopped = stop is not None and stop.is_set()
     model.train()
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, 0 if stopped else cfg.epochs):
         losses = []
         for step in range(cfg.steps_per_epoch):
             if stop is not None and stop.is_set():

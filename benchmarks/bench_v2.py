@@ -1,0 +1,167 @@
+"""StackMFF-V2: our weights vs the official checkpoint vs the best classical method, side by side.
+
+Run:  python benchmarks/bench_v2.py [--weights weights/stackmff_v2.pt] [--stacks 30] [--out benchmarks/results/v2]
+
+1. Held-out synthetic stacks (seed 777, never used in training; N 4-24, 8/16-bit, noisy, RGB and gray):
+   PSNR/SSIM of the fused image vs truth and focus error, for
+     ours            our weights, our inference (reflect pad, no min-max stretch, soft-argmax)
+     official        the published checkpoint through our inference
+     official-compat the published checkpoint through the published inference (resize, batch min-max)
+     wavelet         the best classical method
+2. Real stacks from ../shared/data: the no-reference gradient score Q^AB/F generalised to stacks, and focus
+   maps saved side by side as PNGs for a person to look at.
+3. CPU seconds, megavoxels/s and peak memory on pcb_stack and keyboard_sweep: ours vs official-compatible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from napari_stackmff.core import fuse, load_stack  # noqa: E402
+from napari_stackmff.core.io import colorize, to_uint8_preview, write_png  # noqa: E402
+from napari_stackmff.core.metrics import focus_error, psnr, qabf, ssim  # noqa: E402
+from napari_stackmff.core.synth import random_stack, texture_mask  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+OFFICIAL = SHARED / "reference" / "stackmff_v2_official" / "model.pth"
+
+
+def contenders(weights: Path | None) -> dict[str, dict]:
+    c: dict[str, dict] = {}
+    if weights and weights.exists():
+        c["ours"] = {"method": "stackmff-v2", "weights": str(weights)}
+    if OFFICIAL.exists():
+        c["official"] = {"method": "stackmff-v2", "weights": str(OFFICIAL)}
+        c["official-compat"] = {"method": "stackmff-v2", "weights": str(OFFICIAL), "compat": True}
+    c["wavelet"] = {"method": "wavelet"}
+    return c
+
+
+def synthetic(cands: dict[str, dict], n_stacks: int, seed: int = 777) -> None:
+    rng = np.random.default_rng(seed)
+    rows: dict[str, list] = {k: [] for k in cands}
+    for i in range(n_stacks):
+        s = random_stack(rng, size=192, n_range=(4, 24), dtype="uint16" if i % 3 else "uint8",
+                         rgb=bool(i % 4 == 0), noise=True, max_radius=(6.0, 24.0))
+        mask = texture_mask(s.aif, quantile=0.5)
+        for name, kw in cands.items():
+            r = fuse(s.slices, device="cpu", **kw)
+            fe = focus_error(r.focus_map, s.focus_index, mask)
+            rows[name].append((psnr(r.all_in_focus, s.aif), ssim(r.all_in_focus, s.aif), fe["mae"], fe["within1"]))
+    print(f"\n## Held-out synthetic set: {n_stacks} stacks (seed {seed}, 192², N 4-24, 8/16-bit, RGB+gray, noisy)")
+    print(f"{'method':16s} {'PSNR dB':>8s} {'SSIM':>7s} {'focus MAE':>10s} {'within±1':>9s} {'ΔPSNR vs ours':>14s}")
+    ref = np.mean([r[0] for r in rows.get("ours", rows["wavelet"])])
+    for name, vals in rows.items():
+        a = np.mean(vals, axis=0)
+        print(f"{name:16s} {a[0]:8.2f} {a[1]:7.4f} {a[2]:10.3f} {100 * a[3]:8.1f}% {a[0] - ref:+14.2f}")
+
+
+def real(cands: dict[str, dict], out: Path) -> None:
+    data = SHARED / "data"
+    sets: list[tuple[str, list]] = []
+    lytro = data / "lytro_pairs"
+    if lytro.exists():
+        pairs = sorted({p.name[:4] for p in lytro.glob("c_*_1.tif")})[:20]
+        sets.append(("lytro_pairs (20 pairs, N=2)", [[lytro / f"{k}_1.tif", lytro / f"{k}_2.tif"] for k in pairs]))
+    for name in ("pcb_stack", "keyboard_sweep"):
+        if (data / name).exists():
+            sets.append((name, [data / name]))
+    if not sets:
+        print("\n(real stacks skipped: ../shared/data not found)")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    print("\n## Real stacks: Q^AB/F generalised to stacks (higher is better; no ground truth)")
+    print(f"{'stack':28s} " + " ".join(f"{k:>16s}" for k in cands))
+    for label, items in sets:
+        scores: dict[str, list[float]] = {k: [] for k in cands}
+        for j, item in enumerate(items):
+            stack = load_stack(item)
+            maps = []
+            for name, kw in cands.items():
+                if kw.get("compat") and np.prod(stack.shape[:3]) * 400 > 8e9:
+                    scores[name].append(float("nan"))
+                    maps.append(np.zeros(stack.yx_shape + (3,), np.uint8))
+                    continue
+                r = fuse(stack, device="cpu", **kw)
+                scores[name].append(qabf(r.all_in_focus, np.asarray(stack.data)))
+                maps.append(colorize(r.focus_map, 0, stack.n_slices - 1))
+                if j == 0:
+                    write_png(out / f"{label.split()[0]}_{name}_fused.png", to_uint8_preview(r.all_in_focus))
+            if j == 0:
+                write_png(out / f"{label.split()[0]}_focus_maps.png", np.concatenate(maps, axis=1))
+        print(f"{label:28s} " + " ".join(f"{np.nanmean(v):16.4f}" for v in scores.values()))
+    print(f"focus maps side by side ({', '.join(cands)}) in {out}")
+
+
+def _child(path: str, kw: dict) -> dict:
+    import torch
+
+    stack = load_stack(path)
+    stack.data = np.ascontiguousarray(stack.data)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    fuse(stack, device="cpu", **kw)
+    dt = time.perf_counter() - t0
+    return {"seconds": dt, "voxels": int(np.prod(stack.shape[:3])), "threads": torch.get_num_threads(),
+            "peak_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024}
+
+
+def speed(cands: dict[str, dict]) -> None:
+    print("\n## CPU speed (input in memory; peak RSS beyond the input)")
+    print(f"{'stack':16s} {'method':16s} {'seconds':>8s} {'MVox/s':>8s} {'peak MB':>8s}")
+    for name in ("pcb_stack", "keyboard_sweep"):
+        path = SHARED / "data" / name
+        if not path.exists():
+            continue
+        for label in ("ours", "official", "official-compat", "wavelet"):
+            if label not in cands:
+                continue
+            kw = cands[label]
+            if kw.get("compat") and name == "keyboard_sweep":
+                print(f"{name:16s} {label:16s} {'—':>8s} {'—':>8s} {'OOM':>8s}  (whole 41×1080×1920 image at once "
+                      "needs ~34 GB > 24 GB)")
+                continue
+            res = subprocess.run([sys.executable, __file__, "--child", str(path), json.dumps(kw)],
+                                 capture_output=True, text=True)
+            if res.returncode:
+                print(f"{name:16s} {label:16s} failed: {res.stderr.strip().splitlines()[-1:]}")
+                continue
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            print(f"{name:16s} {label:16s} {r['seconds']:8.2f} {r['voxels'] / r['seconds'] / 1e6:8.2f} "
+                  f"{r['peak_mb']:8.0f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--weights", type=Path, default=ROOT / "weights" / "stackmff_v2.pt")
+    p.add_argument("--stacks", type=int, default=30)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "v2")
+    p.add_argument("--skip", nargs="*", default=[], choices=["synthetic", "real", "speed"])
+    p.add_argument("--child", nargs=2, default=None)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(_child(args.child[0], json.loads(args.child[1]))))
+        return
+    cands = contenders(args.weights)
+    print("contenders:", ", ".join(cands))
+    if "synthetic" not in args.skip:
+        synthetic(cands, args.stacks)
+    if "real" not in args.skip:
+        real(cands, args.out)
+    if "speed" not in args.skip:
+        speed(cands)
+
+
+if __name__ == "__main__":
+    main()

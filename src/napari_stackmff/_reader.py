@@ -1,0 +1,174 @@
+"""napari readers: focal stacks (slice folders, multi-page/OME TIFF) and event-frame folders.
+
+``get_*_reader(path)`` must be cheap and must say no (return None) to anything that is not a
+stack, so napari's own reader keeps handling ordinary single images. The two readers never
+accept the same folder: a folder of red/blue event previews goes to the event reader only.
+Reading itself is ``core.io``; errors a user can fix are shown as one line, not a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ._layerdata import LayerDataTuple, event_layer_data, stack_layer_data
+from .core.errors import StackMFFError
+
+ReaderFunction = Callable[[Any], list]
+_TIFF = (".tif", ".tiff")
+_STACK_AXES = ("Z", "I", "Q", "T")  # tifffile's letters for a page axis that can hold the slices
+
+
+# ---------------------------------------------------------------------------------- dispatch
+def _single_path(path: Any) -> Path | None:
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    try:
+        return Path(os.fspath(path))
+    except TypeError:
+        return None
+
+
+def _image_files(folder: Path) -> list[Path]:
+    from .core.io import list_slice_files
+
+    try:
+        return list_slice_files(folder, warn=False)
+    except (StackMFFError, OSError):
+        return []
+
+
+def tiff_is_stack(path: Path) -> bool:
+    """True for a TIFF holding several z-slices (or pages); False for one 2-D (RGB) image."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            sizes = dict(zip(series.axes.upper(), series.shape))
+    except Exception:
+        return False
+    return any(sizes.get(a, 1) >= 2 for a in _STACK_AXES)
+
+
+def looks_like_event_frame(img: np.ndarray) -> bool:
+    """An event preview: one flat background (white or black) plus pure red and blue dots.
+
+    Photos and micrographs have many colours, so demanding that nearly all pixels be background,
+    red or blue separates the two without reading more than one file.
+    """
+    if img.ndim != 3 or img.shape[-1] not in (3, 4) or img.dtype != np.uint8:
+        return False
+    rgb = img[..., :3].astype(np.int16)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    spread = rgb.max(-1) - rgb.min(-1)
+    light = (rgb.min(-1) > 200) & (spread < 30)
+    dark = (rgb.max(-1) < 40) & (spread < 30)
+    background = light if light.mean() >= dark.mean() else dark
+    red = (r - np.maximum(g, b)) > 100
+    blue = (b - np.maximum(r, g)) > 100
+    polar = float(red.mean() + blue.mean())
+    return background.mean() > 0.5 and polar > 1e-4 and background.mean() + polar > 0.98
+
+
+def is_event_folder(folder: Path, files: list[Path] | None = None) -> bool:
+    """A folder of at least two images whose first one is an event preview."""
+    files = _image_files(folder) if files is None else files
+    if len(files) < 2 or files[0].suffix.lower() not in (".png", ".bmp", ".gif"):
+        return False
+    try:
+        from PIL import Image
+
+        with Image.open(files[0]) as im:
+            return looks_like_event_frame(np.asarray(im.convert("RGB")))
+    except Exception:
+        return False
+
+
+# ---------------------------------------------------------------------------------- readers
+def get_stack_reader(path: Any) -> ReaderFunction | None:
+    """Accept a slice folder (>= 2 images) or a multi-page TIFF; decline everything else."""
+    p = _single_path(path)
+    if p is None:
+        return None
+    if p.is_dir():
+        files = _image_files(p)
+        if len(files) == 1 and files[0].suffix.lower() in _TIFF and tiff_is_stack(files[0]):
+            return read_stack
+        if len(files) < 2 or is_event_folder(p, files):
+            return None
+        return read_stack
+    if p.suffix.lower() in _TIFF and p.is_file() and tiff_is_stack(p):
+        return read_stack
+    return None
+
+
+def read_stack(path: Any) -> list[LayerDataTuple | tuple]:
+    """One image layer per stack, with z step / pixel size as scale when the files carry them."""
+    from .core.io import load_stack
+
+    p = _single_path(path)
+    try:
+        stack = load_stack(p)
+    except StackMFFError as exc:
+        _show_error(str(exc))
+        return [(None,)]  # napari's "nothing to add" sentinel: no traceback dialog
+    return [stack_layer_data(stack)]
+
+
+def paired_folders(folder: Path) -> tuple[Path, Path] | None:
+    """(images, events) subfolders of an image+event recording (the EventStackMFF layout)."""
+    images, events = folder / "images", folder / "events"
+    if images.is_dir() and events.is_dir() and is_event_folder(events):
+        return images, events
+    return None
+
+
+def get_event_reader(path: Any) -> ReaderFunction | None:
+    """Accept a folder of red/blue event frames (red = positive, blue = negative), or a folder
+    holding ``images/`` and ``events/`` side by side (then both are opened)."""
+    p = _single_path(path)
+    if p is None or not p.is_dir():
+        return None
+    if not (is_event_folder(p) or paired_folders(p)):
+        return None
+    try:
+        from .core import events  # noqa: F401  (without the event core we decline)
+    except ImportError:
+        return None
+    return read_events
+
+
+def read_events(path: Any) -> list[LayerDataTuple | tuple]:
+    """Signed event counts (Z, Y, X) as one layer named after the folder (plus the image stack
+    when given the parent of ``images/`` and ``events/``)."""
+    from .core.events import read_event_frames
+    from .core.io import load_stack
+
+    p = _single_path(path)
+    pair = paired_folders(p)
+    try:
+        if pair is None:
+            name = f"{p.parent.name} events" if p.name.lower() == "events" and p.parent.name else p.name
+            return [event_layer_data(read_event_frames(p), name, source=str(p))]
+        stack = load_stack(pair[0])
+        frames = read_event_frames(pair[1])
+    except StackMFFError as exc:
+        _show_error(str(exc))
+        return [(None,)]
+    image = stack_layer_data(stack, name=p.name)
+    return [image, event_layer_data(frames, f"{p.name} events", source=str(pair[1]), scale=image[1]["scale"][-3:])]
+
+
+def _show_error(message: str) -> None:
+    try:
+        from napari.utils.notifications import show_error
+
+        show_error(message)
+    except Exception:  # pragma: no cover - no napari: let the caller see it
+        raise StackMFFError(message) from None

@@ -1,0 +1,128 @@
+"""The method picker of the fusion widget: classical measures, registry models, your checkpoints.
+
+Lists ``auto``, every classical focus measure, every model in ``core.models.registry`` (marked
+when it ships no weights) and every checkpoint registered by the user (e.g. trained in the
+training widget). A weights file can be chosen for a registry model; a registered checkpoint
+brings its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLineEdit, QToolButton, QWidget
+
+from ..core.classical import CLASSICAL_METHODS
+from ..core.models import registry
+
+USER_PREFIX = "user:"
+CLASSICAL_TIPS = {
+    "variance": "local grey-level variance: robust, a little soft at edges",
+    "laplacian": "energy of the Laplacian: sharp edges, more sensitive to noise",
+    "tenengrad": "gradient energy (Sobel): a good all-rounder for brightfield",
+    "wavelet": "high-frequency wavelet energy: the most accurate classical measure",
+}
+
+
+class MethodPicker(QObject):
+    """Owns the method combo box and the weights-file row; emits ``changed`` on any change."""
+
+    changed = Signal()
+
+    def __init__(self, parent: QWidget) -> None:
+        super().__init__(parent)
+        self._parent = parent
+        self.custom_weights = ""  # file chosen for a registry model (not a registered checkpoint)
+        self.combo = QComboBox()
+        self.combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.combo.setMinimumContentsLength(14)
+        self.weights_edit = QLineEdit()
+        self.weights_button = QToolButton()
+        self.weights_button.setText("…")
+        self.weights_button.setToolTip("Choose a weights file (.pt / .pth checkpoint)")
+        self.weights_row = QWidget()
+        row = QHBoxLayout(self.weights_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.weights_edit, 1)
+        row.addWidget(self.weights_button)
+        self.refresh()
+        self.combo.currentIndexChanged.connect(self._on_changed)
+        self.weights_edit.textEdited.connect(self._on_edited)
+        self.weights_button.clicked.connect(self._browse)
+
+    def key(self) -> str:
+        """The current entry: a method name or ``"user:<label>"``."""
+        return self.combo.currentData() or "auto"
+
+    def select(self, key: str) -> None:
+        i = self.combo.findData(key)
+        if i >= 0:
+            self.combo.setCurrentIndex(i)
+
+    def selection(self) -> tuple[str, str | None]:
+        """(core method name, weights file or None) for the current entry."""
+        key = self.key()
+        if key.startswith(USER_PREFIX):
+            model, path = registry.user_weights()[key[len(USER_PREFIX):]]
+            return model, str(path)
+        if key in registry.model_names():
+            return key, (self.custom_weights.strip() or None)
+        return key, None
+
+    def is_model(self) -> bool:
+        return self.selection()[0] in registry.model_names()
+
+    def uses_events(self) -> bool:
+        return self.is_model() and registry.get_spec(self.selection()[0]).uses_events
+
+    def refresh(self, *_: Any) -> None:
+        """(Re)list the methods, keeping the current choice when it still exists."""
+        current = self.combo.currentData()
+        self.combo.blockSignals(True)
+        self.combo.clear()
+        self.combo.addItem(f"auto — best available ({registry.best_shipped_model() or 'wavelet'})", "auto")
+        for name in CLASSICAL_METHODS:
+            self._add(f"{name} — classical", name, CLASSICAL_TIPS.get(name, ""))
+        for name in registry.model_names():
+            shipped = registry.shipped_weights(name) is not None
+            self._add(f"{name} — network{'' if shipped else ' (choose weights)'}", name,
+                      registry.get_spec(name).description)
+        for label, (_, path) in registry.user_weights().items():
+            self._add(f"{label} — your model", f"{USER_PREFIX}{label}", str(path))
+        self.combo.blockSignals(False)
+        if current is not None:
+            self.select(current)
+        self._on_changed()
+
+    def _add(self, text: str, key: str, tip: str) -> None:
+        self.combo.addItem(text, key)
+        self.combo.setItemData(self.combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+
+    def _on_changed(self, *_: Any) -> None:
+        method, weights = self.selection()
+        user = self.key().startswith(USER_PREFIX)
+        model = method in registry.model_names()
+        self.weights_edit.setEnabled(model and not user)
+        self.weights_button.setEnabled(model and not user)
+        if user:
+            self.weights_edit.setText(weights or "")
+        elif model:
+            shipped = registry.shipped_weights(method) is not None
+            self.weights_edit.setText(self.custom_weights)
+            self.weights_edit.setPlaceholderText("shipped weights" if shipped else "required: choose a .pt file")
+        else:
+            self.weights_edit.setText("")
+            self.weights_edit.setPlaceholderText("not used by classical methods")
+        self.changed.emit()
+
+    def _on_edited(self, text: str) -> None:
+        self.custom_weights = text
+        self.changed.emit()
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self._parent, "Choose model weights", self.weights_edit.text(),
+                                              "Checkpoints (*.pt *.pth *.ckpt);;All files (*)")
+        if path:
+            self.weights_edit.setText(path)
+            self._on_edited(path)

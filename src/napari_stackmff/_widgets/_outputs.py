@@ -1,0 +1,97 @@
+"""Fusion results -> napari layers that overlay the input they came from.
+
+Every result layer copies the input layer's Y/X (and T) scale and translate, so it lies exactly
+over the stack; the focus map is in physical units when the z spacing is known; the 3-D surface
+sits inside the stack in the 3-D view. Existing result layers of the same input are updated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import napari
+import numpy as np
+from napari.layers import Layer
+
+from .._layerdata import drop_axes, height_surface, to_layer_order
+from ..core.fusion import FusionResult
+from ._layers import remove_result, upsert_result
+
+FOCUS_COLORMAP = "viridis"
+CONFIDENCE_COLORMAP = "magma"
+
+
+@dataclass
+class OutputOptions:
+    confidence: bool = False
+    surface: bool = False
+    surface_min_confidence: float = 0.0
+
+
+def _geometry(layer: Layer, dims: str, drop: str) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "scale": drop_axes(layer.scale, dims, drop),
+        "translate": drop_axes(layer.translate, dims, drop),
+    }
+    try:
+        kwargs["units"] = [str(u) for u, a in zip(layer.units, dims) if a not in drop]
+        kwargs["axis_labels"] = [str(lab) for lab, a in zip(layer.axis_labels, dims) if a not in drop]
+    except (AttributeError, TypeError):  # napari without units/axis labels
+        pass
+    return kwargs
+
+
+def focus_values(result: FusionResult, z_positions: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, tuple[float, float], str]:
+    """The focus map to show (physical when known), its display range and its unit.
+
+    The range is the whole stack (first to last slice), not the map's own min/max, so colours
+    mean the same height from one run to the next.
+    """
+    if result.height_map is not None:
+        if z_positions is not None and len(z_positions) == result.n_slices:
+            lo, hi = float(np.min(z_positions)), float(np.max(z_positions))
+        else:
+            lo, hi = float(np.nanmin(result.height_map)), float(np.nanmax(result.height_map))
+        unit = "µm" if result.unit == "um" else (result.unit or "")
+        return result.height_map, (lo, hi if hi > lo else lo + 1.0), unit
+    return result.focus_map, (0.0, float(max(result.n_slices - 1, 1))), "slices"
+
+
+def show_result(viewer: napari.Viewer, source: Layer, source_id: str, axes: str, result: FusionResult,
+                options: OutputOptions, z_positions: np.ndarray | None = None) -> dict[str, Layer]:
+    """Add or update the result layers of ``source``; returns them by kind."""
+    dims = axes[:-1] if source.rgb else axes
+    name = source.name
+    out: dict[str, Layer] = {}
+    values, limits, unit = focus_values(result, z_positions)
+    info = {"method": result.method, "n_slices": result.n_slices, "units": unit, "z_step": result.z_step,
+            "timings_s": dict(result.timings)}
+    if options.confidence:
+        out["confidence"] = upsert_result(
+            viewer, source_id, "confidence", "image", result.confidence, name=f"{name} confidence",
+            colormap=CONFIDENCE_COLORMAP, contrast_limits=(0.0, 1.0), metadata={"stackmff": info},
+            **_geometry(source, dims, "ZC"))
+    else:
+        remove_result(viewer, source_id, "confidence")
+    if options.surface and result.n_times == 1:
+        verts, faces, vals = height_surface(result.focus_map, values, result.confidence,
+                                            options.surface_min_confidence)
+        out["surface"] = upsert_result(
+            viewer, source_id, "surface", "surface", (verts, faces, vals), name=f"{name} height surface",
+            colormap=FOCUS_COLORMAP, contrast_limits=limits, metadata={"stackmff": info},
+            **_geometry(source, dims, "TC"))
+    else:
+        remove_result(viewer, source_id, "surface")
+    out["focus_map"] = upsert_result(
+        viewer, source_id, "focus_map", "image", values, name=f"{name} focus map", colormap=FOCUS_COLORMAP,
+        contrast_limits=limits, metadata={"stackmff": info}, **_geometry(source, dims, "ZC"))
+    aif_kwargs: dict[str, Any] = {"rgb": bool(source.rgb)}
+    if not source.rgb:
+        aif_kwargs.update(contrast_limits=tuple(source.contrast_limits), colormap=source.colormap,
+                          gamma=source.gamma)
+    out["all_in_focus"] = upsert_result(
+        viewer, source_id, "all_in_focus", "image", to_layer_order(result.all_in_focus, axes, bool(source.rgb)),
+        name=f"{name} all-in-focus", metadata={"stackmff": info}, **aif_kwargs, **_geometry(source, dims, "Z"))
+    return out

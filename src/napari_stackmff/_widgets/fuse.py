@@ -1,0 +1,406 @@
+"""The fusion widget: pick a stack layer and a method, get an all-in-focus image and a focus map.
+
+Thin over ``core.fuse``: the widget only gathers settings, runs fuse in a worker thread with a
+progress bar and a Cancel button, and puts the result on layers tied to the input layer it was
+computed from (captured at start, so changing the selection meanwhile is harmless). Nothing is
+added or changed until the whole result is there, so a cancelled run leaves no trace.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import napari
+from napari.layers import Layer
+from napari.utils import progress as napari_progress
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+                            QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+from ..core.classical import CLASSICAL_METHODS, DEFAULT_WINDOW
+from ..core.devices import available_devices
+from ..core.errors import StackMFFError
+from ..core.fusion import FusionCancelled, FusionResult, fuse
+from ..core.models import registry
+from ..core.stack import FocalStack
+from . import _settings
+from ._inputs import AXES_TEXT, ZInfo, axes_choices, channel_choices, is_event_candidate, is_event_layer
+from ._inputs import is_stack_layer, layer_stack, z_info
+from ._layers import LayerCombo, connect_layer_list, source_key
+from ._methods import MethodPicker
+from ._outputs import OutputOptions, show_result
+from ._worker import run_in_thread, user_message
+
+GROUP = "fusion"
+
+
+@dataclass
+class FusionJob:
+    """Everything one run needs, captured on the UI thread when Fuse is pressed."""
+
+    layer: Layer
+    source_id: str
+    axes: str
+    stack: FocalStack
+    z: ZInfo
+    method: str
+    weights: str | None
+    device: str
+    channel: int | None
+    window: int | None
+    tile: int | None
+    denoise: bool
+    outputs: OutputOptions
+    cancel: threading.Event
+
+
+def run_job(job: FusionJob, emit: Any) -> FusionResult:
+    """The worker body: core.fuse with progress relayed as (job, done, total, message) tuples."""
+    options: dict[str, Any] = {"tile": job.tile} if job.tile and job.method not in CLASSICAL_METHODS else {}
+    return fuse(job.stack, job.method, job.device, channel=job.channel, window=job.window, weights=job.weights,
+                denoise=job.denoise, progress=lambda done, total, msg: emit((job, done, total, msg)), cancel=job.cancel,
+                **options)
+
+
+class FusionWidget(QWidget):
+    """Dock widget: all-in-focus fusion of the selected focal-stack layer."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.worker: Any = None
+        self.job: FusionJob | None = None
+        self.last_result: FusionResult | None = None
+        self.result_layers: dict[str, Layer] = {}
+        self._pbar: napari_progress | None = None
+        _settings.restore_user_weights()
+        self._build()
+        self._load_settings()
+        self._disconnect = connect_layer_list(self.viewer, self._on_layers_changed)
+        self.destroyed.connect(lambda *_: self._teardown())
+        _settings.hub().weights_changed.connect(self.refresh_methods)
+        self._on_layer_changed()
+        self._on_method_changed()
+
+    # ---------------------------------------------------------------------------- layout
+    def _build(self) -> None:
+        root = QVBoxLayout(self)
+        root.setContentsMargins(6, 6, 6, 6)
+        inp = QGroupBox("Input stack")
+        form = QFormLayout(inp)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.layer_combo = LayerCombo(self.viewer, is_stack_layer)
+        self.layer_combo.setToolTip("The focal stack (z-stack) to fuse: (z, y, x), RGB, time-lapse or channels.")
+        self.axes_combo = QComboBox()
+        self.axes_combo.setToolTip("What the axes of the layer are. Set by our reader; check it for other layers.")
+        self.channel_combo = QComboBox()
+        self.channel_combo.setToolTip("Judge focus on this channel only (e.g. nuclei); all channels are fused.")
+        self.z_step = QDoubleSpinBox()
+        self.z_step.setRange(0.0, 1e6)
+        self.z_step.setDecimals(4)
+        self.z_step.setSingleStep(0.1)
+        self.z_step.setSpecialValueText("from layer")
+        self.z_step.setToolTip("Distance between slices. 'from layer' uses the file's z positions or the layer scale.")
+        self.z_unit = QComboBox()
+        self.z_unit.addItems(["µm", "nm", "mm"])
+        z_row = QHBoxLayout()
+        z_row.addWidget(self.z_step, 1)
+        z_row.addWidget(self.z_unit)
+        self.z_hint = QLabel()
+        self.z_hint.setWordWrap(True)
+        self.z_hint.setStyleSheet("color: gray;")
+        self.event_combo = LayerCombo(self.viewer, is_event_candidate, none_text="none", prefer=is_event_layer)
+        self.event_combo.setToolTip("Focal-plane event frames (one per slice), used by event-based models only.")
+        form.addRow("Image layer", self.layer_combo)
+        form.addRow("Axes", self.axes_combo)
+        form.addRow("Focus channel", self.channel_combo)
+        form.addRow("Z step", z_row)
+        form.addRow("", self.z_hint)
+        form.addRow("Event frames", self.event_combo)
+        # Only event-based models read event frames: without one in the registry, hide the row.
+        self.event_label = form.labelForField(self.event_combo)
+        has_event_models = any(registry.get_spec(m).uses_events for m in registry.model_names())
+        self.event_combo.setVisible(has_event_models)
+        self.event_label.setVisible(has_event_models)
+        root.addWidget(inp)
+
+        meth = QGroupBox("Method")
+        form = QFormLayout(meth)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.methods = MethodPicker(self)
+        self.method_combo = self.methods.combo
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", *available_devices()])
+        self.device_combo.setToolTip("auto: the first GPU if there is one, else the CPU.")
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(0, 8192)
+        self.tile_spin.setSingleStep(128)
+        self.tile_spin.setSpecialValueText("auto (fit memory)")
+        self.tile_spin.setToolTip("Networks process big images in overlapping tiles of this size (pixels).")
+        self.window_spin = QSpinBox()
+        self.window_spin.setRange(3, 63)
+        self.window_spin.setSingleStep(2)
+        self.window_spin.setSuffix(" px")
+        self.window_spin.setToolTip("Classical methods: neighbourhood over which sharpness is averaged.")
+        self.denoise_check = QCheckBox("Clean up focus map (fill flat areas, 3×3 median)")
+        form.addRow("Method", self.method_combo)
+        form.addRow("Weights", self.methods.weights_row)
+        form.addRow("Device", self.device_combo)
+        form.addRow("Tile size", self.tile_spin)
+        form.addRow("Focus window", self.window_spin)
+        form.addRow(self.denoise_check)
+        root.addWidget(meth)
+
+        outs = QGroupBox("Also show")
+        box = QVBoxLayout(outs)
+        self.confidence_check = QCheckBox("Confidence map (how clearly one slice wins)")
+        self.surface_check = QCheckBox("Height surface for the 3-D view")
+        self.surface_conf = QDoubleSpinBox()
+        self.surface_conf.setRange(0.0, 0.95)
+        self.surface_conf.setSingleStep(0.05)
+        self.surface_conf.setDecimals(2)
+        self.surface_conf.setToolTip("Leave holes in the surface where no slice is clearly sharp (flat background).")
+        self.surface_conf_label = QLabel("leave holes where confidence <")
+        s_row = QHBoxLayout()
+        s_row.setContentsMargins(24, 0, 0, 0)
+        s_row.addWidget(self.surface_conf_label)
+        s_row.addWidget(self.surface_conf)
+        s_row.addStretch(1)
+        box.addWidget(self.confidence_check)
+        box.addWidget(self.surface_check)
+        box.addLayout(s_row)
+        root.addWidget(outs)
+
+        self.run_button = QPushButton("Fuse")
+        self.run_button.setMinimumHeight(30)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setTextVisible(True)
+        self.progress_bar.setValue(0)
+        self.status = QLabel("Choose a focal stack and press Fuse.")
+        self.status.setWordWrap(True)
+        root.addWidget(self.run_button)
+        root.addWidget(self.progress_bar)
+        root.addWidget(self.status)
+        root.addStretch(1)
+
+        self.layer_combo.currentIndexChanged.connect(self._on_layer_changed)
+        self.axes_combo.currentIndexChanged.connect(self._on_axes_changed)
+        self.methods.changed.connect(self._on_method_changed)
+        self.z_step.valueChanged.connect(self._update_z_hint)
+        self.z_unit.currentIndexChanged.connect(self._update_z_hint)
+        self.run_button.clicked.connect(self._on_run_clicked)
+        for w in (self.device_combo, self.z_unit):
+            w.currentIndexChanged.connect(self._save_settings)
+        for w in (self.tile_spin, self.window_spin, self.surface_conf):
+            w.valueChanged.connect(self._save_settings)
+        self.surface_check.toggled.connect(self.surface_conf.setEnabled)
+        self.surface_check.toggled.connect(self.surface_conf_label.setEnabled)
+        for c in (self.denoise_check, self.confidence_check, self.surface_check):
+            c.toggled.connect(self._save_settings)
+
+    # ---------------------------------------------------------------------------- settings
+    def _load_settings(self) -> None:
+        self._loading = True
+        load = _settings.load
+        self.methods.custom_weights = load(GROUP, "weights_file", "")
+        self.methods.select(load(GROUP, "method", "auto"))
+        self._select_text(self.device_combo, load(GROUP, "device", "auto"))
+        self._select_text(self.z_unit, load(GROUP, "z_unit", "µm"))
+        self.tile_spin.setValue(load(GROUP, "tile", 0))
+        self.window_spin.setValue(load(GROUP, "window", DEFAULT_WINDOW))
+        self.denoise_check.setChecked(load(GROUP, "denoise", True))
+        self.confidence_check.setChecked(load(GROUP, "confidence", False))
+        self.surface_check.setChecked(load(GROUP, "surface", True))
+        self.surface_conf.setValue(load(GROUP, "surface_min_confidence", 0.3))
+        self.surface_conf.setEnabled(self.surface_check.isChecked())
+        self.surface_conf_label.setEnabled(self.surface_check.isChecked())
+        self._loading = False
+
+    def _save_settings(self, *_: Any) -> None:
+        if getattr(self, "_loading", True):
+            return
+        _settings.save(GROUP, {
+            "method": self.method_combo.currentData() or "auto", "device": self.device_combo.currentText(),
+            "z_unit": self.z_unit.currentText(), "tile": self.tile_spin.value(), "window": self.window_spin.value(),
+            "denoise": self.denoise_check.isChecked(), "confidence": self.confidence_check.isChecked(),
+            "surface": self.surface_check.isChecked(), "surface_min_confidence": self.surface_conf.value(),
+            "weights_file": self.methods.custom_weights,
+        })
+
+    @staticmethod
+    def _select_text(combo: QComboBox, text: str) -> None:
+        i = combo.findText(text)
+        if i >= 0:
+            combo.setCurrentIndex(i)
+
+    # ---------------------------------------------------------------------------- methods
+    def refresh_methods(self, *_: Any) -> None:
+        """Re-list the methods (e.g. after a model was trained and registered)."""
+        self.methods.refresh()
+
+    def select_method(self, key: str) -> None:
+        """Select a method by name, or a registered checkpoint by ``"user:<label>"``."""
+        self.methods.select(key)
+
+    def _on_method_changed(self, *_: Any) -> None:
+        key, (method, _) = self.methods.key(), self.methods.selection()
+        self.tile_spin.setEnabled(key == "auto" or self.methods.is_model())
+        self.window_spin.setEnabled(key == "auto" or method in CLASSICAL_METHODS)
+        self.event_combo.setEnabled(self.methods.uses_events())
+        self._save_settings()
+
+    # ---------------------------------------------------------------------------- input layer
+    def _on_layers_changed(self, *_: Any) -> None:
+        self.layer_combo.refresh()
+        self.event_combo.refresh()
+
+    def _on_layer_changed(self, *_: Any) -> None:
+        layer = self.layer_combo.current_layer()
+        self.axes_combo.blockSignals(True)
+        self.axes_combo.clear()
+        for axes in axes_choices(layer) if layer is not None else []:
+            self.axes_combo.addItem(AXES_TEXT.get(axes, axes), axes)
+        self.axes_combo.setEnabled(self.axes_combo.count() > 1)
+        self.axes_combo.blockSignals(False)
+        self._on_axes_changed()
+        self.run_button.setEnabled(layer is not None or self.worker is not None)
+
+    def _on_axes_changed(self, *_: Any) -> None:
+        layer, axes = self.layer_combo.current_layer(), self.axes_combo.currentData()
+        self.channel_combo.clear()
+        if layer is not None and axes:
+            for label, index in channel_choices(layer, axes):
+                self.channel_combo.addItem(label, index)
+        self.channel_combo.setEnabled(self.channel_combo.count() > 1)
+        self._update_z_hint()
+
+    def _z(self) -> ZInfo | None:
+        layer, axes = self.layer_combo.current_layer(), self.axes_combo.currentData()
+        if layer is None or not axes:
+            return None
+        return z_info(layer, axes, self.z_step.value(), self.z_unit.currentText())
+
+    def _update_z_hint(self, *_: Any) -> None:
+        self.z_unit.setEnabled(self.z_step.value() > 0)
+        z = self._z()
+        self.z_hint.setText("" if z is None else z.text)
+
+    # ---------------------------------------------------------------------------- running
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def _on_run_clicked(self) -> None:
+        if self.running:
+            self.cancel()
+        else:
+            self.run()
+
+    def make_job(self) -> FusionJob:
+        """Capture the current settings and input (raises StackMFFError on bad input)."""
+        layer, axes = self.layer_combo.current_layer(), self.axes_combo.currentData()
+        if layer is None or not axes:
+            raise StackMFFError("Open or choose a focal-stack layer first.")
+        method, weights = self.methods.selection()
+        if method in registry.model_names() and weights is None and registry.shipped_weights(method) is None:
+            raise StackMFFError(
+                f"{method} has no shipped weights yet: choose a weights file (…), pick a model you trained "
+                "(Train a focus model), or use a classical method.")
+        z = self._z()
+        assert z is not None
+        events = self.event_combo.current_layer() if self.event_combo.isEnabled() else None
+        stack = layer_stack(layer, axes, z, events=None if events is None else events.data)
+        return FusionJob(
+            layer=layer, source_id=source_key(layer), axes=axes, stack=stack, z=z, method=method, weights=weights,
+            device=self.device_combo.currentText(), channel=self.channel_combo.currentData(),
+            window=self.window_spin.value(), tile=self.tile_spin.value() or None,
+            denoise=self.denoise_check.isChecked(),
+            outputs=OutputOptions(confidence=self.confidence_check.isChecked(), surface=self.surface_check.isChecked(),
+                                  surface_min_confidence=self.surface_conf.value()),
+            cancel=threading.Event())
+
+    def run(self) -> None:
+        """Start fusion of the current layer in a worker thread."""
+        if self.running:
+            return
+        try:
+            job = self.make_job()
+        except StackMFFError as exc:
+            self._fail(str(exc))
+            return
+        self._save_settings()
+        self.run_button.setText("Cancel")
+        self.progress_bar.setRange(0, 0)
+        self.status.setText(f"Fusing {job.layer.name} with {job.method}…")
+        self._pbar = napari_progress(total=0, desc=f"Fusing {job.layer.name}")
+        self.job = job
+        self.worker = run_in_thread(run_job, job, on_message=self._on_progress, on_returned=self._on_returned,
+                                    on_errored=self._on_errored, on_finished=self._on_finished)
+
+    def cancel(self) -> None:
+        """Ask the running fusion to stop; it ends within one slice or tile, adding nothing."""
+        if self.job is not None:
+            self.job.cancel.set()
+            self.status.setText("Cancelling…")
+            self.run_button.setEnabled(False)
+
+    def _on_progress(self, message: tuple[FusionJob, int, int, str]) -> None:
+        job, done, total, text = message
+        if job is not self.job:
+            return  # a late message from a run that has already ended
+        self.progress_bar.setRange(0, max(total, 1))
+        self.progress_bar.setValue(done)
+        self.progress_bar.setFormat(f"{text} %v/%m")
+        pbar = self._pbar  # napari's progress may process events: keep our own reference
+        if pbar is not None:
+            if pbar.total != total:
+                pbar.total = total
+            pbar.set_description(text)
+            pbar.update(done - pbar.n)
+
+    def _on_returned(self, result: FusionResult) -> None:
+        job = self.job
+        if job is None or job.cancel.is_set():
+            return  # cancelled after the last check: drop the result, as promised
+        self.last_result = result
+        self.result_layers = show_result(self.viewer, job.layer, job.source_id, job.axes, result, job.outputs,
+                                         job.z.positions)
+        took = result.timings.get("total_s", 0.0)
+        note = " (3-D surface: single time points only)" if job.outputs.surface and result.n_times > 1 else ""
+        self.status.setText(f"Done: {job.layer.name} fused with {result.method} in {took:.1f} s{note}.")
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(1)
+        self.progress_bar.setFormat("done")
+
+    def _on_errored(self, exc: BaseException) -> None:
+        if isinstance(exc, FusionCancelled):
+            self.status.setText("Cancelled: no layers were added or changed.")
+            show_info("Fusion cancelled.")
+        else:
+            self._fail(user_message(exc))
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("")
+
+    def _fail(self, message: str) -> None:
+        self.status.setText(message)
+        show_error(message)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.job = None
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self.run_button.setText("Fuse")
+        self.run_button.setEnabled(self.layer_combo.current_layer() is not None)
+
+    def _teardown(self) -> None:
+        if self.job is not None:
+            self.job.cancel.set()
+        try:
+            self._disconnect()
+        except Exception:  # the viewer may be gone already
+            pass

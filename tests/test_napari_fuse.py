@@ -1,0 +1,179 @@
+"""The fusion widget: right layers (shape, dtype, scale), accuracy on a known stack, re-runs that
+update instead of piling up, cancel without leftovers, results tied to their input layer."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+
+from napari_fixtures import isolated_settings, stackmff_plugin, wait_idle  # noqa: E402,F401
+
+from napari_stackmff._widgets import FusionWidget  # noqa: E402
+from napari_stackmff._widgets._layers import RESULT_KEY  # noqa: E402
+from napari_stackmff.core import synth  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("stackmff_plugin")
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return synth.make_sample("cells", n=10, size=128, seed=7)
+
+
+def _widget(viewer, qtbot) -> FusionWidget:
+    widget = FusionWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="All-in-focus fusion")
+    return widget
+
+
+def _results(viewer):
+    return [layer for layer in viewer.layers if RESULT_KEY in layer.metadata]
+
+
+def test_fuse_synthetic_stack(make_napari_viewer, qtbot, isolated_settings, sample):
+    viewer = make_napari_viewer()
+    stack = viewer.add_image(sample.slices, name="cells", scale=(2.0, 0.5, 0.25), translate=(0, 10, 20),
+                             contrast_limits=(100, 40000))
+    widget = _widget(viewer, qtbot)
+    assert widget.layer_combo.current_layer() is stack
+    widget.select_method("wavelet")
+    widget.z_step.setValue(2.0)
+    widget.confidence_check.setChecked(True)
+    widget.surface_check.setChecked(True)
+    widget.run()
+    assert widget.running and widget.run_button.text() == "Cancel"
+    wait_idle(qtbot, widget)
+
+    aif = viewer.layers["cells all-in-focus"]
+    fmap = viewer.layers["cells focus map"]
+    assert aif.data.shape == (128, 128) and aif.data.dtype == np.uint16
+    np.testing.assert_allclose(aif.scale, [0.5, 0.25])
+    np.testing.assert_allclose(aif.translate, [10, 20])
+    assert tuple(aif.contrast_limits) == (100, 40000)
+    assert fmap.data.shape == (128, 128) and fmap.data.dtype == np.float32
+    np.testing.assert_allclose(fmap.scale, [0.5, 0.25])
+    assert fmap.colormap.name == "viridis"
+    assert fmap.metadata["stackmff"]["units"] == "µm"  # z step known -> height in µm
+    assert tuple(fmap.contrast_limits) == (0.0, 18.0)
+    # Focus decided right on textured pixels (truth known from the renderer).
+    result = widget.last_result
+    mask = synth.texture_mask(sample.aif, quantile=0.5)
+    within = np.abs(result.focus_map - sample.focus_index)[mask] <= 1
+    assert within.mean() >= 0.85, within.mean()
+    np.testing.assert_allclose(fmap.data, result.focus_map * 2.0, atol=1e-4)
+    conf = viewer.layers["cells confidence"]
+    assert conf.data.shape == (128, 128) and tuple(conf.contrast_limits) == (0.0, 1.0)
+    surface = viewer.layers["cells height surface"]
+    np.testing.assert_allclose(surface.scale, [2.0, 0.5, 0.25])
+    assert surface.data[0].shape[1] == 3
+
+    # Re-running updates the same layers instead of adding new ones.
+    n_layers = len(viewer.layers)
+    widget.confidence_check.setChecked(False)
+    widget.select_method("laplacian")
+    widget.run()
+    wait_idle(qtbot, widget)
+    assert viewer.layers["cells all-in-focus"] is aif
+    assert len(viewer.layers) == n_layers - 1  # confidence unticked: its stale layer is removed
+    assert len(_results(viewer)) == 3
+    assert widget.last_result.method == "laplacian"
+
+
+def test_rgb_and_timelapse(make_napari_viewer, qtbot, isolated_settings, sample):
+    viewer = make_napari_viewer()
+    rgb = np.stack([sample.slices[:, :64, :64] // 257] * 3, axis=-1).astype(np.uint8)
+    viewer.add_image(rgb, name="colour", rgb=True)
+    tl = np.stack([sample.slices[:, :48, :48]] * 2)  # (T, Z, Y, X)
+    viewer.add_image(tl, name="timelapse")
+    widget = _widget(viewer, qtbot)
+    widget.select_method("variance")
+    for name, shape in (("colour", (64, 64, 3)), ("timelapse", (2, 48, 48))):
+        widget.layer_combo.set_current_layer(viewer.layers[name])
+        if name == "timelapse":
+            assert widget.axes_combo.currentData() == "TZYX"
+        else:
+            assert widget.channel_combo.count() == 4  # luma + R, G, B
+        widget.run()
+        wait_idle(qtbot, widget)
+        aif = viewer.layers[f"{name} all-in-focus"]
+        assert aif.data.shape == shape and aif.data.dtype == viewer.layers[name].data.dtype
+        assert aif.rgb == (name == "colour")
+        assert viewer.layers[f"{name} focus map"].data.shape == shape[:3] if name == "timelapse" else (64, 64)
+
+
+def test_multichannel_uses_chosen_channel(make_napari_viewer, qtbot, isolated_settings, sample):
+    viewer = make_napari_viewer()
+    data = np.stack([sample.slices[:, :64, :64], np.zeros_like(sample.slices[:, :64, :64])])  # (C, Z, Y, X)
+    viewer.add_image(data, name="two channels", metadata={"stackmff": {"axes": "CZYX"}})
+    widget = _widget(viewer, qtbot)
+    widget.select_method("wavelet")
+    assert widget.axes_combo.currentData() == "CZYX"
+    widget.channel_combo.setCurrentIndex(1)  # channel 0
+    widget.run()
+    wait_idle(qtbot, widget)
+    aif = viewer.layers["two channels all-in-focus"]
+    assert aif.data.shape == (2, 64, 64) and (aif.data[1] == 0).all()
+
+
+def test_cancel_leaves_no_layer(make_napari_viewer, qtbot, isolated_settings):
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 4000, (48, 512, 512), dtype=np.uint16)
+    viewer.add_image(big, name="big")
+    widget = _widget(viewer, qtbot)
+    widget.select_method("wavelet")
+    widget.run()
+    qtbot.waitUntil(lambda: widget.progress_bar.value() >= 1, timeout=20_000)
+    t0 = time.perf_counter()
+    widget.cancel()
+    wait_idle(qtbot, widget, timeout=10_000)
+    assert time.perf_counter() - t0 < 2.0
+    assert [layer.name for layer in viewer.layers] == ["big"]
+    assert "Cancelled" in widget.status.text() and widget.run_button.text() == "Fuse"
+
+
+def test_result_follows_input_not_selection(make_napari_viewer, qtbot, isolated_settings, sample):
+    viewer = make_napari_viewer()
+    a = viewer.add_image(sample.slices, name="A")
+    viewer.add_image(sample.slices[:, :32, :32], name="B")
+    widget = _widget(viewer, qtbot)
+    widget.select_method("wavelet")
+    widget.layer_combo.set_current_layer(a)
+    widget.run()
+    widget.layer_combo.set_current_layer(viewer.layers["B"])  # user moves on while it runs
+    a.name = "A renamed"
+    wait_idle(qtbot, widget)
+    aif = [layer for layer in _results(viewer) if layer.metadata[RESULT_KEY]["kind"] == "all_in_focus"]
+    assert len(aif) == 1 and aif[0].data.shape == (128, 128)
+    assert aif[0].metadata[RESULT_KEY]["source"] == str(a.unique_id)
+    assert aif[0].name.startswith("A renamed")
+
+
+def test_bad_input_is_one_line(make_napari_viewer, qtbot, isolated_settings, sample, monkeypatch):
+    viewer = make_napari_viewer()
+    viewer.add_image(sample.slices[:, :32, :32], name="tiny")
+    widget = _widget(viewer, qtbot)
+    shown = []
+    monkeypatch.setattr("napari_stackmff._widgets.fuse.show_error", shown.append)
+    widget.channel_combo.addItem("bogus", 5)
+    widget.channel_combo.setCurrentIndex(widget.channel_combo.count() - 1)
+    widget.run()
+    wait_idle(qtbot, widget)
+    assert len(shown) == 1 and "channel 5" in shown[0] and "\n" not in shown[0]
+    assert len(viewer.layers) == 1
+
+
+def test_settings_persist(make_napari_viewer, qtbot, isolated_settings):
+    viewer = make_napari_viewer()
+    w1 = _widget(viewer, qtbot)
+    w1.select_method("tenengrad")
+    w1.window_spin.setValue(15)
+    w1.confidence_check.setChecked(True)
+    w2 = FusionWidget(viewer)
+    qtbot.addWidget(w2)
+    assert w2.method_combo.currentData() == "tenengrad"
+    assert w2.window_spin.value() == 15 and w2.confidence_check.isChecked()

@@ -1,0 +1,148 @@
+"""napari readers and sample data: the right layers, scale and metadata; decline non-stacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+tifffile = pytest.importorskip("tifffile")
+
+from napari_fixtures import SHARED_DATA, stackmff_plugin  # noqa: E402,F401
+from PIL import Image  # noqa: E402
+
+from napari_stackmff._reader import get_event_reader, get_stack_reader, looks_like_event_frame  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("stackmff_plugin")
+
+EVENT_DATA = SHARED_DATA / "event_focal_stack_zeromotion"
+
+
+def _write_slices(folder, n=5, shape=(40, 50), rgb=False):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = rng.integers(0, 255, (*shape, 3) if rgb else shape, dtype=np.uint8)
+        Image.fromarray(img).save(folder / f"slice_{i + 1}.png")
+    return folder
+
+
+def _write_event_frames(folder, n=4, shape=(30, 40)):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        img = np.full((*shape, 3), 255, np.uint8)
+        pos, neg = rng.random(shape) < 0.03, rng.random(shape) < 0.03
+        img[pos] = (254, 0, 0)
+        img[neg & ~pos] = (0, 0, 254)
+        Image.fromarray(img).save(folder / f"{i:02d}.png")
+    return folder
+
+
+def test_slice_folder(make_napari_viewer, stackmff_plugin, tmp_path):
+    folder = _write_slices(tmp_path / "my_stack", n=5)
+    assert get_stack_reader(str(folder)) is not None
+    assert get_event_reader(str(folder)) is None  # photos are not event frames
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(folder), plugin="napari-stackmff")
+    assert len(layers) == 1
+    layer = layers[0]
+    assert layer.name == "my_stack"
+    assert layer.data.shape == (5, 40, 50) and layer.data.dtype == np.uint8
+    meta = layer.metadata["stackmff"]
+    assert meta["axes"] == "ZYX" and meta["z_positions"] is None and meta["source"] == str(folder)
+
+
+def test_rgb_slice_folder(tmp_path):
+    folder = _write_slices(tmp_path / "rgb", n=3, rgb=True)
+    data, kwargs, kind = get_stack_reader(str(folder))(str(folder))[0]
+    assert kind == "image" and kwargs["rgb"] is True and data.shape == (3, 40, 50, 3)
+    assert kwargs["metadata"]["stackmff"]["axes"] == "ZYXC" and len(kwargs["scale"]) == 3
+
+
+def test_imagej_tiff_with_spacing(make_napari_viewer, stackmff_plugin, tmp_path):
+    path = tmp_path / "stack.tif"
+    data = np.arange(6 * 20 * 30, dtype=np.uint16).reshape(6, 20, 30)
+    tifffile.imwrite(path, data, imagej=True, resolution=(1 / 0.25, 1 / 0.25),
+                     metadata={"spacing": 2.5, "unit": "um", "axes": "ZYX"})
+    viewer = make_napari_viewer()
+    layer = viewer.open(str(path), plugin="napari-stackmff")[0]
+    assert layer.name == "stack"
+    assert layer.data.shape == (6, 20, 30) and layer.data.dtype == np.uint16
+    np.testing.assert_allclose(layer.scale, [2.5, 0.25, 0.25])
+    assert [str(u) for u in layer.units] == ["micrometer"] * 3
+    np.testing.assert_allclose(layer.metadata["stackmff"]["z_positions"], np.arange(6) * 2.5)
+
+
+def test_multichannel_tiff_puts_channels_first(tmp_path):
+    path = tmp_path / "two_channels.tif"
+    data = np.zeros((4, 2, 16, 18), np.uint16)  # ImageJ order Z, C, Y, X
+    data[:, 1] = 7
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "ZCYX"})
+    out, kwargs, _ = get_stack_reader(str(path))(str(path))[0]
+    assert kwargs["metadata"]["stackmff"]["axes"] == "CZYX"
+    assert out.shape == (2, 4, 16, 18) and (out[1] == 7).all() and kwargs["rgb"] is False
+
+
+def test_single_images_are_left_to_other_readers(tmp_path):
+    tifffile.imwrite(tmp_path / "one.tif", np.zeros((20, 30), np.uint16))
+    tifffile.imwrite(tmp_path / "one_rgb.tif", np.zeros((20, 30, 3), np.uint8), photometric="rgb")
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "one.png")
+    single = _write_slices(tmp_path / "single", n=1)
+    for p in ("one.tif", "one_rgb.tif", "one.png"):
+        assert get_stack_reader(str(tmp_path / p)) is None, p
+    assert get_stack_reader(str(single)) is None
+    assert get_stack_reader(str(tmp_path / "missing")) is None
+    assert get_stack_reader([str(tmp_path / "one.tif"), str(tmp_path / "one.png")]) is None
+
+
+def test_unreadable_stack_shows_one_line_instead_of_traceback(tmp_path, monkeypatch):
+    folder = _write_slices(tmp_path / "mixed", n=2, shape=(10, 10))
+    Image.fromarray(np.zeros((12, 10), np.uint8)).save(folder / "slice_3.png")
+    shown = []
+    monkeypatch.setattr("napari_stackmff._reader._show_error", shown.append)
+    assert get_stack_reader(str(folder))(str(folder)) == [(None,)]
+    assert len(shown) == 1 and "slice_3.png" in shown[0] and "\n" not in shown[0]
+
+
+def test_event_folder_synthetic(make_napari_viewer, stackmff_plugin, tmp_path):
+    pytest.importorskip("napari_stackmff.core.events")
+    folder = _write_event_frames(tmp_path / "events", n=4)
+    assert get_stack_reader(str(folder)) is None  # never read as an image stack
+    viewer = make_napari_viewer()
+    layer = viewer.open(str(folder), plugin="napari-stackmff")[0]
+    assert layer.data.shape == (4, 30, 40) and layer.data.dtype == np.float32
+    assert layer.data.max() > 0 and layer.data.min() < 0  # red positive, blue negative
+    lo, hi = layer.contrast_limits
+    assert lo == -hi and layer.metadata["stackmff"]["kind"] == "events"
+
+
+@pytest.mark.skipif(not EVENT_DATA.is_dir(), reason="../shared/data is not present")
+def test_event_folder_shared_data():
+    pytest.importorskip("napari_stackmff.core.events")
+    assert looks_like_event_frame(np.asarray(Image.open(EVENT_DATA / "events" / "00.png").convert("RGB")))
+    assert not looks_like_event_frame(np.asarray(Image.open(EVENT_DATA / "images" / "00.png").convert("RGB")))
+    data, kwargs, _ = get_event_reader(str(EVENT_DATA / "events"))(str(EVENT_DATA / "events"))[0]
+    assert data.shape == (20, 518, 774) and kwargs["name"] == "event_focal_stack_zeromotion events"
+    # The parent folder opens both the focal stack and its events, aligned.
+    layers = get_event_reader(str(EVENT_DATA))(str(EVENT_DATA))
+    assert [ld[0].shape for ld in layers] == [(20, 518, 774, 3), (20, 518, 774)]
+    assert layers[0][1]["rgb"] is True
+
+
+def test_sample_data(make_napari_viewer, stackmff_plugin):
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample("napari-stackmff", "cells")
+    (layer,) = layers
+    assert layer.data.shape == (12, 256, 256) and layer.data.dtype == np.uint16
+    np.testing.assert_allclose(layer.scale, [1.0, 0.2, 0.2])
+    assert layer.metadata["stackmff"]["unit"] == "um"
+
+
+def test_event_sample_data(make_napari_viewer, stackmff_plugin):
+    pytest.importorskip("napari_stackmff.core.events")
+    viewer = make_napari_viewer()
+    image, events = viewer.open_sample("napari-stackmff", "events")
+    assert image.data.shape == events.data.shape == (12, 256, 256)
+    assert events.metadata["stackmff"]["kind"] == "events"
+    np.testing.assert_allclose(events.scale, image.scale)

@@ -1,0 +1,116 @@
+"""The training widget: a short run moves the bars and the plot, writes a checkpoint, registers it,
+and the fusion widget can use it straight away; Stop ends a run cleanly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("napari_stackmff.core.train", reason="core/train.py is not there yet")
+
+from napari_fixtures import isolated_settings, stackmff_plugin, wait_idle  # noqa: E402,F401
+
+from napari_stackmff._widgets import FusionWidget, TrainingWidget  # noqa: E402
+from napari_stackmff.core import synth  # noqa: E402
+from napari_stackmff.core.models import registry  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("stackmff_plugin")
+
+#: As small as a run can be: seconds on two CPU cores (synthetic scenes take ~10 s each to render,
+#: so the runs read a tiny folder dataset; only validation renders one small stack).
+TINY = dict(epochs=1, steps_per_epoch=3, batch_size=2, crop=32, n_range=(3, 4), val_stacks=1, device="cpu")
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """Two 4-slice scenes in the folder layout core.train reads (stacks/ + depth_maps/)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for scene in ("a", "b"):
+        folder = tmp_path / "data" / "stacks" / scene
+        folder.mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(folder / f"{i + 1}.png")
+        (tmp_path / "data" / "depth_maps").mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(tmp_path / "data" / "depth_maps" / f"{scene}.png")
+    return tmp_path / "data"
+
+
+def _use_folder(trainer, folder):
+    trainer.source_combo.setCurrentIndex(trainer.source_combo.findData("folder"))
+    trainer.folder_edit.setText(str(folder))
+
+
+def test_config_from_form(make_napari_viewer, qtbot, isolated_settings):
+    viewer = make_napari_viewer()
+    trainer = TrainingWidget(viewer)
+    qtbot.addWidget(trainer)
+    trainer.n_min.setValue(5)
+    trainer.n_max.setValue(9)
+    trainer.crop_spin.setValue(64)
+    trainer.lr_spin.setValue(0.0005)
+    cfg = trainer.make_config()
+    assert cfg.data == "synthetic" and tuple(cfg.n_range) == (5, 9) and cfg.crop == 64
+    assert cfg.lr == pytest.approx(5e-4) and cfg.model == trainer.model_combo.currentData()
+    assert trainer.folder_edit.isHidden()
+    trainer.source_combo.setCurrentIndex(1)
+    assert not trainer.folder_edit.isHidden() and not trainer.n_min.isEnabled()
+
+
+def test_short_training_run_feeds_fusion(make_napari_viewer, qtbot, isolated_settings, tmp_path, dataset):
+    viewer = make_napari_viewer()
+    fusion = FusionWidget(viewer)
+    trainer = TrainingWidget(viewer)
+    viewer.window.add_dock_widget(fusion, name="fusion")
+    viewer.window.add_dock_widget(trainer, name="training")
+    ckpt = tmp_path / "models" / "mine.pt"
+    trainer.checkpoint_edit.setText(str(ckpt))
+    _use_folder(trainer, dataset)
+    trainer.start(**TINY)
+    assert trainer.running and not trainer.start_button.isEnabled()
+    wait_idle(qtbot, trainer, timeout=60_000)
+
+    assert len(trainer.plot.train) == 3 and len(trainer.plot.val) == 1
+    assert trainer.batch_bar.value() == 3 and trainer.epoch_bar.value() == 1
+    assert ckpt.is_file()
+    label = trainer.registered_label
+    assert label in registry.user_weights()
+    model, path = registry.user_weights()[label]
+    assert model == "stackmff-v2" and Path(path).is_file()
+
+    # The open fusion widget lists the new checkpoint and can fuse with it.
+    assert fusion.method_combo.findData(f"user:{label}") >= 0
+    s = synth.make_sample("cells", n=6, size=64, seed=3)
+    viewer.add_image(s.slices, name="small")
+    fusion.layer_combo.set_current_layer(viewer.layers["small"])
+    fusion.select_method(f"user:{label}")
+    fusion.device_combo.setCurrentText("cpu")
+    fusion.run()
+    wait_idle(qtbot, fusion)
+    assert fusion.last_result is not None and fusion.last_result.method == "stackmff-v2"
+    assert viewer.layers["small all-in-focus"].data.dtype == np.uint16
+
+    # A new session (fresh registry) still offers it: remembered in the settings.
+    registry._user_weights.clear()
+    again = FusionWidget(viewer)
+    qtbot.addWidget(again)
+    assert again.method_combo.findData(f"user:{label}") >= 0
+
+
+def test_stop_keeps_a_checkpoint(make_napari_viewer, qtbot, isolated_settings, tmp_path, dataset):
+    viewer = make_napari_viewer()
+    trainer = TrainingWidget(viewer)
+    qtbot.addWidget(trainer)
+    trainer.checkpoint_edit.setText(str(tmp_path / "stopped.pt"))
+    _use_folder(trainer, dataset)
+    trainer.start(**{**TINY, "epochs": 50, "steps_per_epoch": 1000})
+    qtbot.waitUntil(lambda: len(trainer.plot.train) >= 2, timeout=60_000)
+    trainer.stop()
+    wait_idle(qtbot, trainer, timeout=30_000)
+    assert trainer.result is not None and trainer.result.stopped
+    assert (tmp_path / "stopped.pt").is_file() and trainer.registered_label is not None
+    assert trainer.start_button.isEnabled() and not trainer.stop_button.isEnabled()
