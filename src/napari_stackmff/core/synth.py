@@ -253,7 +253,8 @@ def render_stack(
         m = (lab == l).astype(np.float32)
         planes.append(np.concatenate([img * m[..., None], m[..., None]], axis=-1))
     vol = torch.from_numpy(np.stack(planes)).permute(0, 3, 1, 2)  # (L, C+1, H, W)
-    vol = torch.nn.functional.pad(vol, (pad, pad_x - pad, pad, pad_y - pad), mode="reflect")
+    mode = "reflect" if max(pad_x - pad, pad_y - pad) < min(h, w) else "replicate"  # reflect needs pad < size
+    vol = torch.nn.functional.pad(vol, (pad, pad_x - pad, pad, pad_y - pad), mode=mode)
     spec = torch.fft.rfft2(vol)
     hp, wp = vol.shape[-2:]
     psf_cache: dict[float, torch.Tensor] = {}

@@ -99,7 +99,7 @@ def _to_unit(stack: np.ndarray) -> np.ndarray:
 class SyntheticPool:
     """A pool of rendered dense stacks; batches are random ordered slice subsets, crops and flips.
 
-    Rendering is the slow part, so each dense stack (N=24) serves many batches: picking k of its
+    Rendering is the slow part, so each dense stack (up to N=24) serves many batches: picking k of its
     slices in order gives a new stack with k slices and uneven steps, and its true focus index
     follows by interpolation. One pool entry is re-rendered every few batches.
     """
@@ -123,7 +123,8 @@ class SyntheticPool:
 
     def _render(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # Gray only: the network sees luma, and blur is linear, so an RGB render adds cost, not signal.
-        s = self._synth.random_stack(self.rng, size=self.size, n=max(24, self.n_range[1]), rgb=False,
+        dense = max(self.n_range[1], min(24, max(self.n_range[1] + 8, 2 * self.n_range[1])))
+        s = self._synth.random_stack(self.rng, size=self.size, n=dense, rgb=False,
                                      noise=self.noise, max_radius=(6.0, 24.0))
         return _to_unit(s.slices), s.depth, s.focus_positions
 
@@ -289,7 +290,7 @@ def train(
         emit(TrainEvent("prepare", start_epoch, cfg.epochs, prepared[0], n_prep, float("nan")))
 
     if cfg.data == "synthetic":
-        data = SyntheticPool(rng, max(cfg.crop + 32, 160), cfg.n_range, cfg.pool_size, cfg.pool_refresh_every,
+        data = SyntheticPool(rng, cfg.crop + max(16, cfg.crop // 4), cfg.n_range, cfg.pool_size, cfg.pool_refresh_every,
                              noise=cfg.noise, on_render=on_render, stop=stop)
     else:
         data = FolderData(cfg.data, rng)
