@@ -67,6 +67,58 @@ def synthetic(cands: dict[str, dict], n_stacks: int, seed: int = 777) -> None:
         print(f"{name:16s} {a[0]:8.2f} {a[1]:7.4f} {a[2]:10.3f} {100 * a[3]:8.1f}% {a[0] - ref:+14.2f}")
 
 
+def ablation(weights: Path, n_stacks: int, seed: int = 778) -> None:
+    """Each inference change on its own, with the same weights: what it buys in PSNR and focus error.
+
+    published : bilinear resize to a multiple of 32, batch min-max of the soft-argmax depth, round
+    +pad      : reflect-pad instead of resizing (min-max kept)
+    +no-minmax: soft-argmax depth used as is (slice units), no stretch
+    +argmax   : winning slice, refined by its neighbours' probabilities (instead of soft-argmax)
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from napari_stackmff.core.models.inference import pad_to_multiple, readout
+    from napari_stackmff.core.models.registry import load_model
+    from napari_stackmff.core.train import _to_unit
+
+    model = load_model("stackmff-v2", weights, "cpu")
+    rng = np.random.default_rng(seed)
+    rows: dict[str, list] = {k: [] for k in ("published", "+pad", "+no-minmax", "+argmax")}
+    for i in range(n_stacks):
+        h, w = int(rng.integers(150, 230)), int(rng.integers(150, 230))  # sizes that are not multiples of 32
+        s = random_stack(rng, size=(h, w), n_range=(4, 24), dtype="uint16" if i % 2 else "uint8", noise=True,
+                         max_radius=(6.0, 24.0))
+        n = s.slices.shape[0]
+        mask = texture_mask(s.aif, quantile=0.5)
+        x = torch.from_numpy(_to_unit(s.slices))[None]
+        with torch.no_grad():
+            h32, w32 = max(32, round(h / 32) * 32), max(32, round(w / 32) * 32)
+            lr = model(F.interpolate(x, size=(h32, w32), mode="bilinear", align_corners=False))
+            lr = F.interpolate(lr, size=(h, w), mode="bilinear", align_corners=False)[0]
+            xp, _, _ = pad_to_multiple(x)
+            lp = model(xp)[0, :, :h, :w]
+
+        def minmax(logits: torch.Tensor) -> np.ndarray:
+            d, _ = readout(logits, "softargmax")
+            d = (d - d.min()) / max(float(d.max() - d.min()), 1e-12)
+            return (d * (n - 1)).numpy()
+
+        variants = {"published": minmax(lr), "+pad": minmax(lp),
+                    "+no-minmax": readout(lp, "softargmax")[0].numpy(), "+argmax": readout(lp, "argmax")[0].numpy()}
+        for name, focus in variants.items():
+            idx = np.clip(np.rint(focus), 0, n - 1).astype(np.intp)
+            sel = idx[None, ..., None] if s.slices.ndim == 4 else idx[None]
+            fused = np.take_along_axis(s.slices, sel, 0)[0]
+            fe = focus_error(focus, s.focus_index, mask)
+            rows[name].append((psnr(fused, s.aif), fe["mae"], fe["within1"]))
+    print(f"\n## Inference changes, one at a time ({weights.name}; {n_stacks} stacks, seed {seed}, sizes 150-230 px)")
+    print(f"{'variant':12s} {'PSNR dB':>8s} {'focus MAE':>10s} {'within±1':>9s}")
+    for name, vals in rows.items():
+        a = np.mean(vals, axis=0)
+        print(f"{name:12s} {a[0]:8.2f} {a[1]:10.3f} {100 * a[2]:8.1f}%")
+
+
 def real(cands: dict[str, dict], out: Path) -> None:
     data = SHARED / "data"
     sets: list[tuple[str, list]] = []
@@ -147,7 +199,7 @@ def main() -> None:
     p.add_argument("--weights", type=Path, default=ROOT / "weights" / "stackmff_v2.pt")
     p.add_argument("--stacks", type=int, default=30)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "v2")
-    p.add_argument("--skip", nargs="*", default=[], choices=["synthetic", "real", "speed"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["synthetic", "ablation", "real", "speed"])
     p.add_argument("--child", nargs=2, default=None)
     args = p.parse_args()
     if args.child:
@@ -157,6 +209,10 @@ def main() -> None:
     print("contenders:", ", ".join(cands))
     if "synthetic" not in args.skip:
         synthetic(cands, args.stacks)
+    if "ablation" not in args.skip:
+        for w in (args.weights, OFFICIAL):
+            if w.exists():
+                ablation(w, max(10, args.stacks // 2))
     if "real" not in args.skip:
         real(cands, args.out)
     if "speed" not in args.skip:

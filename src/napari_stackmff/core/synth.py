@@ -287,8 +287,10 @@ def render_stack(
     stack_q, aif_q = q(slices), q(img)
     if gray:
         stack_q, aif_q = stack_q[..., 0], aif_q[..., 0]
+    # Truth follows what was rendered: each pixel was blurred as if at its layer's centre depth.
+    rendered_depth = centre[lab].astype(np.float32)
     order = np.argsort(f)
-    focus_index = np.interp(depth, f[order], order.astype(np.float32)).astype(np.float32)
+    focus_index = np.interp(rendered_depth, f[order], order.astype(np.float32)).astype(np.float32)
     return SynthStack(slices=stack_q, aif=aif_q, depth=depth.astype(np.float32), focus_positions=f,
                       focus_index=focus_index)
 
@@ -357,11 +359,19 @@ def texture_mask(aif: np.ndarray, window: int = 9, quantile: float = 0.4) -> np.
 
 def write_dataset(outdir: str | Path, count: int, *, seed: int = 0, size: int = 256,
                   n_range: tuple[int, int] = (4, 24), dtype: str | None = None) -> Path:
-    """A dataset in the seed layout: stacks/<scene>/1.png..., depth_maps/<scene>.png, aif/<scene>.png.
+    """A dataset in the seed layout: stacks/<scene>/1.png..., depth_maps/<scene>.png, aif/<scene>.png
+    (16-bit colour slices are written as .tif).
 
     Depth maps hold the true focus as a fraction of the stack (0 = first slice, 65535 = last).
     """
-    from .io import write_png
+    from .io import write_png, write_tiff
+
+    def write(path: Path, img: np.ndarray) -> None:
+        # PNG cannot hold 16-bit colour through Pillow: those slices go to TIFF (readers take both).
+        if img.ndim == 3 and img.dtype == np.uint16:
+            write_tiff(path.with_suffix(".tif"), img)
+        else:
+            write_png(path, img)
 
     out = Path(outdir)
     rng = np.random.default_rng(seed)
@@ -369,8 +379,8 @@ def write_dataset(outdir: str | Path, count: int, *, seed: int = 0, size: int = 
         s = random_stack(rng, size=size, n_range=n_range, dtype=dtype)
         name = f"scene{i:05d}"
         for j, sl in enumerate(s.slices, start=1):
-            write_png(out / "stacks" / name / f"{j}.png", sl)
+            write(out / "stacks" / name / f"{j}.png", sl)
         rel = s.focus_index / max(len(s.focus_positions) - 1, 1)
         write_png(out / "depth_maps" / f"{name}.png", (np.clip(rel, 0, 1) * 65535 + 0.5).astype(np.uint16))
-        write_png(out / "aif" / f"{name}.png", s.aif)
+        write(out / "aif" / f"{name}.png", s.aif)
     return out

@@ -170,9 +170,10 @@ class FolderData:
             if dpath is None:
                 continue
             stack = np.stack([read_image(p) for p in list_slice_files(scene, warn=False)])
-            d = read_image(dpath).astype(np.float32)
+            raw = read_image(dpath)
+            d = raw.astype(np.float32)
             d = d.mean(-1) if d.ndim == 3 else d
-            d /= 65535.0 if d.max() > 255 else 255.0
+            d /= float(np.iinfo(raw.dtype).max) if raw.dtype.kind == "u" else max(float(d.max()), 1e-12)
             n = stack.shape[0]
             self.items.append(Sample(_to_unit(stack), (np.clip(d, 0, 1) * (n - 1)).astype(np.float32)))
         if not self.items:
