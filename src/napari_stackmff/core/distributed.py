@@ -2,20 +2,38 @@
 
 One task per stack, each running :func:`core.batch.process_job` (resume check, fuse, atomic
 writes). Models are cached per worker process by the registry, so each worker loads a model
-once however many stacks it fuses. A failed stack comes back as a status, never as an
-exception that would cancel the others.
+once however many stacks it fuses (every task reports which model objects its worker holds, so
+this can be checked). A failed stack comes back as a status, never as an exception that would
+cancel the others.
+
+Worker processes are started by a fork server that has imported torch but run nothing: forking
+the caller itself (default on Linux) copies its OpenMP and Dask threads' state into the child,
+which can hang; a fresh ``spawn`` would import torch again in every worker.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .batch import BatchSummary, StackJob, process_job, record
 from .errors import StackMFFError
+
+#: on_result(job, status, error, worker) for each finished task; worker = {"pid", "models": [...]}.
+ResultFn = Callable[[StackJob, str, str, dict], None]
+
+
+def worker_info() -> dict[str, Any]:
+    """Which process ran a task and which model objects its registry cache holds (ids)."""
+    from .models import registry
+
+    with registry._cache_lock:
+        models = [f"{key[0]}@{id(model):x}" for key, model in registry._cache.items()]
+    return {"pid": os.getpid(), "models": models}
 
 
 def _init_worker(threads: int) -> None:
@@ -24,9 +42,23 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _task(job: StackJob, outdir: str, settings: dict[str, Any], overwrite: bool, threads: int) -> tuple[str, str]:
-    _init_worker(threads)
-    return process_job(job, outdir, settings, overwrite)
+def _task(job: StackJob, outdir: str, settings: dict[str, Any], overwrite: bool, threads: int,
+          parent_pid: int) -> tuple[str, str, dict]:
+    """One stack on a worker; threads are set only in a worker process of its own (never the caller's)."""
+    if os.getpid() != parent_pid:
+        _init_worker(threads)
+    status, error = process_job(job, outdir, settings, overwrite)
+    return status, error, worker_info()
+
+
+def _pool_context(start_method: str | None = None) -> Any:
+    if start_method is not None:
+        return mp.get_context(start_method)
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["napari_stackmff.core.fusion", "napari_stackmff.core.models.inference"])
+    return ctx
 
 
 def run_batch_parallel(
@@ -37,54 +69,75 @@ def run_batch_parallel(
     workers: int = 2,
     address: str | None = None,
     quiet: bool = False,
+    on_result: ResultFn | None = None,
+    start_method: str | None = None,
+    threads: int | None = None,
     **settings: Any,
 ) -> BatchSummary:
-    """Fuse ``jobs`` with ``workers`` processes, or on the Dask cluster at ``address`` ("local" starts one)."""
+    """Fuse ``jobs`` with ``workers`` processes, or on the Dask cluster at ``address`` ("local" starts one).
+
+    ``address`` may also be a ``dask.distributed.Client`` or ``LocalCluster`` already running.
+    ``start_method``: how pool workers start ("forkserver" by default; "spawn", "fork"). Scripts
+    that call this need the usual ``if __name__ == "__main__":`` guard, as with any process pool.
+    ``threads``: torch threads per worker (default: this machine's CPUs / workers).
+    """
     from tqdm import tqdm
 
     outdir = str(Path(outdir).resolve())
     summary = BatchSummary()
     t0 = time.perf_counter()
     workers = max(1, workers)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    me = os.getpid()
     bar = tqdm(total=len(jobs), desc="stacks", unit="stack", disable=quiet)
-    if address:
+
+    def finished(job: StackJob, get: Callable[[], tuple[str, str, dict]]) -> None:
         try:
-            from dask.distributed import Client, LocalCluster, as_completed as dask_completed
-        except ImportError:
-            raise StackMFFError("--dask needs dask.distributed: pip install 'napari-stackmff[dask]'.") from None
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None) if address == "local" else None
-        try:
-            with Client(cluster if cluster is not None else address) as client:
-                futures = {client.submit(_task, job, outdir, settings, overwrite, threads, pure=False): job
-                           for job in jobs}
-                for fut in dask_completed(futures):
-                    job = futures[fut]
-                    try:
-                        status, error = fut.result()
-                    except Exception as exc:  # a worker died: report, keep the others
-                        status, error = "failed", f"worker error {type(exc).__name__}: {exc}"
-                    record(summary, job, status, error)
-                    bar.set_postfix_str(f"{job.name}: {status}", refresh=False)
-                    bar.update(1)
-        except OSError as exc:
-            raise StackMFFError(f"cannot reach the Dask scheduler at {address!r} ({exc}).") from None
-        finally:
-            if cluster is not None:
-                cluster.close()
+            status, error, info = get()
+        except Exception as exc:  # a worker died: report, keep the others
+            status, error, info = "failed", f"worker error {type(exc).__name__}: {exc}", {}
+        record(summary, job, status, error)
+        if on_result is not None:
+            on_result(job, status, error, info)
+        bar.set_postfix_str(f"{job.name}: {status}", refresh=False)
+        bar.update(1)
+
+    if address is not None:
+        _run_dask(jobs, outdir, overwrite, workers, threads, me, address, settings, finished)
     else:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(threads,)) as pool:
-            futures = {pool.submit(process_job, job, outdir, settings, overwrite): job for job in jobs}
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(start_method)) as pool:
+            futures = {pool.submit(_task, job, outdir, settings, overwrite, threads, me): job for job in jobs}
             for fut in as_completed(futures):
-                job = futures[fut]
-                try:
-                    status, error = fut.result()
-                except Exception as exc:
-                    status, error = "failed", f"worker error {type(exc).__name__}: {exc}"
-                record(summary, job, status, error)
-                bar.set_postfix_str(f"{job.name}: {status}", refresh=False)
-                bar.update(1)
+                finished(futures[fut], fut.result)
     bar.close()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _run_dask(jobs: list[StackJob], outdir: str, overwrite: bool, workers: int, threads: int, me: int,
+              address: Any, settings: dict[str, Any], finished: Callable) -> None:
+    try:
+        from dask.distributed import Client, LocalCluster
+        from dask.distributed import as_completed as dask_completed
+    except ImportError:
+        raise StackMFFError("--dask needs dask.distributed: pip install 'napari-stackmff[dask]'.") from None
+    cluster = None
+    if isinstance(address, str) and address == "local":
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    own_client = not isinstance(address, Client)
+    try:
+        client = address if not own_client else Client(cluster if cluster is not None else address)
+    except OSError as exc:
+        if cluster is not None:
+            cluster.close()
+        raise StackMFFError(f"cannot reach the Dask scheduler at {address!r} ({exc}).") from None
+    try:
+        futures = {client.submit(_task, job, outdir, settings, overwrite, threads, me, pure=False): job
+                   for job in jobs}
+        for fut in dask_completed(futures):
+            finished(futures[fut], fut.result)
+    finally:
+        if own_client:
+            client.close()
+        if cluster is not None:
+            cluster.close()

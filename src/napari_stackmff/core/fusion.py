@@ -3,14 +3,22 @@
 Data flows one way: stack -> focus images -> per-slice sharpness (classical) or logits (model)
 -> index map (+ sub-slice refinement, confidence) -> gather the original pixels. Gathering means
 every output pixel is a value that exists in some slice: 16-bit stays 16-bit, RGB stays RGB.
+
+Every method runs tile by tile (``core/tiling.py``): a tile is all slices of one (y, x) window
+with a margin, the method's maps are computed on it and only its centre is kept. For classical
+measures the margin covers the whole support of measure + fill + median, so the tiled result is
+bit-identical to the untiled one; the tile side comes from a memory budget, so memory is bounded
+by the tile, not by the image. :func:`fuse` assembles the tiles in memory;
+:func:`napari_stackmff.core.writers.fuse_to_disk` streams them to OME-Zarr or BigTIFF.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +27,9 @@ import torch.nn.functional as F
 from . import classical
 from .devices import resolve_device
 from .errors import StackMFFError
+from .prefetch import prefetch
 from .stack import FocalStack
+from .tiling import auto_tile_side, balance_tile, count_tiles, iter_tiles, memory_budget, round_overlap
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -75,6 +85,18 @@ class _Maps:
 
 
 # ----------------------------------------------------------------------------------- helpers
+def sub_progress(progress: ProgressFn | None, part: int, parts: int, label: str = "") -> ProgressFn | None:
+    """Progress of one part of a run (a time point, a tile) reported as progress of the whole run."""
+    if progress is None:
+        return None
+    report = progress
+
+    def sub(done: int, total: int, message: str) -> None:
+        report(part * total + done, parts * total, message + label)
+
+    return sub
+
+
 def _check_cancel(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise FusionCancelled()
@@ -89,22 +111,76 @@ def _to_tensor(img: np.ndarray, device: torch.device) -> torch.Tensor:
     return t
 
 
+_native_lock = threading.Lock()
+_native_users = 0
+_native_saved = True
+
+
+@contextmanager
+def native_cpu_conv(device: torch.device) -> Iterator[None]:
+    """Run CPU convolutions with ATen's kernels instead of oneDNN's while a focus measure runs.
+
+    oneDNN picks its 3x3 kernels by image size, so a tile could round differently from the whole
+    image (1e-7 relative) and flip near-ties; ATen's kernels compute each pixel the same way at
+    any size (and are faster for these small one-channel filters). Not for the wide fill blur:
+    ATen's im2col would need (taps x H x W) floats there, and oneDNN's 1-D kernels are
+    size-invariant (the tiling tests check it). The switch is process-wide, so it is
+    reference-counted across threads.
+    """
+    global _native_users, _native_saved
+    if device.type != "cpu":
+        yield
+        return
+    with _native_lock:
+        if _native_users == 0:
+            _native_saved = torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
+            torch._C._set_mkldnn_enabled(False)
+        _native_users += 1
+    try:
+        yield
+    finally:
+        with _native_lock:
+            _native_users -= 1
+            if _native_users == 0:
+                torch._C._set_mkldnn_enabled(_native_saved)
+
+
+#: Devillard's 19 compare-exchanges that leave the median of 9 values in position 4.
+_MED9 = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3), (5, 8), (4, 7),
+         (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2))
+
+
 def median3(x: torch.Tensor) -> torch.Tensor:
-    """3×3 median of an (H, W) map: removes isolated wrong picks without moving edges."""
+    """3×3 median of an (H, W) map: removes isolated wrong picks without moving edges.
+
+    A min/max sorting network over the 9 shifted views: the same values as a sort-based median,
+    in ~11 maps of memory instead of a (H, W, 9) copy plus the sort's indices.
+    """
     h, w = x.shape
-    p = F.pad(x[None, None], (1, 1, 1, 1), mode="replicate")
-    return p.unfold(2, 3, 1).unfold(3, 3, 1).reshape(h, w, 9).median(dim=-1).values
+    p = F.pad(x[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
+    v = [p[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
+    for a, b in _MED9:
+        v[a], v[b] = torch.minimum(v[a], v[b]), torch.maximum(v[a], v[b])
+    return v[4].contiguous()
+
+
+def gaussian_radius(sigma: float) -> int:
+    """The blur kernel is cut at 3 sigma: its support is finite, so tiles can cover it exactly."""
+    return max(1, int(3 * sigma + 0.5))
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of an (H, W) map with replicate borders."""
-    r = max(1, int(3 * sigma + 0.5))
-    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, device=x.device, dtype=x.dtype) / sigma) ** 2)
-    k = k / k.sum()
-    y = F.pad(x[None, None], (r, r, 0, 0), mode="replicate")
-    y = F.conv2d(y, k.view(1, 1, 1, -1))
-    y = F.pad(y, (0, 0, r, r), mode="replicate")
-    return F.conv2d(y, k.view(1, 1, -1, 1))[0, 0]
+    """Near-Gaussian blur of an (H, W) map: three box filters of radius r/3 (r = 3 sigma).
+
+    Three boxes of width 2r/3+1 have the variance of the Gaussian and exactly its 3-sigma
+    support (so tiles still cover it), at O(1) per pixel instead of O(sigma): the fill's wide
+    blur was the single most expensive step of classical fusion on 2k images.
+    """
+    rb = max(1, gaussian_radius(sigma) // 3)
+    y = x[None, None]
+    for _ in range(3):
+        y = classical.box_mean(y.contiguous(), 2 * rb + 1)
+    return y[0, 0]
 
 
 def fill_low_confidence(focus: torch.Tensor, conf: torch.Tensor, threshold: float, sigma: float) -> torch.Tensor:
@@ -142,29 +218,43 @@ def classical_maps(
     Keeps the best score, its index and the scores of its two neighbours, so the sub-slice
     peak (a parabola through three points) comes without holding the (N, H, W) volume.
     """
+    # The next slice is read (disk, luma) while this one is measured.
+    images = prefetch((focus_images(z) for z in range(n)), depth=2)
+    with torch.no_grad():
+        return _classical_stream(images, n, method, device, window=window, fill_threshold=fill_threshold,
+                                 denoise=denoise, progress=progress, cancel=cancel)
+
+
+def _classical_stream(images: Iterator[np.ndarray], n: int, method: str, device: torch.device, *, window: int,
+                      fill_threshold: float, denoise: bool, progress: ProgressFn | None,
+                      cancel: threading.Event | None) -> _Maps:
     best = left = right = prev = total = None
     idx: torch.Tensor | None = None
-    for z in range(n):
-        _check_cancel(cancel)
-        x = _to_tensor(focus_images(z), device)
-        with torch.no_grad():
-            f = classical.focus_measure(x[None, None], method, window)[0, 0]
-        if best is None:
-            best, idx = f.clone(), torch.zeros(f.shape, dtype=torch.long, device=device)
-            left = torch.full_like(f, float("nan"))
-            right = torch.full_like(f, float("nan"))
-            total = f.clone()
-        else:
-            right = torch.where(idx == z - 1, f, right)
-            new = f > best
-            left = torch.where(new, prev, left)
-            right = torch.where(new, torch.full_like(f, float("nan")), right)
-            idx = torch.where(new, torch.full_like(idx, z), idx)
-            best = torch.maximum(best, f)
-            total += f
-        prev = f
-        if progress is not None:
-            progress(z + 1, n, "measuring focus")
+    try:
+        for z in range(n):
+            _check_cancel(cancel)
+            x = _to_tensor(next(images), device)
+            with native_cpu_conv(device):
+                f = classical.focus_measure(x[None, None], method, window)[0, 0]
+            if best is None:
+                best, idx = f.clone(), torch.zeros(f.shape, dtype=torch.int32, device=device)
+                left = torch.full_like(f, float("nan"))
+                right = torch.full_like(f, float("nan"))
+                total = f.clone()
+            else:
+                # In place, no temporaries: at 2k×2k each allocation costs as much as the arithmetic.
+                torch.where(idx == z - 1, f, right, out=right)
+                new = f > best
+                torch.where(new, prev, left, out=left)
+                right.masked_fill_(new, float("nan"))
+                idx.masked_fill_(new, z)
+                torch.maximum(best, f, out=best)
+                total += f
+            prev = f
+            if progress is not None:
+                progress(z + 1, n, "measuring focus")
+    finally:
+        images.close()  # type: ignore[attr-defined]
     assert best is not None and idx is not None
     # Sub-slice peak: vertex of the parabola through (z-1, z, z+1); none at the stack's ends.
     denom = left - 2 * best + right
@@ -193,16 +283,26 @@ def finish_maps(
 # ---------------------------------------------------------------------------------- gather
 def gather(stack: FocalStack, index: np.ndarray, t: int = 0) -> np.ndarray:
     """All-in-focus image: each pixel copied from the slice ``index`` names (dtype kept)."""
-    data = stack.data[t] if stack.has_time else stack.data
+    h, w = stack.yx_shape
+    return gather_window(stack, index, t, (slice(0, h), slice(0, w)))
+
+
+def gather_window(stack: FocalStack, index: np.ndarray, t: int, window: tuple[slice, slice]) -> np.ndarray:
+    """All-in-focus pixels of one (y, x) window; ``index`` has the window's shape.
+
+    In-memory arrays gather in one vectorised step; lazy data (memmap/zarr/dask) is read slice
+    by slice, only the window and only the slices some pixel uses: O(window) memory.
+    """
+    data = stack.data
+    ys, xs = window
     if isinstance(data, np.ndarray):
+        sub = data[t, :, ys, xs] if stack.has_time else data[:, ys, xs]
         idx = index[None, ..., None] if stack.has_channels else index[None]
-        return np.take_along_axis(data, idx, axis=0)[0]
-    # Lazy data (memmap/zarr/dask): one pass over the slices, O(H·W) memory.
-    out = np.empty(data.shape[1:], dtype=stack.dtype)
-    for z in range(stack.n_slices):
+        return np.take_along_axis(sub, idx, axis=0)[0]
+    out = np.empty(index.shape + ((stack.n_channels,) if stack.has_channels else ()), dtype=stack.dtype)
+    for z in np.unique(index):
         mask = index == z
-        if mask.any():
-            out[mask] = np.asarray(data[z])[mask]
+        out[mask] = stack.read_window(int(z), t, window)[mask]
     return out
 
 
@@ -212,6 +312,137 @@ def height_from_focus(stack: FocalStack, focus: np.ndarray) -> np.ndarray | None
         return None
     z = stack.z_positions
     return np.interp(focus, np.arange(len(z)), z).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------- tiling
+#: Radius of each classical measure's footprint for window w: w//2 for the box mean, plus the
+#: 3x3 derivative (laplacian, tenengrad) or the three à-trous levels (5 taps at dilation 1, 2, 4).
+_MEASURE_RADIUS = {"variance": 0, "laplacian": 1, "tenengrad": 1, "wavelet": 2 + 4 + 8}
+#: Peak working bytes per tile pixel of the classical path (float32 maps, streaming state,
+#: fill and median temporaries, read-ahead), measured on the wavelet path with margin.
+CLASSICAL_BYTES_PER_PIXEL = 256
+
+
+def classical_support(method: str, window: int, *, denoise: bool = True, fill_threshold: float = 0.25) -> int:
+    """Pixels beyond which input changes cannot reach an output pixel: measure + fill + median.
+
+    A tile margin of at least this makes tiled classical fusion exactly equal to untiled.
+    """
+    r = _MEASURE_RADIUS[method] + (int(window) | 1) // 2
+    if denoise:
+        if fill_threshold > 0:
+            r += gaussian_radius(2.0 * window)
+        r += 1  # median3
+    return r
+
+
+class TileEngine(Protocol):
+    """Computes finished focus maps of one time point on any (y, x) window of the stack."""
+
+    overlap: int  # margin a tile needs on each side
+    min_overlap: int  # the least margin a small user tile may shrink it to (= overlap when exactness needs it)
+    single_tile: bool  # the method is global (e.g. the official resize inference): never tile
+
+    def bytes_per_pixel(self) -> float:
+        """Peak working memory per tile pixel, to size tiles from a budget."""
+
+    def schedule(self, windows: Sequence[tuple[slice, slice]]) -> None:
+        """The read windows about to be asked for, in order (lets an engine read ahead)."""
+
+    def close(self) -> None:
+        """Stop any read-ahead."""
+
+    def maps(self, window: tuple[slice, slice], progress: ProgressFn | None,
+             cancel: threading.Event | None) -> _Maps:
+        """Finished maps on the read window (its borders are cropped off by the caller)."""
+
+
+class ClassicalEngine:
+    """A classical focus measure on tiles: all slices of the window, streamed one at a time."""
+
+    single_tile = False
+
+    def __init__(self, stack: FocalStack, t: int, method: str, device: torch.device, *, channel: int | None,
+                 window: int, denoise: bool, fill_threshold: float = 0.25) -> None:
+        self.stack, self.t, self.method, self.device = stack, t, method, device
+        self.channel, self.window, self.denoise, self.fill_threshold = channel, window, denoise, fill_threshold
+        self.overlap = classical_support(method, window, denoise=denoise, fill_threshold=fill_threshold)
+        self.min_overlap = self.overlap  # less would break exactness
+
+    def bytes_per_pixel(self) -> float:
+        return CLASSICAL_BYTES_PER_PIXEL
+
+    def schedule(self, windows: Sequence[tuple[slice, slice]]) -> None:
+        """Nothing to do: slices are read ahead within each tile instead."""
+
+    def close(self) -> None:
+        pass
+
+    def maps(self, window: tuple[slice, slice], progress: ProgressFn | None,
+             cancel: threading.Event | None) -> _Maps:
+        read = lambda z: self.stack.focus_window(z, self.t, self.channel, window)  # noqa: E731
+        return classical_maps(read, self.stack.n_slices, self.method, self.device, window=self.window,
+                              fill_threshold=self.fill_threshold, denoise=self.denoise, progress=progress,
+                              cancel=cancel)
+
+
+@dataclass
+class TileOutput:
+    """One tile's share of the result: where it goes and its pixels there."""
+
+    write: tuple[slice, slice]
+    all_in_focus: np.ndarray
+    focus: np.ndarray  # float32, slice units
+    confidence: np.ndarray  # float32
+
+
+def plan_tile(stack: FocalStack, engine: TileEngine, device: torch.device, tile: int | None = None,
+              budget: int | None = None) -> tuple[int, int]:
+    """(tile side, overlap) for this engine: the user's tile, or the largest that fits the budget."""
+    h, w = stack.yx_shape
+    if engine.single_tile:
+        return max(h, w), 0
+    overlap = round_overlap(engine.overlap)
+    if tile is None:
+        gather_bytes = stack.dtype.itemsize * stack.n_channels * 2 + 12  # gathered + focus/conf out
+        budget = memory_budget(str(device)) if budget is None else int(budget)
+        tile = auto_tile_side(engine.bytes_per_pixel() + gather_bytes, budget, overlap=overlap)
+        tile = balance_tile(h, w, tile, overlap)
+    tile = int(tile)
+    if tile < max(h, w) and tile - 2 * overlap < 64:
+        # A small tile asked for: models may give up some margin, exact methods may not.
+        overlap = max(round_overlap(engine.min_overlap), (tile - 64) // 2 // 16 * 16)
+        if tile - 2 * overlap < 16:
+            raise StackMFFError(f"tile {tile} is too small for this method's {overlap} px overlap; use tile >= "
+                                f"{2 * overlap + 32} (or leave it to choose from memory).")
+    return tile, overlap
+
+
+def iter_fused_tiles(stack: FocalStack, engine: TileEngine, t: int, tile: int, overlap: int, *,
+                     progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+                     timings: dict[str, float] | None = None) -> Iterator[TileOutput]:
+    """Fuse one time point tile by tile (row-major); only one tile's data is in memory at a time."""
+    h, w = stack.yx_shape
+    tiles = list(iter_tiles(h, w, tile, overlap))
+    timings = {} if timings is None else timings
+    engine.schedule([tl.read for tl in tiles])
+    try:
+        for i, tl in enumerate(tiles):
+            _check_cancel(cancel)
+            sub = sub_progress(progress, i, len(tiles), f" (tile {i + 1}/{len(tiles)})" if len(tiles) > 1 else "")
+            t1 = time.perf_counter()
+            maps = engine.maps(tl.read, sub, cancel)
+            index = maps.index[tl.crop].cpu().numpy()
+            focus = maps.focus[tl.crop].float().cpu().numpy()
+            conf = maps.confidence[tl.crop].float().cpu().numpy()
+            del maps
+            t2 = time.perf_counter()
+            aif = gather_window(stack, index, t, tl.write)
+            timings["focus_s"] = timings.get("focus_s", 0.0) + t2 - t1
+            timings["gather_s"] = timings.get("gather_s", 0.0) + time.perf_counter() - t2
+            yield TileOutput(write=tl.write, all_in_focus=aif, focus=focus, confidence=conf)
+    finally:
+        engine.close()
 
 
 # ------------------------------------------------------------------------------------ fuse
@@ -234,6 +465,43 @@ def resolve_method(method: str) -> str:
     return method
 
 
+@dataclass
+class FusionPlan:
+    """What a fusion run needs after its arguments are checked: shared by fuse() and fuse_to_disk()."""
+
+    stack: FocalStack
+    method: str
+    device: torch.device
+    make_engine: Callable[[int], TileEngine]
+
+
+def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto", *, channel: int | None = None,
+            window: int | None = None, weights: str | None = None, z_step: float | None = None,
+            denoise: bool = True, lazy: bool | None = False, **options: Any) -> FusionPlan:
+    """Load the stack, check the settings and build the per-time-point tile engine."""
+    from .io import load_stack
+
+    stack = load_stack(stack, z_step=z_step, lazy=lazy)
+    method = resolve_method(method)
+    dev = resolve_device(device)
+    if channel is not None and not -stack.n_channels <= channel < stack.n_channels:
+        raise StackMFFError(f"channel {channel} does not exist: the stack has {stack.n_channels} channel(s).")
+    win = classical.DEFAULT_WINDOW if window is None else int(window)
+    if method in classical.CLASSICAL_METHODS:
+        if win < 1:
+            raise StackMFFError(f"window must be a positive odd number of pixels, got {win}.")
+        def make_engine(t: int) -> TileEngine:
+            return ClassicalEngine(stack, t, method, dev, channel=channel, window=win, denoise=denoise)
+    else:
+        from .models.inference import ModelRunner
+
+        runner = ModelRunner(method, dev, weights=weights, **options)
+
+        def make_engine(t: int) -> TileEngine:
+            return runner.engine(stack, t, channel=channel, denoise=denoise)
+    return FusionPlan(stack=stack, method=method, device=dev, make_engine=make_engine)
+
+
 def fuse(
     stack: Any,
     method: str = "auto",
@@ -244,6 +512,9 @@ def fuse(
     weights: str | None = None,
     z_step: float | None = None,
     denoise: bool = True,
+    tile: int | None = None,
+    memory_budget: int | None = None,
+    lazy: bool | None = False,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     **options: Any,
@@ -254,7 +525,8 @@ def fuse(
     ----------
     stack
         (Z, Y, X) or (Z, Y, X, C) array, a :class:`FocalStack`, a folder of slices, a TIFF, or a
-        list of image files.
+        list of image files. Lazy array-likes (memmap, zarr, dask, napari lazy layers) are read
+        one tile window at a time.
     method
         ``"auto"`` (best shipped model, else a classical measure), a classical measure
         (``"variance"``, ``"laplacian"``, ``"tenengrad"``, ``"wavelet"``) or a model name
@@ -272,59 +544,55 @@ def fuse(
         Slice spacing, when the files do not carry it, to get a height map in physical units.
     denoise
         Fill textureless areas from confident neighbours and median-filter the focus map.
+    tile
+        Tile side in pixels (all methods); default: the largest that fits ``memory_budget``.
+        Classical results do not depend on it; model results agree to the tolerance in the docs.
+    memory_budget
+        Bytes of working memory for one tile; default 40% of free RAM (capped at 4 GiB), or of
+        free GPU memory on a GPU.
+    lazy
+        For a TIFF path: read it lazily (memory-mapped or through zarr) instead of loading it;
+        None decides from the file size (see :func:`napari_stackmff.core.io.load_stack`).
     progress
         ``progress(done, total, message)`` called as work proceeds.
     cancel
         A ``threading.Event``; when set, fuse stops soon with :class:`FusionCancelled`.
+    options
+        Model options: ``readout``, ``compat`` (the published inference), ``half`` (fp16/bf16
+        autocast), ``channels_last``, ``compile`` (torch.compile).
     """
-    from .io import load_stack
-
     t0 = time.perf_counter()
-    stack = load_stack(stack, z_step=z_step)
-    method = resolve_method(method)
-    dev = resolve_device(device)
-    if channel is not None and not -stack.n_channels <= channel < stack.n_channels:
-        raise StackMFFError(f"channel {channel} does not exist: the stack has {stack.n_channels} channel(s).")
-    timings: dict[str, float] = {"load_s": time.perf_counter() - t0}
+    plan = prepare(stack, method, device, channel=channel, window=window, weights=weights, z_step=z_step,
+                   denoise=denoise, lazy=lazy, **options)
+    stack = plan.stack
+    timings: dict[str, float] = {"load_s": time.perf_counter() - t0, "focus_s": 0.0, "gather_s": 0.0}
     n, T = stack.n_slices, stack.n_times
-    win = classical.DEFAULT_WINDOW if window is None else int(window)
-    if method in classical.CLASSICAL_METHODS:
-        runner = None
-    else:
-        from .models.inference import ModelRunner
-
-        runner = ModelRunner(method, dev, weights=weights, **options)
-
-    aifs, focus, conf = [], [], []
-    t_focus = t_gather = 0.0
+    h, w = stack.yx_shape
+    aif = np.empty((T, h, w) + ((stack.n_channels,) if stack.has_channels else ()), dtype=stack.dtype)
+    focus = np.empty((T, h, w), dtype=np.float32)
+    conf = np.empty((T, h, w), dtype=np.float32)
+    n_tiles = 1
     for t in range(T):
         _check_cancel(cancel)
-        sub_progress = None
-        if progress is not None:
-            sub_progress = lambda d, tot, msg, t=t: progress(t * tot + d, T * tot, msg + (f" (t={t})" if T > 1 else ""))
-        t1 = time.perf_counter()
-        if runner is None:
-            maps = classical_maps(lambda z, t=t: stack.focus_image(z, t, channel), n, method, dev, window=win,
-                                  denoise=denoise, progress=sub_progress, cancel=cancel)
-        else:
-            maps = runner.maps(stack, t, channel=channel, denoise=denoise, progress=sub_progress, cancel=cancel)
-        t2 = time.perf_counter()
-        index = maps.index.cpu().numpy()
-        aifs.append(gather(stack, index, t))
-        focus.append(maps.focus.float().cpu().numpy())
-        conf.append(maps.confidence.float().cpu().numpy())
-        t_focus += t2 - t1
-        t_gather += time.perf_counter() - t2
-    stackit = (lambda xs: np.stack(xs)) if stack.has_time else (lambda xs: xs[0])
-    focus_map = stackit(focus).astype(np.float32)
-    timings.update(focus_s=t_focus, gather_s=t_gather, total_s=time.perf_counter() - t0)
+        sub = sub_progress(progress, t, T, f" (t={t})" if T > 1 else "")
+        engine = plan.make_engine(t)
+        side, overlap = plan_tile(stack, engine, plan.device, tile, memory_budget)
+        n_tiles = count_tiles(h, w, side, overlap)
+        for out in iter_fused_tiles(stack, engine, t, side, overlap, progress=sub, cancel=cancel,
+                                    timings=timings):
+            aif[(t, *out.write)] = out.all_in_focus
+            focus[(t, *out.write)] = out.focus
+            conf[(t, *out.write)] = out.confidence
+    if not stack.has_time:
+        aif, focus, conf = aif[0], focus[0], conf[0]
+    timings.update(total_s=time.perf_counter() - t0, tiles=float(n_tiles))
     return FusionResult(
-        all_in_focus=stackit(aifs),
-        focus_map=focus_map,
-        confidence=stackit(conf).astype(np.float32),
-        method=method,
+        all_in_focus=aif,
+        focus_map=focus,
+        confidence=conf,
+        method=plan.method,
         n_slices=n,
-        height_map=height_from_focus(stack, focus_map),
+        height_map=height_from_focus(stack, focus),
         z_step=stack.z_step,
         unit=stack.unit,
         pixel_size=stack.pixel_size,

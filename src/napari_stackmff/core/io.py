@@ -222,11 +222,65 @@ def read_tiff_stack(path: PathLike) -> FocalStack:
     return stack
 
 
+def read_tiff_stack_lazy(path: PathLike, how: str = "auto") -> FocalStack:
+    """A TIFF as a FocalStack whose pixels stay on disk (memory-mapped, or read via zarr).
+
+    Same axes and metadata as :func:`read_tiff_stack`; pixels are read one window at a time
+    while fusing. Float files are not scanned for NaN here (that would read them whole).
+    """
+    import tifffile
+
+    from .lazy import open_tiff_lazy, view_axes
+
+    path = Path(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes, shape = series.axes, tuple(series.shape)
+            if tif.is_ome:
+                dz, unit, pixel = _ome_physical(tif)
+            elif tif.is_imagej:
+                dz, unit, pixel = _imagej_physical(tif)
+            else:
+                dz, unit, pixel = None, None, None
+        raw = open_tiff_lazy(path, how)
+    except StackError:
+        raise
+    except Exception as exc:
+        raise StackError(f"{path}: cannot read this TIFF ({type(exc).__name__}: {exc}). Is the file complete?") from None
+    if tuple(raw.shape) != shape:
+        raise StackError(f"{path}: the lazy reader sees shape {tuple(raw.shape)}, the file says {shape}; "
+                         "load it without lazy reading.")
+    order, canon, rgb = _canonical_axes(axes, shape, path)
+    data = view_axes(raw, order, len(canon))
+    n = data.shape[canon.index("Z")]
+    z = np.arange(n, dtype=np.float64) * float(dz) if dz else None
+    stack = FocalStack(data=data, axes=canon, z_positions=z, unit=unit, rgb=rgb, source=str(path))
+    stack.pixel_size = pixel
+    stack.metadata["files"] = [str(path)]
+    stack.metadata["lazy"] = type(raw).__name__
+    return stack
+
+
+def _tiff_path(source: Any) -> Path | None:
+    """The TIFF a path source names (itself, or a folder's only file), else None."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_file() and path.suffix.lower() in TIFF_SUFFIXES:
+            return path
+        if path.is_dir():
+            files = list_slice_files(path, warn=False)
+            if len(files) == 1 and files[0].suffix.lower() in TIFF_SUFFIXES:
+                return files[0]
+    return None
+
+
 def load_stack(
     source: PathLike | Sequence[PathLike] | np.ndarray | FocalStack,
     *,
     z_step: float | None = None,
     unit: str | None = None,
+    lazy: bool | str | None = False,
 ) -> FocalStack:
     """Load a focal stack from a folder of slices, a TIFF, a list of image files or an array.
 
@@ -238,7 +292,19 @@ def load_stack(
     z_step, unit
         Slice spacing to use when the files do not say (overrides nothing the metadata gives
         unless the metadata has none).
+    lazy
+        For a TIFF: False loads it into memory; True (or "memmap"/"zarr") keeps the pixels on disk
+        and fusion reads them a tile at a time; None decides: lazy when the file is bigger than
+        a quarter of free RAM. Other sources are unaffected.
     """
+    tiff = _tiff_path(source) if lazy is not False else None
+    if tiff is not None:
+        from .lazy import should_be_lazy
+
+        if lazy is None:
+            lazy = should_be_lazy(tiff)
+        if lazy:
+            source = read_tiff_stack_lazy(tiff, "auto" if lazy is True else str(lazy))
     if isinstance(source, FocalStack):
         # Never change the caller's stack: a later call with another z_step must not see this one's.
         stack = dataclasses.replace(source) if (z_step is not None or unit) else source
@@ -366,7 +432,11 @@ def write_stack(path: PathLike, stack: FocalStack) -> Path:
 
 
 def write_png(path: PathLike, rgb_or_gray: np.ndarray) -> Path:
+    """8-bit gray/RGB(A) or 16-bit gray PNG, atomically (Pillow writes no 16-bit colour PNG)."""
     from PIL import Image
+
+    if rgb_or_gray.ndim == 3 and rgb_or_gray.dtype != np.uint8:
+        raise OutputError(f"{path}: PNG here holds 8-bit colour only; write {rgb_or_gray.dtype} colour as TIFF.")
 
     def _write(tmp: Path) -> None:
         Image.fromarray(np.ascontiguousarray(rgb_or_gray)).save(tmp, format="PNG")

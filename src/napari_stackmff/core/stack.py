@@ -154,6 +154,21 @@ class FocalStack:
         """
         return to_focus_image(self.slice_pixels(z, t), rgb=self.rgb, channel=channel, dtype=self.dtype)
 
+    def read_window(self, z: int, t: int = 0, window: tuple[slice, slice] | None = None) -> np.ndarray:
+        """Original pixels of one slice inside a (y, x) window, reading only that window.
+
+        Indexes T, Z, Y and X in one key, so zarr/TIFF-backed data read the window's chunks
+        only (``data[t]`` first would load the whole time point of a zarr array).
+        """
+        ys, xs = window or (slice(None), slice(None))
+        key = (t, z, ys, xs) if self.has_time else (z, ys, xs)
+        return np.asarray(self.data[key])
+
+    def focus_window(self, z: int, t: int = 0, channel: int | None = None,
+                     window: tuple[slice, slice] | None = None) -> np.ndarray:
+        """Float32 focus image of slice ``z`` inside a (y, x) window (see :meth:`focus_image`)."""
+        return to_focus_image(self.read_window(z, t, window), rgb=self.rgb, channel=channel, dtype=self.dtype)
+
     def focus_stack(self, t: int = 0, channel: int | None = None, window: tuple[slice, slice] | None = None) -> np.ndarray:
         """(Z, Y, X) float32 focus images of one time point, optionally of one (y, x) window only.
 

@@ -1,0 +1,304 @@
+"""Scale: CPU throughput and peak memory against stack size, streaming from disk, and batch throughput.
+
+Run:  python benchmarks/bench_scale.py [--threads N] [--quick] [--huge] [--no-disk]
+
+Every case runs in a fresh subprocess that makes (or opens) its input first, then measures:
+  MVox/s      voxels (pixels x slices) per second of fuse() / fuse_to_disk(), reading included;
+  peak MB     peak RSS beyond what the process held before fusing (the input, when it is in memory):
+              VmHWM reset through /proc/self/clear_refs just before the call;
+  anon MB     peak anonymous memory beyond the same point (sampled every 20 ms): the working memory
+              alone, without the file pages a memory-mapped input adds to RSS (those are the input,
+              and the kernel drops them under pressure).
+Tables:
+  1. in-memory stacks, N 8-128, 512^2 to 4096^2: wavelet and StackMFF-V2 (official checkpoint when
+     ../shared/reference has it, else random init), tile size chosen from free memory;
+  2. V2 our inference vs the official-compatible path (compat=True: whole image, resize, min-max);
+  3. batch of 16 small stacks: sequential, process pool with 1 and 2 workers, Dask LocalCluster;
+  4. from disk: a 2048x2048x200 uint16 TIFF (1.6 GB) read lazily (memory-mapped) and fused, and a
+     4096x4096x8 TIFF streamed to OME-Zarr under a 256 MB tile budget (--huge: 20000x20000x10).
+The TIFFs are written to a temporary folder page by page and deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+OFFICIAL = ROOT.parent / "shared" / "reference" / "stackmff_v2_official" / "model.pth"
+
+
+# ------------------------------------------------------------------------------ child side
+def _status(key: str) -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Meter:
+    """Peak RSS (kernel high-water mark, reset at start) and sampled peak anonymous memory."""
+
+    def __enter__(self) -> "Meter":
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")  # reset VmHWM to the current RSS
+            self.resettable = True
+        except OSError:
+            self.resettable = False
+        self.rss0, self.anon0 = _status("VmRSS"), _status("RssAnon")
+        self.anon_peak = self.anon0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        self.t0 = time.perf_counter()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.anon_peak = max(self.anon_peak, _status("RssAnon"))
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.t0
+        self._stop.set()
+        self._thread.join()
+        self.anon_peak = max(self.anon_peak, _status("RssAnon"))
+        self.peak_mb = _status("VmHWM") - self.rss0 if self.resettable else float("nan")
+        self.anon_mb = self.anon_peak - self.anon0
+
+
+def _weights(spec: dict) -> str | None:
+    if spec.get("method") != "stackmff-v2":
+        return None
+    if OFFICIAL.exists():
+        return str(OFFICIAL)
+    import torch
+
+    from napari_stackmff.core.models.v2 import StackMFFV2
+
+    path = Path(tempfile.gettempdir()) / "bench_scale_v2_random.pt"
+    if not path.exists():
+        torch.manual_seed(0)
+        torch.save(StackMFFV2().state_dict(), path)
+    return str(path)
+
+
+def _input(n: int, side: int, seed: int = 0):
+    """A random-texture uint16 stack (the cost does not depend on content)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 65535, (n, side, side), dtype=np.uint16)
+
+
+def child(spec: dict) -> dict:
+    import numpy as np
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    from napari_stackmff.core.fusion import fuse
+    from napari_stackmff.core.io import load_stack
+
+    kind = spec["kind"]
+    weights = _weights(spec)
+    extra = {"weights": weights} if weights else {}
+    fuse(np.zeros((2, 64, 64), np.uint16), spec.get("method", "wavelet"), "cpu", **extra)  # warm-up, imports
+    out: dict = {}
+    if kind in ("memory", "compat"):
+        data = _input(spec["n"], spec["side"])
+        kw = {"compat": True} if kind == "compat" else {}
+        with Meter() as m:
+            r = fuse(data, spec["method"], "cpu", **extra, **kw)
+        out.update(voxels=int(data.size), tiles=r.timings.get("tiles", 1))
+    elif kind == "lazy":
+        stack = load_stack(spec["path"], lazy=True)
+        with Meter() as m:
+            r = fuse(stack, spec["method"], "cpu", **extra)
+        out.update(voxels=int(stack.n_slices * np.prod(stack.yx_shape)), tiles=r.timings.get("tiles", 1),
+                   reader=stack.metadata.get("lazy"))
+    elif kind == "stream":
+        from napari_stackmff.core.writers import fuse_to_disk
+
+        with Meter() as m:
+            r = fuse_to_disk(spec["path"], spec["out"], spec["method"], "cpu", lazy=True,
+                             memory_budget=spec.get("budget"), overwrite=True, **extra)
+        n = int(r.n_slices)
+        out.update(voxels=int(n * np.prod(r.shape[-2:])), tiles=None, tile=r.tile)
+    elif kind == "batch":
+        from napari_stackmff.core.batch import discover_stacks, run_batch
+        from napari_stackmff.core.distributed import run_batch_parallel
+
+        jobs = discover_stacks(spec["root"])
+        settings = {"method": spec["method"], "device": "cpu", **extra}
+        outdir = Path(spec["out"])
+        shutil.rmtree(outdir, ignore_errors=True)
+        with Meter() as m:
+            if spec["runner"] == "sequential":
+                s = run_batch(jobs, outdir, **settings)
+            elif spec["runner"] == "dask":
+                s = run_batch_parallel(jobs, outdir, workers=spec["workers"], address="local", quiet=True,
+                                       threads=spec.get("threads"), **settings)
+            else:
+                s = run_batch_parallel(jobs, outdir, workers=spec["workers"], quiet=True,
+                                       threads=spec.get("threads"), **settings)
+        out.update(stacks=len(s.done), failed=len(s.failed))
+    else:
+        raise ValueError(kind)
+    out.update(seconds=m.seconds, peak_mb=m.peak_mb, anon_mb=m.anon_mb, threads=torch.get_num_threads())
+    return out
+
+
+# ----------------------------------------------------------------------------- parent side
+def run_case(spec: dict, timeout: float = 1800) -> dict:
+    res = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+                         timeout=timeout)
+    if res.returncode:
+        tail = (res.stderr.strip().splitlines() or ["?"])[-1]
+        return {"error": tail}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _fmt(r: dict, key: str, fmt: str) -> str:
+    v = r.get(key)
+    return format(v, fmt) if isinstance(v, (int, float)) and v == v else "—"
+
+
+def write_tiff(path: Path, n: int, side: int) -> None:
+    """A random-texture uint16 stack written page by page (never all in memory)."""
+    import numpy as np
+    import tifffile
+
+    rng = np.random.default_rng(1)
+
+    def pages():
+        for z in range(n):
+            yield rng.integers(0, 65535, (side, side), dtype=np.uint16)
+
+    tifffile.imwrite(path, pages(), shape=(n, side, side), dtype=np.uint16, photometric="minisblack",
+                     metadata={"axes": "ZYX"}, bigtiff=n * side * side * 2 > 2**31)
+
+
+def write_batch(root: Path, count: int = 16, n: int = 8, side: int = 256) -> None:
+    import numpy as np
+    import tifffile
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(2)
+    for i in range(count):
+        tifffile.imwrite(root / f"s{i:02d}.tif", rng.integers(0, 255, (n, side, side), dtype=np.uint8),
+                         photometric="minisblack")
+
+
+def table_memory(threads: int | None, quick: bool) -> list[dict]:
+    grid = [("wavelet", n, s) for s, ns in ((512, (8, 32, 128)), (2048, (8, 32)), (4096, (8,))) for n in ns]
+    grid += [("stackmff-v2", n, s) for s, ns in ((512, (8, 32, 128)), (1024, (8,)), (2048, (8,))) for n in ns]
+    if quick:
+        grid = [g for g in grid if g[1] * g[2] ** 2 <= 32 * 512**2]
+    rows = []
+    print("\n## 1. In-memory stacks (tile from free memory)")
+    print(f"{'method':12s} {'N':>4s} {'size':>10s} {'MVox':>8s} {'tiles':>6s} {'seconds':>8s} {'MVox/s':>8s} "
+          f"{'peak MB':>8s} {'anon MB':>8s}")
+    for method, n, side in grid:
+        r = run_case({"kind": "memory", "method": method, "n": n, "side": side, "threads": threads})
+        r.update(method=method, n=n, side=side)
+        rows.append(r)
+        if "error" in r:
+            print(f"{method:12s} {n:4d} {side:>5d}x{side:<4d} failed: {r['error']}")
+            continue
+        print(f"{method:12s} {n:4d} {side:>5d}x{side:<4d} {r['voxels'] / 1e6:8.1f} {_fmt(r, 'tiles', '.0f'):>6s} "
+              f"{r['seconds']:8.2f} {r['voxels'] / r['seconds'] / 1e6:8.2f} {_fmt(r, 'peak_mb', '.0f'):>8s} "
+              f"{_fmt(r, 'anon_mb', '.0f'):>8s}")
+    return rows
+
+
+def table_compat(threads: int | None, rows: list[dict]) -> None:
+    print("\n## 2. StackMFF-V2: our inference vs the official-compatible path (same input, same output size)")
+    print(f"{'size':>14s} {'ours MVox/s':>12s} {'ours peak MB':>13s} {'compat MVox/s':>14s} {'compat peak MB':>15s}")
+    for n, side in ((8, 512), (8, 1024)):
+        ours = next((r for r in rows if r["method"] == "stackmff-v2" and r["n"] == n and r["side"] == side
+                     and "error" not in r), None)
+        if ours is None:
+            ours = run_case({"kind": "memory", "method": "stackmff-v2", "n": n, "side": side, "threads": threads})
+        comp = run_case({"kind": "compat", "method": "stackmff-v2", "n": n, "side": side, "threads": threads})
+        o = (f"{ours['voxels'] / ours['seconds'] / 1e6:12.2f} {ours['peak_mb']:13.0f}" if "error" not in ours
+             else "failed")
+        c = f"{comp['voxels'] / comp['seconds'] / 1e6:14.2f} {comp['peak_mb']:15.0f}" if "error" not in comp \
+            else f"failed: {comp['error']}"
+        print(f"{n:>4d}x{side}x{side:<5d} {o} {c}")
+
+
+def table_batch(threads: int | None, tmp: Path, method: str) -> None:
+    root = tmp / "batch_in"
+    write_batch(root)
+    print(f"\n## 3. Batch: 16 stacks of 8x256x256 uint8, {method} (process start-up included)")
+    print(f"{'runner':28s} {'seconds':>8s} {'stacks/s':>9s}")
+    for runner, workers in (("sequential", 1), ("pool", 1), ("pool", 2), ("dask", 2)):
+        r = run_case({"kind": "batch", "runner": runner, "workers": workers, "root": str(root),
+                      "out": str(tmp / f"batch_out_{runner}_{workers}"), "method": method, "threads": threads})
+        label = runner if runner == "sequential" else f"{runner} ({workers} worker{'s' if workers > 1 else ''})"
+        if "error" in r:
+            print(f"{label:28s} failed: {r['error']}")
+            continue
+        print(f"{label:28s} {r['seconds']:8.2f} {r['stacks'] / r['seconds']:9.2f}")
+
+
+def table_disk(threads: int | None, tmp: Path, huge: bool) -> None:
+    print("\n## 4. From disk (input never loaded whole; wavelet)")
+    print(f"{'case':44s} {'GB in':>6s} {'seconds':>8s} {'MVox/s':>8s} {'peak MB':>8s} {'anon MB':>8s}")
+    cases = [("lazy TIFF 2048x2048x200 -> fuse()", 200, 2048, {"kind": "lazy"}),
+             ("TIFF 4096x4096x8 -> OME-Zarr, 256 MB budget", 8, 4096, {"kind": "stream", "budget": 256 << 20})]
+    if huge:
+        cases.append(("TIFF 20000x20000x10 -> OME-Zarr (auto budget)", 10, 20000, {"kind": "stream"}))
+    for label, n, side, spec in cases:
+        path = tmp / f"stack_{n}x{side}.tif"
+        write_tiff(path, n, side)
+        r = run_case({**spec, "path": str(path), "out": str(tmp / "out.ome.zarr"), "method": "wavelet",
+                      "threads": threads}, timeout=7200)
+        path.unlink()
+        shutil.rmtree(tmp / "out.ome.zarr", ignore_errors=True)
+        gb = n * side * side * 2 / 1e9
+        if "error" in r:
+            print(f"{label:44s} {gb:6.2f} failed: {r['error']}")
+            continue
+        print(f"{label:44s} {gb:6.2f} {r['seconds']:8.1f} {r['voxels'] / r['seconds'] / 1e6:8.2f} "
+              f"{r['peak_mb']:8.0f} {r['anon_mb']:8.0f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per case (default: torch's)")
+    p.add_argument("--quick", action="store_true", help="small sizes only")
+    p.add_argument("--huge", action="store_true", help="also stream a 20000x20000x10 stack (8 GB; long)")
+    p.add_argument("--no-disk", action="store_true", help="skip table 4")
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+    import torch
+
+    t0 = time.perf_counter()
+    print(f"# bench_scale: {os.cpu_count()} CPUs, torch {torch.__version__}, threads {args.threads or 'default'}, "
+          f"V2 weights: {'official' if OFFICIAL.exists() else 'random init'}")
+    rows = table_memory(args.threads, args.quick)
+    table_compat(args.threads, rows)
+    with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
+        table_batch(args.threads, Path(tmp), "stackmff-v2")
+        if not args.no_disk and not args.quick:
+            table_disk(args.threads, Path(tmp), args.huge)
+    print(f"\n(total {time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
