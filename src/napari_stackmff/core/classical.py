@@ -65,7 +65,8 @@ def _conv3(x: torch.Tensor, kernel: list[list[float]], dilation: int = 1) -> tor
 def variance(x: torch.Tensor, window: int) -> torch.Tensor:
     """Local variance: contrast of the texture around each pixel."""
     m = box_mean(x, window)
-    return (box_mean(x * x, window) - m * m).clamp_min_(0)
+    v = box_mean(x * x, window)
+    return torch.addcmul(v, m, m, value=-1.0, out=v).clamp_min_(0)  # in place: E[x²] - E[x]²
 
 
 def laplacian(x: torch.Tensor, window: int) -> torch.Tensor:
