@@ -7,8 +7,11 @@ baselines against which the networks are judged.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -37,6 +40,42 @@ def _running_mean_last(x: torch.Tensor, k: int) -> torch.Tensor:
     return ((c[..., k:] - c[..., :-k]) * (1.0 / k)).to(x.dtype)
 
 
+_pool: ThreadPoolExecutor | None = None
+
+
+def _threads() -> int:
+    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+
+
+def _scipy_box(a: np.ndarray, k: int) -> np.ndarray:
+    """k×k box mean with scipy, rows then columns, split into bands run on torch's thread count.
+
+    scipy releases the GIL inside its filters, so bands run truly in parallel; every row (then
+    column) is filtered whole, so the result is identical to one call on the full image.
+    """
+    from scipy.ndimage import uniform_filter1d
+
+    global _pool
+    a = np.ascontiguousarray(a)
+    tmp, out = np.empty_like(a), np.empty_like(a)
+    n = _threads()
+    h, w = a.shape[-2:]
+    # scipy "mirror" (d c b | a b c d) is torch's "reflect".
+    rows = [(i * h // n, (i + 1) * h // n) for i in range(n)]
+    cols = [(i * w // n, (i + 1) * w // n) for i in range(n)]
+    run_rows = lambda r: uniform_filter1d(a[..., r[0]:r[1], :], k, axis=-1, mode="mirror", output=tmp[..., r[0]:r[1], :])
+    run_cols = lambda c: uniform_filter1d(tmp[..., c[0]:c[1]], k, axis=-2, mode="mirror", output=out[..., c[0]:c[1]])
+    if n == 1 or h * w < 65536:
+        run_rows((0, h))
+        run_cols((0, w))
+        return out
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="stackmff-box")
+    list(_pool.map(run_rows, rows))
+    list(_pool.map(run_cols, cols))
+    return out
+
+
 def box_mean(x: torch.Tensor, size: int) -> torch.Tensor:
     """Mean over a size×size window (reflect borders), as two 1-D running sums: O(1) per pixel,
     whatever the window. On the CPU scipy's uniform filter does exactly this in one tight C pass
@@ -47,12 +86,7 @@ def box_mean(x: torch.Tensor, size: int) -> torch.Tensor:
     k = 2 * r + 1
     h, w = x.shape[-2:]
     if x.device.type == "cpu" and not x.requires_grad and x.dtype == torch.float32 and r < min(h, w):
-        from scipy.ndimage import uniform_filter1d
-
-        a = x.detach().numpy()
-        # scipy "mirror" (d c b | a b c d) is torch's "reflect".
-        out = uniform_filter1d(uniform_filter1d(a, k, axis=-1, mode="mirror"), k, axis=-2, mode="mirror")
-        return torch.from_numpy(out)
+        return torch.from_numpy(_scipy_box(x.detach().numpy(), k))
     x = _running_mean_last(_pad(x, r), k)
     return _running_mean_last(x.transpose(-1, -2), k).transpose(-1, -2)
 
