@@ -163,6 +163,15 @@ def _imagej_physical(tif: Any) -> tuple[float | None, str | None, tuple[float, f
     return (float(dz) if dz else None), unit, pixel
 
 
+def _tiff_physical(tif: Any) -> tuple[float | None, str | None, tuple[float, float] | None]:
+    """(z step, unit, (y, x) pixel size) from OME or ImageJ metadata; Nones when the file has neither."""
+    if tif.is_ome:
+        return _ome_physical(tif)
+    if tif.is_imagej:
+        return _imagej_physical(tif)
+    return None, None, None
+
+
 def _canonical_axes(axes: str, shape: tuple[int, ...], path: Path) -> tuple[list[int], str, bool]:
     """Map tifffile's axes letters onto our (T, Z, Y, X, C) order.
 
@@ -202,12 +211,7 @@ def read_tiff_stack(path: PathLike) -> FocalStack:
             series = tif.series[0]
             axes, shape = series.axes, tuple(series.shape)
             data = series.asarray()
-            if tif.is_ome:
-                dz, unit, pixel = _ome_physical(tif)
-            elif tif.is_imagej:
-                dz, unit, pixel = _imagej_physical(tif)
-            else:
-                dz, unit, pixel = None, None, None
+            dz, unit, pixel = _tiff_physical(tif)
     except StackError:
         raise
     except Exception as exc:
@@ -237,12 +241,7 @@ def read_tiff_stack_lazy(path: PathLike, how: str = "auto") -> FocalStack:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes, shape = series.axes, tuple(series.shape)
-            if tif.is_ome:
-                dz, unit, pixel = _ome_physical(tif)
-            elif tif.is_imagej:
-                dz, unit, pixel = _imagej_physical(tif)
-            else:
-                dz, unit, pixel = None, None, None
+            dz, unit, pixel = _tiff_physical(tif)
         raw = open_tiff_lazy(path, how)
     except StackError:
         raise
