@@ -137,10 +137,6 @@ def get_event_reader(path: Any) -> ReaderFunction | None:
         return None
     if not (is_event_folder(p) or paired_folders(p)):
         return None
-    try:
-        from .core import events  # noqa: F401  (without the event core we decline)
-    except ImportError:
-        return None
     return read_events
 
 

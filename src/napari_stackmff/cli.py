@@ -136,7 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(model=args.model, data=args.data, epochs=args.epochs, steps_per_epoch=args.steps,
                       batch_size=args.batch_size, crop=args.crop, lr=args.lr, device=args.device, seed=args.seed,
                       checkpoint=str(args.checkpoint), resume=args.resume, n_range=(args.n_min, args.n_max),
-                      val_stacks=args.val_stacks, workers=args.workers, lr_gamma=args.lr_gamma,
+                      val_stacks=args.val_stacks, lr_gamma=args.lr_gamma,
                       pool_size=args.pool_size, pool_refresh_every=args.refresh_every, noise=not args.no_noise,
                       init_weights=str(args.init_weights) if args.init_weights else None)
     bar = tqdm(total=args.epochs * args.steps, desc=f"training {args.model}", unit="batch", disable=args.quiet)
@@ -232,7 +232,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-min", type=int, default=4)
     p.add_argument("--n-max", type=int, default=16)
     p.add_argument("--val-stacks", type=int, default=16)
-    p.add_argument("--workers", type=int, default=0, help="data-generation worker processes")
     p.add_argument("--checkpoint", type=Path, default=Path("runs/stackmff_v2.pt"))
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
     p.set_defaults(func=cmd_train)

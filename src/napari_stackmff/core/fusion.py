@@ -598,8 +598,3 @@ def fuse(
         pixel_size=stack.pixel_size,
         timings=timings,
     )
-
-
-def fuse_many(stacks: Sequence[Any], **kwargs: Any) -> list[FusionResult]:
-    """Convenience: fuse several stacks with the same settings."""
-    return [fuse(s, **kwargs) for s in stacks]

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -47,7 +47,6 @@ class TrainConfig:
     n_range: tuple[int, int] = (4, 16)
     val_stacks: int = 16
     patience: int = 6
-    workers: int = 0
     init_weights: str | None = None
     pool_size: int = 24
     pool_refresh_every: int = 2
@@ -349,10 +348,3 @@ def train(
     emit(final)
     return TrainResult(checkpoint=best_path, last_checkpoint=ckpt, history=history, stopped=stopped,
                        seconds=time.perf_counter() - t0)
-
-
-def iterate_epochs(history: list[dict]) -> Iterator[str]:
-    """Human-readable lines of a training history (for model cards and logs)."""
-    for h in history:
-        yield (f"epoch {h['epoch'] + 1}: loss {h['loss']:.5f} val_loss {h['val_loss']:.5f} "
-               f"within±1 {100 * h['val_within1']:.1f}% psnr {h['val_psnr']:.2f} dB")
