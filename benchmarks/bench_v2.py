@@ -1,13 +1,16 @@
 """StackMFF-V2: our weights vs the official checkpoint vs the best classical method, side by side.
 
-Run:  python benchmarks/bench_v2.py [--weights weights/stackmff_v2.pt] [--stacks 30] [--out benchmarks/results/v2]
+Run:  python benchmarks/bench_v2.py [--weights [LABEL=]PATH ...] [--stacks 30] [--out benchmarks/results/v2]
 
-1. Held-out synthetic stacks (seed 777, never used in training; N 4-24, 8/16-bit, noisy, RGB and gray):
-   PSNR/SSIM of the fused image vs truth and focus error, for
-     ours            our weights, our inference (reflect pad, no min-max stretch, soft-argmax)
+1. Held-out synthetic stacks, never used in training (N 4-24, 8/16-bit, RGB and gray): 30 noisy ones
+   (seed 777) and 10 noise-free ones (seed 779), reported apart. PSNR/SSIM of the fused image vs truth
+   and focus error on textured pixels, for
+     ours            each of our checkpoints, our inference (reflect pad, no min-max stretch, the
+                     readout its checkpoint names: soft-argmax for depth regression, argmax for hybrid)
      official        the published checkpoint through our inference
      official-compat the published checkpoint through the published inference (resize, batch min-max)
      wavelet         the best classical method
+     oracle          every pixel from the slice truly nearest its focus: the ceiling of selection
 2. Real stacks from ../shared/data: the no-reference gradient score Q^AB/F generalised to stacks, and focus
    maps saved side by side as PNGs for a person to look at.
 3. CPU seconds, megavoxels/s and peak memory on pcb_stack and keyboard_sweep: ours vs official-compatible.
@@ -37,10 +40,11 @@ SHARED = ROOT.parent / "shared"
 OFFICIAL = SHARED / "reference" / "stackmff_v2_official" / "model.pth"
 
 
-def contenders(weights: Path | None) -> dict[str, dict]:
+def contenders(weights: list[tuple[str, Path]]) -> dict[str, dict]:
     c: dict[str, dict] = {}
-    if weights and weights.exists():
-        c["ours"] = {"method": "stackmff-v2", "weights": str(weights)}
+    for label, path in weights:
+        if path.exists():
+            c[label] = {"method": "stackmff-v2", "weights": str(path)}  # readout: the one the checkpoint names
     if OFFICIAL.exists():
         c["official"] = {"method": "stackmff-v2", "weights": str(OFFICIAL)}
         c["official-compat"] = {"method": "stackmff-v2", "weights": str(OFFICIAL), "compat": True}
@@ -48,23 +52,41 @@ def contenders(weights: Path | None) -> dict[str, dict]:
     return c
 
 
-def synthetic(cands: dict[str, dict], n_stacks: int, seed: int = 777) -> None:
-    rng = np.random.default_rng(seed)
-    rows: dict[str, list] = {k: [] for k in cands}
-    for i in range(n_stacks):
-        s = random_stack(rng, size=192, n_range=(4, 24), dtype="uint16" if i % 3 else "uint8",
-                         rgb=bool(i % 4 == 0), noise=True, max_radius=(6.0, 24.0))
-        mask = texture_mask(s.aif, quantile=0.5)
-        for name, kw in cands.items():
-            r = fuse(s.slices, device="cpu", **kw)
-            fe = focus_error(r.focus_map, s.focus_index, mask)
-            rows[name].append((psnr(r.all_in_focus, s.aif), ssim(r.all_in_focus, s.aif), fe["mae"], fe["within1"]))
-    print(f"\n## Held-out synthetic set: {n_stacks} stacks (seed {seed}, 192², N 4-24, 8/16-bit, RGB+gray, noisy)")
-    print(f"{'method':16s} {'PSNR dB':>8s} {'SSIM':>7s} {'focus MAE':>10s} {'within±1':>9s} {'ΔPSNR vs ours':>14s}")
-    ref = np.mean([r[0] for r in rows.get("ours", rows["wavelet"])])
-    for name, vals in rows.items():
-        a = np.mean(vals, axis=0)
-        print(f"{name:16s} {a[0]:8.2f} {a[1]:7.4f} {a[2]:10.3f} {100 * a[3]:8.1f}% {a[0] - ref:+14.2f}")
+def _oracle(s) -> np.ndarray:
+    """The ceiling of any per-pixel selection: every pixel from the slice truly nearest its focus."""
+    n = s.slices.shape[0]
+    idx = np.clip(np.rint(s.focus_index), 0, n - 1).astype(np.intp)
+    return np.take_along_axis(s.slices, idx[None, ..., None] if s.slices.ndim == 4 else idx[None], 0)[0]
+
+
+def synthetic(cands: dict[str, dict], n_stacks: int, seed: int = 777, n_clean: int = 10) -> None:
+    """Held-out stacks: ``n_stacks`` noisy ones (seed) and ``n_clean`` noise-free ones (seed + 2)."""
+    subsets = {"noisy": (seed, n_stacks, True), "noise-free": (seed + 2, n_clean, False)}
+    ref_name = next(iter(cands))
+    for subset, (sd, count, noisy) in subsets.items():
+        if not count:
+            continue
+        rng = np.random.default_rng(sd)
+        rows: dict[str, list] = {k: [] for k in (*cands, "oracle")}
+        for i in range(count):
+            s = random_stack(rng, size=192, n_range=(4, 24), dtype="uint16" if i % 3 else "uint8",
+                             rgb=bool(i % 4 == 0), noise=noisy, max_radius=(6.0, 24.0))
+            mask = texture_mask(s.aif, quantile=0.5)
+            for name, kw in cands.items():
+                r = fuse(s.slices, device="cpu", **kw)
+                fe = focus_error(r.focus_map, s.focus_index, mask)
+                rows[name].append((psnr(r.all_in_focus, s.aif), ssim(r.all_in_focus, s.aif), fe["mae"], fe["within1"]))
+            o = _oracle(s)
+            rows["oracle"].append((psnr(o, s.aif), ssim(o, s.aif), 0.0, 1.0))
+        print(f"\n## Held-out synthetic set, {subset}: {count} stacks (seed {sd}, 192², N 4-24, 8/16-bit, RGB+gray)")
+        print(f"{'method':16s} {'PSNR dB':>8s} {'SSIM':>7s} {'focus MAE':>10s} {'within±1':>9s} "
+              f"{'ΔPSNR vs ' + ref_name:>16s}")
+        ref = np.mean([r[0] for r in rows[ref_name]])
+        for name, vals in rows.items():
+            a = np.mean(vals, axis=0)
+            label = "oracle (ceiling)" if name == "oracle" else name
+            print(f"{label:16s} {a[0]:8.2f} {a[1]:7.4f} {a[2]:10.3f} {100 * a[3]:8.1f}% {a[0] - ref:+16.2f}")
+    print("oracle: every pixel from the slice nearest its true focus — no per-pixel selection does better on average")
 
 
 def ablation(weights: Path, n_stacks: int, seed: int = 778) -> None:
@@ -176,9 +198,7 @@ def speed(cands: dict[str, dict]) -> None:
         path = SHARED / "data" / name
         if not path.exists():
             continue
-        for label in ("ours", "official", "official-compat", "wavelet"):
-            if label not in cands:
-                continue
+        for label in cands:
             kw = cands[label]
             if kw.get("compat") and name == "keyboard_sweep":
                 print(f"{name:16s} {label:16s} {'—':>8s} {'—':>8s} {'OOM':>8s}  (whole 41×1080×1920 image at once "
@@ -196,7 +216,9 @@ def speed(cands: dict[str, dict]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--weights", type=Path, default=ROOT / "weights" / "stackmff_v2.pt")
+    p.add_argument("--weights", nargs="+", default=[f"ours={ROOT / 'weights' / 'stackmff_v2.pt'}"],
+                   help="LABEL=PATH (or PATH, labelled 'ours') of our checkpoints to compare side by side")
+    p.add_argument("--clean-stacks", type=int, default=10, help="noise-free held-out stacks, reported apart")
     p.add_argument("--stacks", type=int, default=30)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "v2")
     p.add_argument("--skip", nargs="*", default=[], choices=["synthetic", "ablation", "real", "speed"])
@@ -205,12 +227,13 @@ def main() -> None:
     if args.child:
         print(json.dumps(_child(args.child[0], json.loads(args.child[1]))))
         return
-    cands = contenders(args.weights)
+    ours = [(w.split("=", 1)[0], Path(w.split("=", 1)[1])) if "=" in w else ("ours", Path(w)) for w in args.weights]
+    cands = contenders(ours)
     print("contenders:", ", ".join(cands))
     if "synthetic" not in args.skip:
-        synthetic(cands, args.stacks)
+        synthetic(cands, args.stacks, n_clean=args.clean_stacks)
     if "ablation" not in args.skip:
-        for w in (args.weights, OFFICIAL):
+        for w in (ours[0][1], OFFICIAL):
             if w.exists():
                 ablation(w, max(10, args.stacks // 2))
     if "real" not in args.skip:

@@ -86,27 +86,60 @@ def test_short_training_run_learns_and_resumes(tmp_path: Path) -> None:
     assert r.all_in_focus.shape == (40, 40)
 
 
-def test_v2_objective_fits_a_fixed_batch() -> None:
-    """The depth-regression objective and the network's gradients work: loss drops on one batch."""
+@pytest.mark.parametrize("objective", ["depth", "hybrid"])
+def test_v2_objective_fits_a_fixed_batch(objective: str) -> None:
+    """Each objective and the network's gradients work: loss drops on one batch, and the slices the
+    argmax readout gathers land closer to the true focus."""
     from napari_stackmff.core.models.v2 import StackMFFV2
     from napari_stackmff.core.synth import random_stack
-    from napari_stackmff.core.train import _to_unit, depth_regression_loss
+    from napari_stackmff.core.train import Batch, _to_unit, objective_loss
 
     torch.manual_seed(0)
     s = random_stack(np.random.default_rng(3), size=64, n=5, scene="natural", depth="plane", noise=False,
                      max_radius=(6.0, 6.0))
-    x = torch.from_numpy(_to_unit(s.slices))[None]
-    y = torch.from_numpy(s.focus_index)[None]
+    images, aif = _to_unit(s.slices, s.aif)
+    batch = Batch(torch.from_numpy(images)[None], torch.from_numpy(s.focus_index)[None], torch.from_numpy(aif)[None])
     model = StackMFFV2()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
+
+    def index_error() -> float:
+        with torch.no_grad():
+            return float((model(batch.images)[0].argmax(0).float() - batch.focus[0]).abs().mean())
+
+    err0, losses = index_error(), []
     for _ in range(25):
-        loss = depth_regression_loss(model(x), y)
+        loss = objective_loss(objective, model(batch.images), batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+    assert index_error() < err0
+
+
+def test_unknown_objective_is_a_clear_error(tmp_path: Path) -> None:
+    from napari_stackmff.core.errors import StackMFFError
+
+    with pytest.raises(StackMFFError, match="objective 'focal'.*depth, hybrid"):
+        train(TrainConfig(objective="focal", checkpoint=str(tmp_path / "x.pt"), device="cpu"))
+
+
+def test_hybrid_checkpoint_is_read_out_by_argmax(tmp_path: Path) -> None:
+    """A checkpoint trained as classification names the argmax readout, and inference follows it
+    (an explicit readout still wins); checkpoints without the field keep soft-argmax."""
+    from napari_stackmff.core.models.inference import ModelRunner
+    from napari_stackmff.core.models.v2 import StackMFFV2
+
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=1, crop=32, n_range=(3, 4), val_stacks=1,
+                      pool_size=2, checkpoint=str(tmp_path / "h.pt"), device="cpu", objective="hybrid")
+    res = train(cfg)
+    cpu = torch.device("cpu")
+    assert torch.load(res.checkpoint, weights_only=True)["readout"] == "argmax"
+    assert ModelRunner("stackmff-v2", cpu, weights=str(res.checkpoint)).readout == "argmax"
+    assert ModelRunner("stackmff-v2", cpu, weights=str(res.checkpoint), readout="softargmax").readout == "softargmax"
+    bare = tmp_path / "bare.pt"
+    torch.save(StackMFFV2().state_dict(), bare)
+    assert ModelRunner("stackmff-v2", cpu, weights=str(bare)).readout == "softargmax"
 
 
 def test_training_stop_event_keeps_checkpoint(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ class TrainConfig:
     pool_size: int = 24
     pool_refresh_every: int = 2
     noise: bool = True
+    objective: str = "depth"  # "depth" (published) or "hybrid" (see OBJECTIVES)
 
 
 @dataclass
@@ -83,16 +84,32 @@ class Sample:
 
     images: np.ndarray
     focus: np.ndarray
+    aif: np.ndarray | None = None
 
 
-def _to_unit(stack: np.ndarray) -> np.ndarray:
-    """Slices -> float gray in [0, 1], scaled by the stack's robust range (as at inference)."""
+def _to_unit(stack: np.ndarray, aif: np.ndarray | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Slices -> float gray in [0, 1], scaled by the stack's robust range (as at inference).
+
+    With ``aif`` (the all-in-focus truth) it is scaled the same way and returned too, so the
+    image term of the hybrid objective compares like with like.
+    """
     from .stack import to_focus_image
 
     rgb = stack.ndim == 4 and stack.shape[-1] in (3, 4)
     g = np.stack([to_focus_image(s, rgb=rgb) for s in stack])
     lo, hi = np.percentile(g, [0.05, 99.95])
-    return np.clip((g - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+    unit = lambda a: np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+    if aif is None:
+        return unit(g)
+    return unit(g), unit(to_focus_image(aif, rgb=rgb))
+
+
+class Batch(NamedTuple):
+    """One training batch: (B, N, H, W) slices, (B, H, W) true focus, (B, H, W) all-in-focus or None."""
+
+    images: torch.Tensor
+    focus: torch.Tensor
+    aif: torch.Tensor | None = None
 
 
 class SyntheticPool:
@@ -125,16 +142,17 @@ class SyntheticPool:
         dense = max(self.n_range[1], min(24, max(self.n_range[1] + 8, 2 * self.n_range[1])))
         s = self._synth.random_stack(self.rng, size=self.size, n=dense, rgb=False,
                                      noise=self.noise, max_radius=(6.0, 24.0))
-        return _to_unit(s.slices), s.depth, s.focus_positions
+        images, aif = _to_unit(s.slices, s.aif)
+        return images, s.depth, s.focus_positions, aif
 
-    def batch(self, batch_size: int, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, batch_size: int, crop: int) -> Batch:
         self.calls += 1
         if self.calls % self.refresh_every == 0:
             self.items[int(self.rng.integers(len(self.items)))] = self._render()
         n = int(self.rng.integers(self.n_range[0], self.n_range[1] + 1))
-        xs, ys = [], []
+        xs, ys, aifs = [], [], []
         for _ in range(batch_size):
-            img, depth, f = self.items[int(self.rng.integers(len(self.items)))]
+            img, depth, f, aif = self.items[int(self.rng.integers(len(self.items)))]
             keep = np.sort(self.rng.choice(len(f), size=n, replace=False))
             fk = f[keep]
             focus = np.interp(depth, fk, np.arange(n, dtype=np.float32))
@@ -142,13 +160,15 @@ class SyntheticPool:
             x0 = int(self.rng.integers(0, img.shape[2] - crop + 1))
             xi = img[keep, y0:y0 + crop, x0:x0 + crop]
             fi = focus[y0:y0 + crop, x0:x0 + crop]
+            ai = aif[y0:y0 + crop, x0:x0 + crop]
             if self.rng.random() < 0.5:
-                xi, fi = xi[:, :, ::-1], fi[:, ::-1]
+                xi, fi, ai = xi[:, :, ::-1], fi[:, ::-1], ai[:, ::-1]
             if self.rng.random() < 0.5:
-                xi, fi = xi[:, ::-1], fi[::-1]
+                xi, fi, ai = xi[:, ::-1], fi[::-1], ai[::-1]
             xs.append(np.ascontiguousarray(xi))
             ys.append(np.ascontiguousarray(fi, dtype=np.float32))
-        return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+            aifs.append(np.ascontiguousarray(ai))
+        return Batch(torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)), torch.from_numpy(np.stack(aifs)))
 
 
 class FolderData:
@@ -169,20 +189,27 @@ class FolderData:
             if dpath is None:
                 continue
             stack = np.stack([read_image(p) for p in list_slice_files(scene, warn=False)])
+            apath = next((root / "aif" / f"{scene.name}{ext}" for ext in (".png", ".tif", ".tiff", ".jpg")
+                          if (root / "aif" / f"{scene.name}{ext}").exists()), None)
             raw = read_image(dpath)
             d = raw.astype(np.float32)
             d = d.mean(-1) if d.ndim == 3 else d
             d /= float(np.iinfo(raw.dtype).max) if raw.dtype.kind == "u" else max(float(d.max()), 1e-12)
             n = stack.shape[0]
-            self.items.append(Sample(_to_unit(stack), (np.clip(d, 0, 1) * (n - 1)).astype(np.float32)))
+            focus = (np.clip(d, 0, 1) * (n - 1)).astype(np.float32)
+            if apath is None:
+                self.items.append(Sample(_to_unit(stack), focus))
+            else:
+                images, aif = _to_unit(stack, read_image(apath))
+                self.items.append(Sample(images, focus, aif))
         if not self.items:
             raise StackMFFError(f"{root}: no scene in stacks/ has a matching depth map in depth_maps/.")
 
-    def batch(self, batch_size: int, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, batch_size: int, crop: int) -> Batch:
         # Equal N within a batch: pick one stack, then others with the same N.
         first = self.items[int(self.rng.integers(len(self.items)))]
         same = [s for s in self.items if s.images.shape == first.images.shape]
-        xs, ys = [], []
+        xs, ys, aifs = [], [], []
         for _ in range(batch_size):
             s = same[int(self.rng.integers(len(same)))]
             h, w = s.focus.shape
@@ -190,7 +217,10 @@ class FolderData:
             y0, x0 = int(self.rng.integers(0, h - c + 1)), int(self.rng.integers(0, w - c + 1))
             xs.append(s.images[:, y0:y0 + c, x0:x0 + c])
             ys.append(s.focus[y0:y0 + c, x0:x0 + c])
-        return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+            if s.aif is not None:
+                aifs.append(s.aif[y0:y0 + c, x0:x0 + c])
+        aif = torch.from_numpy(np.stack(aifs)) if len(aifs) == len(xs) else None
+        return Batch(torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)), aif)
 
 
 def validation_set(seed: int, count: int, size: int, n_range: tuple[int, int],
@@ -216,9 +246,48 @@ def depth_regression_loss(logits: torch.Tensor, focus: torch.Tensor) -> torch.Te
     return torch.mean((depth - focus / (n - 1)) ** 2)
 
 
+def hybrid_loss(logits: torch.Tensor, focus: torch.Tensor, images: torch.Tensor,
+                aif: torch.Tensor | None) -> torch.Tensor:
+    """Our objective: the published depth regression plus two terms aimed at the fused image.
+
+    * cross-entropy against a two-hot target (the two slices around the true focus, weighted by
+      distance), so the winning slice, which the argmax readout gathers, is the right one;
+    * L1 between the probability-weighted slices and the all-in-focus truth, which weights each
+      pixel by how much a wrong choice actually costs in the image (nothing in flat areas, a lot
+      at edges and under the halos of defocused neighbours) — what PSNR measures.
+    """
+    n = logits.shape[1]
+    logp = torch.log_softmax(logits.float(), dim=1)
+    f = focus.clamp(0, n - 1)
+    lo = f.floor().long().clamp(max=n - 2) if n > 1 else f.floor().long()
+    w_hi = (f - lo.float()).unsqueeze(1)
+    ce = -(logp.gather(1, lo.unsqueeze(1)) * (1 - w_hi) + logp.gather(1, (lo + 1).clamp(max=n - 1).unsqueeze(1)) * w_hi)
+    loss = depth_regression_loss(logits, focus) + 0.02 * ce.mean()
+    if aif is not None:
+        fused = (logp.exp() * images.float()).sum(1)
+        loss = loss + 0.5 * (fused - aif.float()).abs().mean()
+    return loss
+
+
+#: Training objectives by name -> the readout that matches each at inference (saved in the checkpoint).
+OBJECTIVES: dict[str, str] = {"depth": "softargmax", "hybrid": "argmax"}
+
+
+def objective_loss(name: str, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    if name == "depth":
+        return depth_regression_loss(logits, batch.focus)
+    if name == "hybrid":
+        return hybrid_loss(logits, batch.focus, batch.images, batch.aif)
+    raise StackMFFError(f"unknown training objective {name!r}; choose one of {', '.join(OBJECTIVES)}.")
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, val: list[tuple[Sample, object]], device: torch.device) -> dict[str, float]:
-    """Validation: loss, fraction within ±1 slice, and PSNR of the gathered all-in-focus image."""
+def evaluate(model: torch.nn.Module, val: list[tuple[Sample, object]], device: torch.device,
+             readout_mode: str = "softargmax") -> dict[str, float]:
+    """Validation: loss, fraction within ±1 slice, and PSNR of the gathered all-in-focus image.
+
+    The loss is always the published depth regression, so runs with different objectives compare.
+    """
     from .metrics import psnr
     from .models.inference import readout
 
@@ -230,7 +299,7 @@ def evaluate(model: torch.nn.Module, val: list[tuple[Sample, object]], device: t
         logits = model(xp)[:, :, :h, :w]
         y = torch.from_numpy(sample.focus)[None].to(device)
         losses.append(float(depth_regression_loss(logits, y)))
-        focus, _ = readout(logits[0], "softargmax")
+        focus, _ = readout(logits[0], readout_mode)
         err = (focus - y[0]).abs()
         within.append(float((err <= 1).float().mean()))
         idx = focus.round().long().clamp(0, sample.images.shape[0] - 1).cpu().numpy()
@@ -260,6 +329,8 @@ def train(
 
     t0 = time.perf_counter()
     spec = get_spec(cfg.model)
+    if cfg.objective not in OBJECTIVES:
+        raise StackMFFError(f"unknown training objective {cfg.objective!r}; choose one of {', '.join(OBJECTIVES)}.")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -306,11 +377,11 @@ def train(
             if stop is not None and stop.is_set():
                 stopped = True
                 break
-            x, y = data.batch(cfg.batch_size, cfg.crop)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            batch = Batch(*(t.to(device, non_blocking=True) if t is not None else None
+                            for t in data.batch(cfg.batch_size, cfg.crop)))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(x)
-            loss = depth_regression_loss(logits, y)
+                logits = model(batch.images)
+            loss = objective_loss(cfg.objective, logits, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -320,13 +391,16 @@ def train(
         if not losses:
             break
         sched.step()
-        metrics = evaluate(model, val, device)
+        metrics = evaluate(model, val, device, OBJECTIVES[cfg.objective])
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
                   "seconds": time.perf_counter() - t0, **metrics}
         history.append(record)
-        improved = metrics["val_loss"] < best
+        # Selection: the depth objective by its validation loss (as published); the hybrid one by
+        # the validation PSNR of the gathered image, which is what it optimises.
+        score = metrics["val_loss"] if cfg.objective == "depth" else -metrics["val_psnr"]
+        improved = score < best
         if improved:
-            best, bad_epochs = metrics["val_loss"], 0
+            best, bad_epochs = score, 0
         else:
             bad_epochs += 1
         payload = {"model": cfg.model, "state_dict": model.state_dict(), "optimizer": opt.state_dict(),
@@ -335,7 +409,8 @@ def train(
                                                   for k, v in asdict(cfg).items()}}
         _save(ckpt, payload)
         if improved or not best_path.exists():
-            _save(best_path, {"model": cfg.model, "state_dict": model.state_dict(), "meta": record})
+            _save(best_path, {"model": cfg.model, "state_dict": model.state_dict(), "meta": record,
+                              "readout": OBJECTIVES[cfg.objective]})
         emit(TrainEvent("epoch", epoch, cfg.epochs, cfg.steps_per_epoch, cfg.steps_per_epoch, record["loss"],
                         val=metrics, checkpoint=ckpt))
         if stopped or bad_epochs >= cfg.patience:

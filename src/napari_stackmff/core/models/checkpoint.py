@@ -81,14 +81,18 @@ def _extract_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], 
     return {k.removeprefix("module."): v for k, v in obj.items()}, recorded
 
 
-def load_state_dict(path: str | PathLike[str], model: nn.Module, *, model_name: str) -> None:
+def load_state_dict(path: str | PathLike[str], model: nn.Module, *, model_name: str) -> dict[str, Any]:
     """Load the weights at ``path`` into ``model`` (strict), or raise a one-line WeightsError.
 
     The state_dict is checked against the model before anything is copied, so a mismatching file
-    leaves the model untouched.
+    leaves the model untouched. Returns the checkpoint's plain metadata (e.g. the ``readout`` its
+    training objective calls for); empty for a bare state_dict.
     """
     path = Path(path)
-    state, recorded = _extract_state_dict(_read(path), path)
+    raw = _read(path)
+    state, recorded = _extract_state_dict(raw, path)
+    meta = {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, (str, int, float, bool))
+            and k != "model"} if isinstance(raw, Mapping) and raw.get("state_dict") is not None else {}
 
     expected = model.state_dict()
     problems: list[str] = []
@@ -117,3 +121,4 @@ def load_state_dict(path: str | PathLike[str], model: nn.Module, *, model_name: 
         raise WeightsError(
             f"Weights file {path} could not be loaded into '{model_name}': {first}"
         ) from exc
+    return meta

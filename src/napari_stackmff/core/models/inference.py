@@ -169,7 +169,7 @@ class ModelRunner:
         self.device = device
         self.model = load_model(name, weights, device)
         self.tile = tile
-        self.readout = readout or self.spec.readout
+        self.readout = readout or getattr(self.model, "stackmff_readout", None) or self.spec.readout
         if self.readout not in ("softargmax", "argmax"):
             raise StackMFFError(f"readout must be 'softargmax' or 'argmax', got {self.readout!r}.")
         self.compat = compat

@@ -25,7 +25,7 @@ class ModelSpec:
     name: str
     build: Callable[[], nn.Module]
     weights_file: str  # file name inside weights/
-    readout: str  # "softargmax" (trained as depth regression) or "argmax" (classification)
+    readout: str  # default readout, "softargmax" (depth regression); a checkpoint may name its own
     uses_events: bool = False
     description: str = ""
 
@@ -108,8 +108,10 @@ def load_model(name: str, weights: str | Path | None = None, device: str | torch
         model = _cache.get(key)
         if model is None:
             model = spec.build()
-            load_state_dict(path, model, model_name=name)
+            meta = load_state_dict(path, model, model_name=name)
             model = model.to(device).eval()
+            # The readout the weights were trained for (a classification-trained checkpoint wants argmax).
+            model.stackmff_readout = meta.get("readout") if meta.get("readout") in ("softargmax", "argmax") else None
             _cache.clear()  # one model at a time: they are small, but GPU memory is not free
             _cache[key] = model
     return model
