@@ -50,6 +50,39 @@ def test_model_without_weights_says_how_to_get_them(tmp_path: Path, monkeypatch)
         fuse(np.zeros((3, 32, 32), np.uint8), method="stackmff-v2", device="cpu")
 
 
+def test_auto_picks_a_model_only_once_it_is_listed_as_better(tmp_path: Path, monkeypatch) -> None:
+    """Shipped weights alone do not make a network the default: "auto" follows AUTO_ORDER, which
+    lists a model only when the benchmark shows its weights beat the classical default."""
+    from napari_stackmff.core.fusion import resolve_method
+    from napari_stackmff.core.models import registry
+    from napari_stackmff.core.models.v2 import StackMFFV2
+
+    monkeypatch.setattr(registry, "weights_dir", lambda: tmp_path)
+    torch.save({"model": "stackmff-v2", "state_dict": StackMFFV2().state_dict()}, tmp_path / "stackmff_v2.pt")
+    assert registry.shipped_weights("stackmff-v2") is not None
+    monkeypatch.setattr(registry, "AUTO_ORDER", ())
+    assert resolve_method("auto") == "wavelet"
+    monkeypatch.setattr(registry, "AUTO_ORDER", ("stackmff-v2",))
+    assert resolve_method("auto") == "stackmff-v2"
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "stackmff_v2.pt"
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="no V2 weights shipped")
+def test_shipped_v2_weights_find_the_focus_of_a_synthetic_stack() -> None:
+    """The weights we ship load by name (no path), and on a held-out-style stack they put most
+    textured pixels within one slice of the truth."""
+    from napari_stackmff.core.metrics import focus_error
+    from napari_stackmff.core.synth import random_stack, texture_mask
+
+    s = random_stack(np.random.default_rng(4242), size=96, n=8, scene="cells", depth="smooth", noise=True,
+                     dtype="uint16", rgb=False, max_radius=(8.0, 8.0))
+    r = fuse(s.slices, method="stackmff-v2", device="cpu")
+    fe = focus_error(r.focus_map, s.focus_index, texture_mask(s.aif, quantile=0.5))
+    assert fe["within1"] > 0.6, fe
+
+
 def test_cli_weights_flag_rejects_a_non_checkpoint(tmp_path: Path, capsys) -> None:
     stack = tmp_path / "s.tif"
     import tifffile

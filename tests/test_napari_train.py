@@ -56,6 +56,10 @@ def test_config_from_form(make_napari_viewer, qtbot, isolated_settings):
     cfg = trainer.make_config()
     assert cfg.data == "synthetic" and tuple(cfg.n_range) == (5, 9) and cfg.crop == 64
     assert cfg.lr == pytest.approx(5e-4) and cfg.model == trainer.model_combo.currentData()
+    trainer.objective_combo.setCurrentIndex(trainer.objective_combo.findData("depth"))
+    assert trainer.make_config().objective == "depth"
+    trainer.objective_combo.setCurrentIndex(trainer.objective_combo.findData("hybrid"))
+    assert trainer.make_config().objective == "hybrid"
     assert trainer.folder_edit.isHidden()
     trainer.source_combo.setCurrentIndex(1)
     assert not trainer.folder_edit.isHidden() and not trainer.n_min.isEnabled()

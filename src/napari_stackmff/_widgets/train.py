@@ -138,7 +138,16 @@ class TrainingWidget(QWidget):
         self.lr_spin.setValue(d.get("lr", 1e-3))
         self.device_combo = _combo()
         self.device_combo.addItems(["auto", *available_devices()])
+        self.objective_combo = _combo()
+        self.objective_combo.addItem("hybrid — depth + slice choice + image", "hybrid")
+        self.objective_combo.addItem("depth regression — as published", "depth")
+        self.objective_combo.setToolTip(
+            "hybrid: the published depth regression plus a cross-entropy on the in-focus slice and an image\n"
+            "term against the all-in-focus truth (needs it: synthetic data, or an aif/ folder); the\n"
+            "checkpoint is then read out by argmax. depth: the published objective only.")
+        self.objective_combo.setCurrentIndex(max(0, self.objective_combo.findData(d.get("objective", "hybrid"))))
         form.addRow("Model", self.model_combo)
+        form.addRow("Objective", self.objective_combo)
         form.addRow("Epochs", self.epochs_spin)
         form.addRow("Steps per epoch", self.steps_spin)
         form.addRow("Batch size", self.batch_spin)
@@ -195,7 +204,8 @@ class TrainingWidget(QWidget):
             spin = getattr(self, name)
             spin.setValue(_settings.load(GROUP, name, spin.value()))
         self.lr_spin.setValue(_settings.load(GROUP, "lr", self.lr_spin.value()))
-        for combo, key in ((self.source_combo, "source"), (self.model_combo, "model")):
+        for combo, key in ((self.source_combo, "source"), (self.model_combo, "model"),
+                           (self.objective_combo, "objective")):
             i = combo.findData(_settings.load(GROUP, key, combo.currentData()))
             combo.setCurrentIndex(max(i, 0))
         i = self.device_combo.findText(_settings.load(GROUP, "device", "auto"))
@@ -209,7 +219,7 @@ class TrainingWidget(QWidget):
         values: dict[str, Any] = {name: getattr(self, name).value() for name in self._SPINS}
         values.update(lr=self.lr_spin.value(), source=self.source_combo.currentData(),
                       model=self.model_combo.currentData(), device=self.device_combo.currentText(),
-                      folder=self.folder_edit.text(),
+                      objective=self.objective_combo.currentData(), folder=self.folder_edit.text(),
                       checkpoint_dir=str(Path(self.checkpoint_edit.text()).expanduser().parent))
         _settings.save(GROUP, values)
 
@@ -264,7 +274,7 @@ class TrainingWidget(QWidget):
             batch_size=self.batch_spin.value(), crop=self.crop_spin.value(), lr=self.lr_spin.value(),
             device=self.device_combo.currentText(), checkpoint=str(Path(checkpoint).expanduser()),
             n_range=(self.n_min.value(), self.n_max.value()), val_stacks=self.val_spin.value(),
-            pool_size=self.pool_spin.value())
+            pool_size=self.pool_spin.value(), objective=self.objective_combo.currentData())
         values.update(overrides)
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         return TrainConfig(**{k: v for k, v in values.items() if k in known})
