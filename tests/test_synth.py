@@ -84,3 +84,23 @@ def test_synth_cli_writes_seed_layout_that_training_reads(tmp_path: Path) -> Non
     assert x.shape[0] == 2 and x.shape[-2:] == (32, 32) and float(y.max()) <= x.shape[1] - 1
     # The all-in-focus truth comes along (for the hybrid objective), on the slices' scale.
     assert aif is not None and aif.shape == (2, 32, 32) and 0 <= float(aif.min()) <= float(aif.max()) <= 1
+
+
+def test_clean_fraction_mixes_noise_free_stacks_into_training_and_validation(monkeypatch) -> None:
+    """--clean-fraction renders that share of the synthetic stacks without sensor noise, so a model
+    also learns well-exposed (near noise-free) data; 0 keeps them all noisy."""
+    from napari_stackmff.core import train as train_mod
+
+    seen: list[bool] = []
+    real = synth.random_stack
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["noise"])
+        return real(*args, **{**kwargs, "size": 16, "n": 3})
+
+    monkeypatch.setattr(synth, "random_stack", spy)
+    train_mod.validation_set(0, 30, 16, (3, 3), noise=True, clean_fraction=0.5)
+    assert 5 < seen.count(False) < 25 and 5 < seen.count(True) < 25
+    seen.clear()
+    train_mod.SyntheticPool(np.random.default_rng(0), 16, (3, 3), 20, 1, noise=True, clean_fraction=0.0)
+    assert seen == [True] * 20

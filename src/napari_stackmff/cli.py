@@ -138,6 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       checkpoint=str(args.checkpoint), resume=args.resume, n_range=(args.n_min, args.n_max),
                       val_stacks=args.val_stacks, lr_gamma=args.lr_gamma,
                       pool_size=args.pool_size, pool_refresh_every=args.refresh_every, noise=not args.no_noise,
+                      clean_fraction=args.clean_fraction,
                       init_weights=str(args.init_weights) if args.init_weights else None,
                       objective=args.objective)
     bar = tqdm(total=args.epochs * args.steps, desc=f"training {args.model}", unit="batch", disable=args.quiet)
@@ -227,10 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool-size", type=int, default=24, help="rendered synthetic stacks kept in memory")
     p.add_argument("--refresh-every", type=int, default=2, help="render one new pool stack every this many batches")
     p.add_argument("--no-noise", action="store_true", help="synthetic data without sensor noise")
+    p.add_argument("--clean-fraction", type=float, default=0.0,
+                   help="share of synthetic stacks (training and validation) rendered without sensor noise")
     p.add_argument("--init-weights", type=Path, default=None, help="start from these weights (fine-tuning)")
-    p.add_argument("--objective", choices=("depth", "hybrid"), default="depth",
-                   help="depth: the published depth regression; hybrid: + two-hot cross-entropy and an "
-                        "image term against the all-in-focus truth (checkpoints then read out by argmax)")
+    p.add_argument("--objective", choices=("hybrid", "depth"), default="hybrid",
+                   help="hybrid (default): depth regression + two-hot cross-entropy + an image term against "
+                        "the all-in-focus truth, read out by argmax; depth: the published objective alone")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-min", type=int, default=4)
