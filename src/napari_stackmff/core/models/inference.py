@@ -30,6 +30,12 @@ from .registry import get_spec, load_model
 #: Rough peak bytes per pixel per slice of a V2 forward pass in float32 (measured 190-270 on
 #: the CPU for N = 8..32, 512² tiles; kept with margin).
 BYTES_PER_VOXEL = 400
+#: Low-confidence fill of the model path: below this confidence a pixel's focus is blended toward its
+#: confident neighbours' (Gaussian sigma 2 × MODEL_FILL_WINDOW = 8 px, support 25 px with the median,
+#: inside TILE_OVERLAP). On 12 synthetic stacks (seed 900) it took our weights from 91.8% to 93.3% of
+#: textured pixels within ±1 slice (87.0% -> 89.6% of all pixels), +0.07 dB.
+MODEL_FILL_THRESHOLD = 0.25
+MODEL_FILL_WINDOW = 4
 #: Tile margin for networks. V2's tiles differ from the whole image mostly through its global
 #: statistics (GroupNorm over the tile, the channel attention's global average pool), not its
 #: receptive field: margins of 32, 64 and 96 px agree with the untiled map equally (93-95% of
@@ -331,5 +337,7 @@ class ModelEngine:
         focus, conf = readout(r.logits(x), r.readout)
         if progress is not None:
             progress(1, 1, f"{r.name}: tile")
-        # Networks already judge focus in context; only remove isolated outliers.
-        return finish_maps(focus, conf, self.stack.n_slices, window=1, fill_threshold=0.0, denoise=self.denoise)
+        # Where the network is unsure (flat areas), take the focus of confident neighbours, as the
+        # classical path does; then remove isolated outliers.
+        return finish_maps(focus, conf, self.stack.n_slices, window=MODEL_FILL_WINDOW,
+                           fill_threshold=MODEL_FILL_THRESHOLD, denoise=self.denoise)
