@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from napari_stackmff.core import fuse, load_stack  # noqa: E402
+from napari_stackmff.core.fusion import gather  # noqa: E402
 from napari_stackmff.core.io import colorize, to_uint8_preview, write_png  # noqa: E402
 from napari_stackmff.core.metrics import focus_error, psnr, qabf, ssim  # noqa: E402
 from napari_stackmff.core.synth import random_stack, texture_mask  # noqa: E402
@@ -52,11 +53,10 @@ def contenders(weights: list[tuple[str, Path]]) -> dict[str, dict]:
     return c
 
 
-def _oracle(s) -> np.ndarray:
-    """The ceiling of any per-pixel selection: every pixel from the slice truly nearest its focus."""
-    n = s.slices.shape[0]
-    idx = np.clip(np.rint(s.focus_index), 0, n - 1).astype(np.intp)
-    return np.take_along_axis(s.slices, idx[None, ..., None] if s.slices.ndim == 4 else idx[None], 0)[0]
+def _select(s, focus: np.ndarray) -> np.ndarray:
+    """The fused image that takes each pixel from the slice nearest ``focus`` (slice units)."""
+    idx = np.clip(np.rint(focus), 0, s.slices.shape[0] - 1).astype(np.intp)
+    return gather(s.to_stack(), idx)
 
 
 def synthetic(cands: dict[str, dict], n_stacks: int, seed: int = 777, n_clean: int = 10) -> None:
@@ -76,7 +76,7 @@ def synthetic(cands: dict[str, dict], n_stacks: int, seed: int = 777, n_clean: i
                 r = fuse(s.slices, device="cpu", **kw)
                 fe = focus_error(r.focus_map, s.focus_index, mask)
                 rows[name].append((psnr(r.all_in_focus, s.aif), ssim(r.all_in_focus, s.aif), fe["mae"], fe["within1"]))
-            o = _oracle(s)
+            o = _select(s, s.focus_index)  # the ceiling of any per-pixel selection
             rows["oracle"].append((psnr(o, s.aif), ssim(o, s.aif), 0.0, 1.0))
         print(f"\n## Held-out synthetic set, {subset}: {count} stacks (seed {sd}, 192², N 4-24, 8/16-bit, RGB+gray)")
         print(f"{'method':16s} {'PSNR dB':>8s} {'SSIM':>7s} {'focus MAE':>10s} {'within±1':>9s} "
@@ -129,9 +129,7 @@ def ablation(weights: Path, n_stacks: int, seed: int = 778) -> None:
         variants = {"published": minmax(lr), "+pad": minmax(lp),
                     "+no-minmax": readout(lp, "softargmax")[0].numpy(), "+argmax": readout(lp, "argmax")[0].numpy()}
         for name, focus in variants.items():
-            idx = np.clip(np.rint(focus), 0, n - 1).astype(np.intp)
-            sel = idx[None, ..., None] if s.slices.ndim == 4 else idx[None]
-            fused = np.take_along_axis(s.slices, sel, 0)[0]
+            fused = _select(s, focus)
             fe = focus_error(focus, s.focus_index, mask)
             rows[name].append((psnr(fused, s.aif), fe["mae"], fe["within1"]))
     print(f"\n## Inference changes, one at a time ({weights.name}; {n_stacks} stacks, seed {seed}, sizes 150-230 px)")

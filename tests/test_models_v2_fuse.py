@@ -125,7 +125,7 @@ def test_v2_objective_fits_a_fixed_batch(objective: str) -> None:
     argmax readout gathers land closer to the true focus."""
     from napari_stackmff.core.models.v2 import StackMFFV2
     from napari_stackmff.core.synth import random_stack
-    from napari_stackmff.core.train import Batch, _to_unit, objective_loss
+    from napari_stackmff.core.train import Batch, _to_unit, get_objective
 
     torch.manual_seed(0)
     s = random_stack(np.random.default_rng(3), size=64, n=5, scene="natural", depth="plane", noise=False,
@@ -141,7 +141,7 @@ def test_v2_objective_fits_a_fixed_batch(objective: str) -> None:
 
     err0, losses = index_error(), []
     for _ in range(25):
-        loss = objective_loss(objective, model(batch.images), batch)
+        loss = get_objective(objective).loss(model(batch.images), batch)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -185,14 +185,16 @@ class FolderData:
             raise StackMFFError(f"{root}: a training folder needs stacks/<scene>/1.png... and depth_maps/<scene>.png.")
         self.rng = rng
         self.items: list[Sample] = []
+        def image_named(folder: Path, stem: str) -> Path | None:
+            return next((folder / f"{stem}{ext}" for ext in (".png", ".tif", ".tiff", ".jpg")
+                         if (folder / f"{stem}{ext}").exists()), None)
+
         for scene in sorted(p for p in sdir.iterdir() if p.is_dir()):
-            dpath = next((ddir / f"{scene.name}{ext}" for ext in (".png", ".tif", ".tiff", ".jpg")
-                          if (ddir / f"{scene.name}{ext}").exists()), None)
+            dpath = image_named(ddir, scene.name)
             if dpath is None:
                 continue
             stack = np.stack([read_image(p) for p in list_slice_files(scene, warn=False)])
-            apath = next((root / "aif" / f"{scene.name}{ext}" for ext in (".png", ".tif", ".tiff", ".jpg")
-                          if (root / "aif" / f"{scene.name}{ext}").exists()), None)
+            apath = image_named(root / "aif", scene.name)
             raw = read_image(dpath)
             d = raw.astype(np.float32)
             d = d.mean(-1) if d.ndim == 3 else d
@@ -261,9 +263,9 @@ def hybrid_loss(logits: torch.Tensor, focus: torch.Tensor, images: torch.Tensor,
     n = logits.shape[1]
     logp = torch.log_softmax(logits.float(), dim=1)
     f = focus.clamp(0, n - 1)
-    lo = f.floor().long().clamp(max=n - 2) if n > 1 else f.floor().long()
-    w_hi = (f - lo.float()).unsqueeze(1)
-    ce = -(logp.gather(1, lo.unsqueeze(1)) * (1 - w_hi) + logp.gather(1, (lo + 1).clamp(max=n - 1).unsqueeze(1)) * w_hi)
+    lo = f.floor().long().clamp(max=n - 2).unsqueeze(1)  # the network needs N >= 2
+    w_hi = f.unsqueeze(1) - lo.float()
+    ce = -(logp.gather(1, lo) * (1 - w_hi) + logp.gather(1, lo + 1) * w_hi)
     loss = depth_regression_loss(logits, focus) + 0.02 * ce.mean()
     if aif is not None:
         fused = (logp.exp() * images.float()).sum(1)
@@ -271,16 +273,30 @@ def hybrid_loss(logits: torch.Tensor, focus: torch.Tensor, images: torch.Tensor,
     return loss
 
 
-#: Training objectives by name -> the readout that matches each at inference (saved in the checkpoint).
-OBJECTIVES: dict[str, str] = {"depth": "softargmax", "hybrid": "argmax"}
+class Objective(NamedTuple):
+    """A training objective: its loss, the readout that matches it at inference (saved in the
+    checkpoint), and the validation score (lower is better) that picks the best epoch."""
+
+    loss: Callable[[torch.Tensor, Batch], torch.Tensor]
+    readout: str
+    score: Callable[[dict[str, float]], float]
 
 
-def objective_loss(name: str, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-    if name == "depth":
-        return depth_regression_loss(logits, batch.focus)
-    if name == "hybrid":
-        return hybrid_loss(logits, batch.focus, batch.images, batch.aif)
-    raise StackMFFError(f"unknown training objective {name!r}; choose one of {', '.join(OBJECTIVES)}.")
+OBJECTIVES: dict[str, Objective] = {
+    # As published: depth regression, soft-argmax readout, best by validation loss.
+    "depth": Objective(lambda logits, b: depth_regression_loss(logits, b.focus), "softargmax",
+                       lambda m: m["val_loss"]),
+    # Ours: aimed at the fused image, so read out by argmax and picked by the validation PSNR.
+    "hybrid": Objective(lambda logits, b: hybrid_loss(logits, b.focus, b.images, b.aif), "argmax",
+                        lambda m: -m["val_psnr"]),
+}
+
+
+def get_objective(name: str) -> Objective:
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise StackMFFError(f"unknown training objective {name!r}; choose one of {', '.join(OBJECTIVES)}.") from None
 
 
 @torch.no_grad()
@@ -290,6 +306,7 @@ def evaluate(model: torch.nn.Module, val: list[tuple[Sample, object]], device: t
 
     The loss is always the published depth regression, so runs with different objectives compare.
     """
+    from .fusion import gather
     from .metrics import psnr
     from .models.inference import readout
 
@@ -305,10 +322,7 @@ def evaluate(model: torch.nn.Module, val: list[tuple[Sample, object]], device: t
         err = (focus - y[0]).abs()
         within.append(float((err <= 1).float().mean()))
         idx = focus.round().long().clamp(0, sample.images.shape[0] - 1).cpu().numpy()
-        slices = synth_stack.slices
-        idx_b = idx[None, ..., None] if slices.ndim == 4 else idx[None]
-        fused = np.take_along_axis(slices, idx_b, 0)[0]
-        psnrs.append(psnr(fused, synth_stack.aif))
+        psnrs.append(psnr(gather(synth_stack.to_stack(), idx), synth_stack.aif))
     model.train()
     return {"val_loss": float(np.mean(losses)), "val_within1": float(np.mean(within)),
             "val_psnr": float(np.mean(psnrs))}
@@ -331,8 +345,7 @@ def train(
 
     t0 = time.perf_counter()
     spec = get_spec(cfg.model)
-    if cfg.objective not in OBJECTIVES:
-        raise StackMFFError(f"unknown training objective {cfg.objective!r}; choose one of {', '.join(OBJECTIVES)}.")
+    objective = get_objective(cfg.objective)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -383,7 +396,7 @@ def train(
                             for t in data.batch(cfg.batch_size, cfg.crop)))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(batch.images)
-            loss = objective_loss(cfg.objective, logits, batch)
+            loss = objective.loss(logits, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -393,13 +406,11 @@ def train(
         if not losses:
             break
         sched.step()
-        metrics = evaluate(model, val, device, OBJECTIVES[cfg.objective])
+        metrics = evaluate(model, val, device, objective.readout)
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
                   "seconds": time.perf_counter() - t0, **metrics}
         history.append(record)
-        # Selection: the depth objective by its validation loss (as published); the hybrid one by
-        # the validation PSNR of the gathered image, which is what it optimises.
-        score = metrics["val_loss"] if cfg.objective == "depth" else -metrics["val_psnr"]
+        score = objective.score(metrics)
         improved = score < best
         if improved:
             best, bad_epochs = score, 0
@@ -412,7 +423,7 @@ def train(
         _save(ckpt, payload)
         if improved or not best_path.exists():
             _save(best_path, {"model": cfg.model, "state_dict": model.state_dict(), "meta": record,
-                              "readout": OBJECTIVES[cfg.objective]})
+                              "readout": objective.readout})
         emit(TrainEvent("epoch", epoch, cfg.epochs, cfg.steps_per_epoch, cfg.steps_per_epoch, record["loss"],
                         val=metrics, checkpoint=ckpt))
         if stopped or bad_epochs >= cfg.patience:
