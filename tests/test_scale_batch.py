@@ -17,6 +17,14 @@ from napari_stackmff.core.batch import discover_stacks, run_batch
 from napari_stackmff.core.distributed import run_batch_parallel
 
 OUTPUTS = ("all_in_focus", "focus_map", "confidence")
+#: What batch promises across torch thread counts (pool workers run with cpu_count // workers threads, a
+#: sequential run with all of them; docs/SCALE.md "Same result on any machine"): classical methods give
+#: bit-identical files. A network's convolutions split their sums by thread count (oneDNN), so its logits
+#: differ by ~1e-5 between 1 and 2 threads (measured on V2); the float maps then agree to MODEL_ATOL and a
+#: pixel may take the other slice only at a near-tie, on at most MODEL_MAX_FLIPPED of the pixels.
+#: With the same thread count, every method is bit-identical.
+MODEL_ATOL = 1e-4
+MODEL_MAX_FLIPPED = 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +59,23 @@ def _settings(root: Path, method: str) -> dict:
     return s
 
 
-def _assert_same_outputs(a: Path, b: Path, names: list[str]) -> None:
+def _assert_same_outputs(a: Path, b: Path, names: list[str], exact: bool = True) -> None:
+    """Bit-identical outputs, or (exact=False) the cross-thread-count promise for networks above."""
     for name in names:
-        for out in OUTPUTS:
-            x = tifffile.imread(a / f"{name}_{out}.tif")
-            y = tifffile.imread(b / f"{name}_{out}.tif")
-            np.testing.assert_array_equal(x, y, err_msg=f"{name} {out}")
+        read = {out: (tifffile.imread(a / f"{name}_{out}.tif"), tifffile.imread(b / f"{name}_{out}.tif"))
+                for out in OUTPUTS}
+        if exact:
+            for out, (x, y) in read.items():
+                np.testing.assert_array_equal(x, y, err_msg=f"{name} {out}")
+            continue
+        fa, fb = read["focus_map"]
+        same = np.rint(fa) == np.rint(fb)
+        assert 1 - same.mean() <= MODEL_MAX_FLIPPED, f"{name}: {1 - same.mean():.2%} of pixels took another slice"
+        xa, xb = read["all_in_focus"]
+        np.testing.assert_array_equal(xa[same], xb[same], err_msg=f"{name} all_in_focus")
+        for out in ("focus_map", "confidence"):
+            x, y = read[out]
+            np.testing.assert_allclose(x[same], y[same], rtol=0, atol=MODEL_ATOL, err_msg=f"{name} {out}")
 
 
 def _check_run(summary, infos) -> None:
@@ -85,7 +104,15 @@ def test_parallel_batch_matches_sequential_and_resumes(batch_root, cluster, tmp_
     par = run_batch_parallel(jobs, tmp_path / "par", quiet=True, on_result=lambda j, s, e, i: infos.append(i),
                              **where, **settings)
     _check_run(par, infos)
-    _assert_same_outputs(tmp_path / "seq", tmp_path / "par", [f"s{i}" for i in range(6)])
+    names = [f"s{i}" for i in range(6)]
+    # Dask workers here are threads of this process (same torch thread count): always bit-identical.
+    _assert_same_outputs(tmp_path / "seq", tmp_path / "par", names, exact=method != "stackmff-v2" or runner == "dask")
+    if method == "stackmff-v2" and runner == "pool":
+        # The difference above comes from the thread count alone: workers with this process's count agree exactly.
+        same_threads = run_batch_parallel(jobs, tmp_path / "par_same", quiet=True, threads=torch.get_num_threads(),
+                                          **where, **settings)
+        assert sorted(same_threads.done) == names
+        _assert_same_outputs(tmp_path / "seq", tmp_path / "par_same", names)
     if method == "stackmff-v2":
         per_pid = _one_model_per_worker([i for i in infos if i["models"]])
         if runner == "dask":  # processes=False: both workers live in this process and share its cache
