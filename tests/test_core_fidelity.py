@@ -204,3 +204,24 @@ def test_z_step_does_not_stick_to_the_callers_stack(make_synth):
     # Positions the stack already has win over z_step.
     known = FocalStack(np.asarray(s.slices), z_positions=np.arange(8) * 3.0, unit="um")
     assert fuse(known, method="variance", device="cpu", z_step=0.5).z_step == pytest.approx(3.0)
+
+
+def test_cli_help_and_package_import_do_not_import_torch():
+    """`stackmff --help` (and napari finding our readers) must not pay for torch: it answers at once."""
+    code = (
+        "import sys, contextlib, io\n"
+        "import napari_stackmff, napari_stackmff.cli\n"
+        "for argv in (['--help'], ['fuse', '--help'], ['batch', '--help'], ['train', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
+        "        napari_stackmff.cli.main(argv)\n"
+        "    assert 'usage: stackmff' in out.getvalue(), argv\n"
+        "print('HEAVY:' + ','.join(sorted(m for m in ('torch', 'scipy', 'skimage', 'napari') if m in sys.modules)))\n"
+        "from napari_stackmff import fuse\n"
+        "print('AFTER:' + str('torch' in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(":", 1) for line in out.stdout.splitlines() if ":" in line)
+    assert lines["HEAVY"] == "", f"help imported {lines['HEAVY']}"
+    assert lines["AFTER"] == "True"  # the public API still works, importing torch on first use

@@ -14,7 +14,7 @@ from typing import Sequence
 
 
 def _add_fuse_options(p: argparse.ArgumentParser) -> None:
-    from .core.classical import DEFAULT_WINDOW
+    from .core.defaults import DEFAULT_WINDOW
 
     p.add_argument("-o", "--output", required=True, type=Path, help="folder for the results")
     p.add_argument("--method", default="auto", help="auto (default), variance, laplacian, tenengrad, wavelet, "
@@ -182,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("fuse", help="fuse one stack (folder of slices or TIFF)")
-    p.add_argument("input", type=Path)
+    p.add_argument("input", type=Path,
+                   help="the stack: a folder of numbered slices (png, jpg, tif...) or a multi-page, ImageJ or "
+                        "OME TIFF")
     _add_fuse_options(p)
     p.add_argument("--lazy", choices=("auto", "on", "off"), default="auto",
                    help="read a TIFF from disk tile by tile instead of loading it (auto: when it is bigger "
@@ -193,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fuse)
 
     p = sub.add_parser("batch", help="fuse every stack under a folder (root/scene/1.png... or TIFFs)")
-    p.add_argument("root", type=Path)
+    p.add_argument("root", type=Path,
+                   help="folder holding the stacks: one sub-folder of slices per stack (root/scene/1.png...) "
+                        "and/or multi-page TIFF files")
     _add_fuse_options(p)
     p.add_argument("--overwrite", action="store_true", help="redo stacks that are already finished")
     p.add_argument("--workers", type=int, default=1, help="parallel local worker processes")
@@ -208,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("synth", help="write a synthetic dataset (stacks + depth maps) in the seed layout")
-    p.add_argument("output", type=Path)
+    p.add_argument("output", type=Path, help="folder to write the dataset to (created if missing)")
     p.add_argument("--count", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=256)

@@ -15,10 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .defaults import CLASSICAL_METHODS, DEFAULT_WINDOW  # noqa: F401  (re-exported: classical.DEFAULT_WINDOW)
 from .errors import StackMFFError
-
-CLASSICAL_METHODS = ("variance", "laplacian", "tenengrad", "wavelet")
-DEFAULT_WINDOW = 9
 
 
 def _pad(x: torch.Tensor, r: int, mode: str = "reflect") -> torch.Tensor:
