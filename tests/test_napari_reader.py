@@ -105,6 +105,27 @@ def test_unreadable_stack_shows_one_line_instead_of_traceback(tmp_path, monkeypa
     assert len(shown) == 1 and "slice_3.png" in shown[0] and "\n" not in shown[0]
 
 
+def test_reference_image_is_left_out_and_a_picked_list_overrides(make_napari_viewer, stackmff_plugin, tmp_path):
+    folder = _write_slices(tmp_path / "pcb", n=4)  # slice_1.png ... slice_4.png
+    Image.fromarray(np.full((40, 50), 255, np.uint8)).save(folder / "expected.png")
+    viewer = make_napari_viewer()
+    with pytest.warns(UserWarning, match=r"left out 1 other image: expected\.png"):
+        (layer,) = viewer.open(str(folder), plugin="napari-stackmff")
+    assert layer.data.shape == (4, 40, 50) and not (layer.data == 255).all(axis=(1, 2)).any()
+    # Opening chosen files as a list is the override: exactly those, in natural order. (npe2 offers
+    # us lists of TIFFs only, as the manifest claims no PNG/JPG: napari's own reader stacks those.)
+    picked = [str(folder / n) for n in ("slice_3.png", "expected.png", "slice_1.png")]
+    data, _, _ = get_stack_reader(picked)(picked)[0]
+    assert data.shape == (3, 40, 50)
+    assert (data[0] == 255).all() and not (data[1:] == 255).all(axis=(1, 2)).any()
+    np.testing.assert_array_equal(data[1], np.asarray(Image.open(folder / "slice_1.png")))
+    imgs = {"z_10.tif": data[2], "expected.tif": data[0], "z_9.tif": data[1]}  # slice_3, reference, slice_1
+    for name, img in imgs.items():
+        tifffile.imwrite(tmp_path / name, img, photometric="minisblack")
+    (layer,) = viewer.open([str(tmp_path / n) for n in imgs], stack=True, plugin="napari-stackmff")
+    np.testing.assert_array_equal(layer.data, data)  # natural order: expected, z_9, z_10
+
+
 def test_event_folder_synthetic(make_napari_viewer, stackmff_plugin, tmp_path):
     pytest.importorskip("napari_stackmff.core.events")
     folder = _write_event_frames(tmp_path / "events", n=4)

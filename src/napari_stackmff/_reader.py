@@ -3,6 +3,10 @@
 ``get_*_reader(path)`` must be cheap and must say no (return None) to anything that is not a
 stack, so napari's own reader keeps handling ordinary single images. The two readers never
 accept the same folder: a folder of red/blue event previews goes to the event reader only.
+A folder's slices are chosen as in ``core.io.list_slice_files`` (its naming pattern: a
+reference ``expected.jpg`` among ``pcb_001.jpg...`` is left out, with a warning naming it); to
+choose the slices yourself, open the files as a list (``viewer.open(files, stack=True,
+plugin="napari-stackmff")``): they are read in natural order.
 Reading itself is ``core.io``; errors a user can fix are shown as one line, not a traceback.
 """
 
@@ -91,8 +95,29 @@ def is_event_folder(folder: Path, files: list[Path] | None = None) -> bool:
 
 
 # ---------------------------------------------------------------------------------- readers
+def _slice_list(path: Any) -> list[Path] | None:
+    """Two or more single-image files of one type the user picked (napari's "open as stack"),
+    else None; a list holding a multi-page TIFF is several stacks, not one."""
+    from .core.io import IMAGE_SUFFIXES
+
+    if not isinstance(path, (list, tuple)) or len(path) < 2:
+        return None
+    try:
+        files = [Path(os.fspath(p)) for p in path]
+    except TypeError:
+        return None
+    if len({f.suffix.lower() for f in files}) != 1 or files[0].suffix.lower() not in IMAGE_SUFFIXES:
+        return None
+    if not all(f.is_file() for f in files) or (files[0].suffix.lower() in _TIFF and any(map(tiff_is_stack, files))):
+        return None
+    return files
+
+
 def get_stack_reader(path: Any) -> ReaderFunction | None:
-    """Accept a slice folder (>= 2 images) or a multi-page TIFF; decline everything else."""
+    """Accept a slice folder (>= 2 images), a multi-page TIFF or a list of slice files; decline
+    everything else."""
+    if _slice_list(path) is not None:
+        return read_stack
     p = _single_path(path)
     if p is None:
         return None
@@ -110,11 +135,11 @@ def get_stack_reader(path: Any) -> ReaderFunction | None:
 
 def read_stack(path: Any) -> list[LayerDataTuple | tuple]:
     """One image layer per stack, with z step / pixel size as scale when the files carry them."""
-    from .core.io import load_stack
+    from .core.io import load_stack, natural_key
 
-    p = _single_path(path)
+    picked = _slice_list(path)
     try:
-        stack = load_stack(p)
+        stack = load_stack(sorted(picked, key=natural_key) if picked else _single_path(path))
     except StackMFFError as exc:
         _show_error(str(exc))
         return [(None,)]  # napari's "nothing to add" sentinel: no traceback dialog

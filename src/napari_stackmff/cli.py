@@ -27,6 +27,9 @@ def _add_fuse_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--z-step", type=float, default=None, help="slice spacing, when the files do not carry it")
     p.add_argument("--tile", type=int, default=None,
                    help="tile side in pixels (default: the largest that fits in memory)")
+    p.add_argument("--include", default=None, metavar="GLOB",
+                   help="which files of a slice folder are the slices, e.g. '*.jpg' (default: the images "
+                        "sharing the folder's naming pattern, such as pcb_001.jpg, pcb_002.jpg...)")
 
 
 def _settings(args: argparse.Namespace) -> dict:
@@ -39,11 +42,13 @@ def _settings(args: argparse.Namespace) -> dict:
 def cmd_fuse(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .core.batch import beside_inputs
     from .core.fusion import fuse
     from .core.io import input_files, load_stack, save_result
 
     lazy = {"auto": None, "on": True, "off": False}[args.lazy]
-    stack = load_stack(args.input, lazy=lazy)
+    stack = load_stack(args.input, lazy=lazy, include=args.include)
+    near = beside_inputs(args.output, args.input, input_files(stack))
     name = Path(args.input).name.split(".")[0] or "stack"
     bar = tqdm(total=stack.n_slices * stack.n_times, desc=f"fusing {name}", unit="step", disable=args.quiet)
 
@@ -63,6 +68,9 @@ def cmd_fuse(args: argparse.Namespace) -> int:
               f"({res.tile}-px tiles, streamed)")
         for key, path in res.outputs.items():
             print(f"  {key:18s} {path}")
+        if near is not None:
+            warnings.warn(f"{near}: the streamed results sit next to the input stack, and a later `stackmff batch` "
+                          f"on that folder would take {out.name} for a stack; use another -o.")
         return 0
     result = fuse(stack, progress=progress, **_settings(args))
     bar.close()
@@ -70,15 +78,21 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     print(f"fused {stack.n_slices} slices of {args.input} with {result.method} in {result.timings['total_s']:.2f} s")
     for key, path in written.items():
         print(f"  {key:18s} {path}")
+    if near is not None:
+        warnings.warn(f"{near}: the results sit next to the input stack (a later `stackmff batch` there skips them, "
+                      f"as {written['info'].name} lists them); another -o keeps data and results apart.")
     return 0
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .core.batch import discover_stacks, run_batch
+    from .core.batch import run_batch, survey
 
-    jobs = discover_stacks(args.root, exclude=[args.output])
+    jobs, results = survey(args.root, exclude=[args.output], include=args.include)
+    if results:
+        print(f"skipping {len(results)} result{'s' if len(results) > 1 else ''} of earlier runs (listed in "
+              f"*_fusion.json): {', '.join(p.name for p in results)}")
     settings = _settings(args)
     if args.dask or args.workers > 1:
         from .core.distributed import run_batch_parallel

@@ -2,7 +2,9 @@
 
 Each finished stack leaves a ``<name>_fusion.json`` holding a fingerprint of its input files
 (names, sizes, modification times) and the settings; a re-run skips a stack whose fingerprint
-and settings are unchanged and whose outputs are all there.
+and settings are unchanged and whose outputs are all there. The same file marks results as
+ours, so results written next to the stacks (or an earlier result folder inside the root) are
+never taken for stacks.
 """
 
 from __future__ import annotations
@@ -16,18 +18,22 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .errors import StackMFFError
-from .io import IMAGE_SUFFIXES, TIFF_SUFFIXES, list_slice_files, result_paths
+from .io import IMAGE_SUFFIXES, TIFF_SUFFIXES, list_slice_files, recorded_outputs, result_paths
 
 
 @dataclass(frozen=True)
 class StackJob:
-    """One stack to fuse: a name for its outputs and where its pixels are."""
+    """One stack to fuse: a name for its outputs, where its pixels are, and (for a folder) which
+    files are slices when not the folder's naming pattern (``include``, see ``load_stack``)."""
 
     name: str
     source: Path
+    include: str | None = None
 
     def input_files(self) -> list[Path]:
-        return list_slice_files(self.source, warn=False) if self.source.is_dir() else [self.source]
+        if self.source.is_dir():
+            return list_slice_files(self.source, warn=False, include=self.include)
+        return [self.source]
 
 
 @dataclass
@@ -48,27 +54,60 @@ class BatchSummary:
         return "\n".join(lines)
 
 
-def discover_stacks(root: str | Path, *, exclude: Iterable[str | Path] = ()) -> list[StackJob]:
-    """Stacks under ``root``: each sub-folder of slices (root/scene/1.png...) and each TIFF file.
+def survey(root: str | Path, *, exclude: Iterable[str | Path] = (),
+           include: str | None = None) -> tuple[list[StackJob], list[Path]]:
+    """(stacks under ``root``, our own earlier results there that look like stacks but are not).
 
-    ``exclude``: paths that are not stacks even if they look like one (e.g. the output folder,
-    when it lies inside ``root``: its PNG previews would otherwise be fused on the next run).
+    Stacks are each sub-folder of slices (root/scene/1.png...) and each TIFF file. Results are
+    the TIFFs a ``<name>_fusion.json`` in ``root`` lists, and sub-folders holding nothing but
+    listed results (the output folder of an earlier batch). ``exclude``: further paths that are
+    not stacks (e.g. this run's output folder). ``include`` is passed to every folder stack.
     """
     root = Path(root)
     if not root.is_dir():
         raise StackMFFError(f"{root}: not a folder; batch takes a folder of stacks (root/scene/1.png, or TIFFs).")
     skip = {Path(e).resolve() for e in exclude}
-    jobs = []
+    ours = recorded_outputs(root)
+    jobs: list[StackJob] = []
+    results: list[Path] = []
     for p in sorted(root.iterdir()):
         if p.name.startswith(".") or p.resolve() in skip:
             continue
-        if p.is_dir() and any(q.suffix.lower() in IMAGE_SUFFIXES for q in p.iterdir()):
-            jobs.append(StackJob(p.name, p))
+        if p.is_dir() and _holds_images(p):
+            if list_slice_files(p, warn=False):  # empty when every image is a listed result
+                jobs.append(StackJob(p.name, p, include))
+            else:
+                results.append(p)
         elif p.is_file() and p.suffix.lower() in TIFF_SUFFIXES:
-            jobs.append(StackJob(p.name.split(".")[0], p))
+            if p.name in ours:
+                results.append(p)
+            else:
+                jobs.append(StackJob(p.name.split(".")[0], p))
     if not jobs:
         raise StackMFFError(f"{root}: found no stacks (sub-folders of slices or TIFF files).")
-    return jobs
+    return jobs, results
+
+
+def _holds_images(folder: Path) -> bool:
+    return any(q.suffix.lower() in IMAGE_SUFFIXES and not q.name.startswith(".") for q in folder.iterdir())
+
+
+def discover_stacks(root: str | Path, *, exclude: Iterable[str | Path] = (),
+                    include: str | None = None) -> list[StackJob]:
+    """Stacks under ``root`` (see :func:`survey`); our own earlier results are left out silently."""
+    return survey(root, exclude=exclude, include=include)[0]
+
+
+def beside_inputs(outdir: str | Path, source: str | Path, files: Iterable[str | Path]) -> Path | None:
+    """The folder when ``outdir`` is where the input lives (the folder holding an input file, or
+    the parent of the slice folder given), else None: results there sit among the stacks a later
+    batch on that folder reads (it recognises them by their ``_fusion.json``, but they clutter)."""
+    out = Path(outdir).resolve()
+    near = {Path(f).resolve().parent for f in files}
+    src = Path(source).resolve()
+    if src.is_dir():
+        near.add(src.parent)
+    return out if out in near else None
 
 
 def fingerprint(files: Iterable[Path], settings: dict[str, Any]) -> str:
@@ -98,7 +137,7 @@ def fuse_job(job: StackJob, outdir: Path, settings: dict[str, Any], fp: str) -> 
     from .fusion import fuse
     from .io import load_stack, save_result
 
-    stack = load_stack(job.source)
+    stack = load_stack(job.source, include=job.include if job.source.is_dir() else None)
     result = fuse(stack, **settings)
     return save_result(result, outdir, job.name, inputs=job.input_files(),
                        extra_info={"fingerprint": fp, "source": str(job.source), "settings": settings})

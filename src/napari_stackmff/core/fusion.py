@@ -477,11 +477,11 @@ class FusionPlan:
 
 def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto", *, channel: int | None = None,
             window: int | None = None, weights: str | None = None, z_step: float | None = None,
-            denoise: bool = True, lazy: bool | None = False, **options: Any) -> FusionPlan:
+            denoise: bool = True, lazy: bool | str | None = None, include: Any = None, **options: Any) -> FusionPlan:
     """Load the stack, check the settings and build the per-time-point tile engine."""
     from .io import load_stack
 
-    stack = load_stack(stack, z_step=z_step, lazy=lazy)
+    stack = load_stack(stack, z_step=z_step, lazy=lazy, include=include)
     method = resolve_method(method)
     dev = resolve_device(device)
     if channel is not None and not -stack.n_channels <= channel < stack.n_channels:
@@ -514,7 +514,7 @@ def fuse(
     denoise: bool = True,
     tile: int | None = None,
     memory_budget: int | None = None,
-    lazy: bool | None = False,
+    lazy: bool | str | None = None,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     **options: Any,
@@ -552,7 +552,7 @@ def fuse(
         free GPU memory on a GPU.
     lazy
         For a TIFF path: read it lazily (memory-mapped or through zarr) instead of loading it;
-        None decides from the file size (see :func:`napari_stackmff.core.io.load_stack`).
+        None (default) decides from the file (see :func:`napari_stackmff.core.io.load_stack`).
     progress
         ``progress(done, total, message)`` called as work proceeds.
     cancel

@@ -9,6 +9,7 @@ is renamed into place.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import os
 import re
@@ -41,24 +42,117 @@ def natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
-def list_slice_files(folder: PathLike, *, warn: bool = True) -> list[Path]:
-    """Image files of a slice folder in natural order; other files are ignored with a warning."""
+_NUMBERED = re.compile(r"^(.*?)(\d+)(\D*)$")  # the last run of digits in the stem is the slice number
+
+Include = str | Sequence[str] | None
+
+
+def slice_pattern(path: Path) -> tuple[str, str] | None:
+    """(prefix, suffix + extension) around a file's slice number, or None for a name without one.
+
+    ``pcb_003.jpg`` -> ("pcb_", ".jpg"); ``3.png`` -> ("", ".png"). The extension compares without
+    case so ``.JPG`` and ``.jpg`` slices of one camera stay together.
+    """
+    m = _NUMBERED.match(path.stem)
+    if m is None:
+        return None
+    return m.group(1), m.group(3) + path.suffix.lower()
+
+
+def select_slices(files: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """Split a folder's images into (the stack, images left out), both in natural order.
+
+    The stack is the largest group sharing one naming pattern (prefix + number + suffix), so a
+    reference such as ``expected.jpg`` next to ``pcb_001.jpg ...`` is not fused as a slice. When
+    no pattern holds two files (``a.png, b.png`` or ``top.png, side1.png``) every image is a slice:
+    names without numbers give no better evidence than the folder itself. Ties go to the group
+    whose first file sorts first.
+    """
+    ordered = sorted(files, key=natural_key)
+    groups: dict[tuple[str, str], list[Path]] = {}
+    for f in ordered:
+        key = slice_pattern(f)
+        if key is not None:
+            groups.setdefault(key, []).append(f)
+    best = max(groups.values(), key=len, default=[])  # max keeps the first of equal groups
+    if len(best) < 2:
+        return ordered, []
+    chosen = set(best)
+    return best, [f for f in ordered if f not in chosen]
+
+
+def recorded_outputs(folder: PathLike) -> set[str]:
+    """Names of files an earlier run of ours wrote in ``folder``: each ``<name>_fusion.json`` and
+    what it lists under "outputs". Results written next to their inputs (``-o`` = the input's
+    folder) are thereby never read back as slices or stacks."""
+    names: set[str] = set()
+    for info in Path(folder).glob("*_fusion.json"):
+        try:
+            outputs = json.loads(info.read_text()).get("outputs")
+        except (OSError, ValueError, AttributeError):
+            continue  # not ours, or unreadable: then it lists nothing
+        if isinstance(outputs, dict):
+            names.add(info.name)
+            names.update(Path(str(n)).name for n in outputs.values())
+    return names
+
+
+def _image_files(folder: Path) -> tuple[list[Path], list[str]]:
+    """(image files, names of other entries) of a folder; hidden files and our own results
+    (see :func:`recorded_outputs`) are neither."""
+    images, other = [], []
+    ours = recorded_outputs(folder)
+    for p in folder.iterdir():
+        if p.name.startswith(".") or p.name in ours:
+            continue
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(p)
+        else:
+            other.append(p.name)
+    return images, other
+
+
+def _included(folder: Path, images: list[Path], include: str | Sequence[str]) -> list[Path]:
+    """The files ``include`` names: a glob over the folder's images (natural order, case-blind),
+    or a list of file names (kept in the given order)."""
+    if isinstance(include, str):
+        chosen = [p for p in images if fnmatch.fnmatch(p.name.lower(), include.lower())]
+        if not chosen:
+            raise StackError(f"{folder}: no image file matches include={include!r} "
+                             f"(images here: {', '.join(sorted(p.name for p in images)[:5]) or 'none'}).")
+        return sorted(chosen, key=natural_key)
+    chosen = []
+    for name in include:
+        p = folder / name
+        if not p.is_file():
+            raise StackError(f"{p}: named in include= but not found.")
+        chosen.append(p)
+    return chosen
+
+
+def list_slice_files(folder: PathLike, *, warn: bool = True, include: Include = None) -> list[Path]:
+    """The slices of a folder in natural order (2 before 10).
+
+    Without ``include`` these are the images sharing the dominant naming pattern (see
+    :func:`select_slices`); images left out are named in one warning, and other files in another.
+    ``include`` overrides the choice: a glob such as ``"*.jpg"`` or a list of file names.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise StackError(f"{folder}: not a folder.")
-    files, ignored = [], []
-    for p in folder.iterdir():
-        if p.name.startswith("."):
-            continue
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-            files.append(p)
-        else:
-            ignored.append(p.name)
+    images, ignored = _image_files(folder)
+    if include is not None:
+        return _included(folder, images, include)
+    files, left_out = select_slices(images)
     if ignored and warn:
         shown = ", ".join(sorted(ignored)[:5]) + (" ..." if len(ignored) > 5 else "")
         warnings.warn(f"{folder}: ignoring {len(ignored)} non-image entr{'y' if len(ignored) == 1 else 'ies'}: {shown}",
                       stacklevel=2)
-    return sorted(files, key=natural_key)
+    if left_out and warn:
+        warnings.warn(f"{folder}: {len(files)} slices named like {files[0].name}; left out {len(left_out)} other "
+                      f"image{'s' if len(left_out) > 1 else ''}: {', '.join(p.name for p in left_out)} "
+                      "(include= / --include to choose the files)", stacklevel=2)
+    return files
 
 
 def read_image(path: PathLike) -> np.ndarray:
@@ -261,14 +355,14 @@ def read_tiff_stack_lazy(path: PathLike, how: str = "auto") -> FocalStack:
     return stack
 
 
-def _tiff_path(source: Any) -> Path | None:
-    """The TIFF a path source names (itself, or a folder's only file), else None."""
+def _tiff_path(source: Any, include: Include = None) -> Path | None:
+    """The TIFF a path source names (itself, or a folder's only slice file), else None."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_file() and path.suffix.lower() in TIFF_SUFFIXES:
             return path
         if path.is_dir():
-            files = list_slice_files(path, warn=False)
+            files = list_slice_files(path, warn=False, include=include)
             if len(files) == 1 and files[0].suffix.lower() in TIFF_SUFFIXES:
                 return files[0]
     return None
@@ -279,7 +373,8 @@ def load_stack(
     *,
     z_step: float | None = None,
     unit: str | None = None,
-    lazy: bool | str | None = False,
+    lazy: bool | str | None = None,
+    include: Include = None,
 ) -> FocalStack:
     """Load a focal stack from a folder of slices, a TIFF, a list of image files or an array.
 
@@ -288,15 +383,26 @@ def load_stack(
     source
         A folder of numbered slices (natural sort: 2 before 10), a multi-page/ImageJ/OME TIFF,
         a list of single-image files (kept in the given order), an array or a FocalStack.
+        A folder's slices are the images sharing its dominant naming pattern (``pcb_001.jpg``...,
+        leaving out e.g. ``expected.jpg`` with a warning); a folder whose images carry no common
+        numbered pattern is read whole, in natural order.
     z_step, unit
         Slice spacing to use when the files do not say (overrides nothing the metadata gives
         unless the metadata has none).
     lazy
         For a TIFF: False loads it into memory; True (or "memmap"/"zarr") keeps the pixels on disk
-        and fusion reads them a tile at a time; None decides: lazy when the file is bigger than
-        a quarter of free RAM. Other sources are unaffected.
+        and fusion reads them a tile at a time; None (default) decides from the file: lazy when it
+        is bigger than a quarter of free RAM, or memory-mappable and at least 64 MiB
+        (:func:`napari_stackmff.core.lazy.should_be_lazy`). Lazy float pixels are checked for
+        NaN/inf as each tile is read. Other sources are unaffected.
+    include
+        For a folder: which files are the slices, instead of the naming pattern: a glob
+        (``"*.jpg"``) or a list of file names (read in that order).
     """
-    tiff = _tiff_path(source) if lazy is not False else None
+    if include is not None and (not isinstance(source, (str, os.PathLike)) or Path(source).is_file()):
+        what = source if isinstance(source, (str, os.PathLike)) else f"a {type(source).__name__}"
+        raise StackError(f"{what}: include (--include) chooses files in a slice folder; this is not a folder.")
+    tiff = _tiff_path(source, include) if lazy is not False else None
     if tiff is not None:
         from .lazy import should_be_lazy
 
@@ -319,7 +425,7 @@ def load_stack(
         if not path.exists():
             raise StackError(f"{path}: no such file or folder.")
         if path.is_dir():
-            files = list_slice_files(path)
+            files = list_slice_files(path, include=include)
             if not files:
                 raise StackError(f"{path}: the folder has no image files (png, jpg, bmp, tif).")
             if len(files) == 1 and files[0].suffix.lower() in TIFF_SUFFIXES:
@@ -536,6 +642,7 @@ def save_result(
         "z_step": z_step,
         "unit": unit,
         "timings_s": result.timings,
+        "inputs": [str(Path(p).resolve()) for p in inputs],  # the exact slices, in stack order
         "outputs": {k: p.name for k, p in written.items()},
     }
     info.update(extra_info or {})
