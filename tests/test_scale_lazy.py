@@ -91,11 +91,49 @@ def test_lazy_auto_follows_file_size(tmp_path, stack600, monkeypatch):
     from napari_stackmff.core import lazy as lazy_mod
 
     path = tmp_path / "s.tif"
+    packed = tmp_path / "packed.tif"
     tifffile.imwrite(path, stack600[:4], photometric="minisblack")
-    assert "lazy" not in load_stack(path, lazy=None).metadata  # small: loaded
+    tifffile.imwrite(packed, stack600[:4], photometric="minisblack", compression="zlib")
+    for default in ({}, {"lazy": None}):  # the default is None: decide from the file
+        assert "lazy" not in load_stack(path, **default).metadata  # small: loaded
+    monkeypatch.setattr(lazy_mod, "LAZY_MEMMAP_BYTES", 1000)
+    assert load_stack(path).metadata["lazy"] == "memmap"  # mappable and "big": mapped, no copy
+    assert "lazy" not in load_stack(packed).metadata  # compressed and small against free RAM: loaded
+    assert "lazy" not in load_stack(path, lazy=False).metadata
     monkeypatch.setattr(lazy_mod, "LAZY_FRACTION", 1e-9)
-    assert "lazy" in load_stack(path, lazy=None).metadata
-    assert "lazy" not in load_stack(path).metadata  # the default stays eager
+    assert "lazy" in load_stack(packed).metadata  # big against free RAM: lazy whatever the storage
+
+
+def test_fuse_path_default_reads_big_tiff_lazily_with_same_result(tmp_path, stack600, monkeypatch):
+    from napari_stackmff.core import lazy as lazy_mod
+
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, stack600, photometric="minisblack")
+    eager = fuse(path, method="wavelet", device="cpu", lazy=False)
+    monkeypatch.setattr(lazy_mod, "LAZY_MEMMAP_BYTES", 1000)
+    seen = []
+    real = lazy_mod.open_tiff_lazy
+    monkeypatch.setattr(lazy_mod, "open_tiff_lazy", lambda *a, **k: seen.append(a) or real(*a, **k))
+    auto = fuse(path, method="wavelet", device="cpu")
+    assert seen, "fuse(path) did not read the big TIFF lazily by default"
+    np.testing.assert_array_equal(auto.all_in_focus, eager.all_in_focus)
+    np.testing.assert_array_equal(auto.focus_map, eager.focus_map)
+
+
+@pytest.mark.parametrize("how", ["memmap", "zarr"])
+def test_nan_in_lazy_float_tiff_fails_with_file_and_count(tmp_path, how):
+    from napari_stackmff.core.errors import StackError
+
+    rng = np.random.default_rng(0)
+    data = rng.random((5, 300, 260), dtype=np.float32)
+    data[3, 250:253, 10:12] = np.nan  # 6 bad pixels in the last tile row only
+    data[3, 0, 0] = np.inf
+    path = tmp_path / "bad.tif"
+    tifffile.imwrite(path, data, photometric="minisblack", compression=None if how == "memmap" else "zlib")
+    with pytest.raises(StackError, match=r"bad\.tif: \d+ pixel\(s\) are NaN or infinite in slice 3"):
+        fuse(path, method="variance", device="cpu", lazy=how, tile=160)
+    with pytest.raises(StackError, match=r"bad\.tif: 7 pixel\(s\) are NaN or infinite in slice 3"):
+        fuse(path, method="variance", device="cpu", lazy=how)  # one tile: every bad pixel counted
 
 
 # ----------------------------------------------------------------------------------- outputs

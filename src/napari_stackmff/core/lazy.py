@@ -15,8 +15,12 @@ from typing import Any, Sequence
 import numpy as np
 import psutil
 
-#: load_stack(lazy=None) reads lazily when the file is larger than this fraction of free RAM.
+#: load_stack(lazy=None) reads any TIFF lazily when the file is larger than this fraction of free RAM.
 LAZY_FRACTION = 0.25
+#: ... and a TIFF that can be memory-mapped (uncompressed, contiguous) from this size on: mapping costs
+#: nothing (no copy, no decoding; speed at parity, benchmarks/bench_lazy_default.py), while loading it
+#: holds the whole input in RAM next to the tile working memory. Below this the copy is noise.
+LAZY_MEMMAP_BYTES = 64 << 20
 
 
 class AxesView:
@@ -102,11 +106,25 @@ def open_tiff_lazy(path: str | os.PathLike, how: str = "auto") -> Any:
     return arr["0"]  # a multiscale (pyramidal) file: its full-resolution level
 
 
+def can_memmap(path: str | os.PathLike) -> bool:
+    """True when the TIFF's first series is stored uncompressed and contiguous (reads only its header)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tif.series[0].dataoffset is not None
+    except Exception:
+        return False
+
+
 def should_be_lazy(path: str | os.PathLike, fraction: float | None = None) -> bool:
-    """True when a file is big enough, against free RAM, that loading it whole is a bad idea."""
+    """True when loading the file whole is a bad idea: it is big against free RAM, or it can be
+    memory-mapped and is big enough for the copy to matter (see the constants above)."""
     fraction = LAZY_FRACTION if fraction is None else fraction
     try:
         size = Path(path).stat().st_size
     except OSError:
         return False
-    return size > fraction * psutil.virtual_memory().available
+    if size > fraction * psutil.virtual_memory().available:
+        return True
+    return size >= LAZY_MEMMAP_BYTES and can_memmap(path)

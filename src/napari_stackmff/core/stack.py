@@ -144,7 +144,7 @@ class FocalStack:
     def slice_pixels(self, z: int, t: int = 0) -> np.ndarray:
         """Original pixels of one slice, (Y, X) or (Y, X, C), read from disk if lazy."""
         data = self.data[t] if self.has_time else self.data
-        return np.asarray(data[z])
+        return self._checked(np.asarray(data[z]), z, t, (slice(None), slice(None)))
 
     def focus_image(self, z: int, t: int = 0, channel: int | None = None) -> np.ndarray:
         """Float32 image that focus is judged on for slice ``z`` (luma, a channel, or channel mean).
@@ -162,7 +162,19 @@ class FocalStack:
         """
         ys, xs = window or (slice(None), slice(None))
         key = (t, z, ys, xs) if self.has_time else (z, ys, xs)
-        return np.asarray(self.data[key])
+        return self._checked(np.asarray(self.data[key]), z, t, (ys, xs))
+
+    def _checked(self, pixels: np.ndarray, z: int, t: int, window: tuple[slice, slice]) -> np.ndarray:
+        """Refuse NaN/inf in pixels just read from lazy float data (in-memory arrays are checked whole
+        when they are wrapped; lazy ones are checked tile by tile, as they are read)."""
+        if pixels.dtype.kind == "f" and type(self.data) is not np.ndarray and not np.isfinite(pixels).all():
+            bad = int(pixels.size - np.count_nonzero(np.isfinite(pixels)))
+            ys, xs = window
+            at = f"slice {z}" + (f", time {t}" if self.has_time else "")
+            area = f" (rows {ys.start or 0}:{ys.stop}, columns {xs.start or 0}:{xs.stop})" if ys.stop or xs.stop else ""
+            raise StackError(f"{self._where}{bad} pixel(s) are NaN or infinite in {at}{area}. Replace them "
+                             "(e.g. numpy.nan_to_num) before fusing.")
+        return pixels
 
     def focus_window(self, z: int, t: int = 0, channel: int | None = None,
                      window: tuple[slice, slice] | None = None) -> np.ndarray:
@@ -178,7 +190,8 @@ class FocalStack:
         ys, xs = window or (slice(None), slice(None))
         out = None
         for z in range(self.n_slices):
-            img = to_focus_image(np.asarray(data[z, ys, xs]), rgb=self.rgb, channel=channel, dtype=self.dtype)
+            img = to_focus_image(self._checked(np.asarray(data[z, ys, xs]), z, t, (ys, xs)), rgb=self.rgb,
+                                 channel=channel, dtype=self.dtype)
             if out is None:
                 out = np.empty((self.n_slices, *img.shape), dtype=np.float32)
             out[z] = img
