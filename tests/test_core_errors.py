@@ -134,6 +134,31 @@ def test_unknown_method():
         fuse(_slices(), method="sharpest", device="cpu")
 
 
+@pytest.mark.parametrize("method,kwargs,named", [
+    ("variance", {"nonsense_option": 3}, "nonsense_option"),  # a typo in a script
+    ("wavelet", {"half": True}, "half"),  # a model option given to a classical method
+    ("wavelet", {"weights": "w.pt"}, "weights"),
+    ("stackmff-v2", {"nonsense_option": 3}, "nonsense_option"),  # used to be a TypeError from deep inside
+    ("stackmff-v2", {"window": 15}, "window"),  # only classical measures have a window
+    ("stackmff-v2", {"readuot": "argmax"}, "readuot"),
+])
+def test_option_a_method_does_not_use_is_refused_in_one_line(method, kwargs, named):
+    calls = []
+    with pytest.raises(StackMFFError) as err:
+        fuse(_slices(4), method=method, device="cpu", progress=lambda *a: calls.append(a), **kwargs)
+    msg = str(err.value)
+    assert "\n" not in msg and repr(named) in msg and method in msg
+    takes = msg.split("it takes: ")[1]
+    assert named not in takes.replace(".", "").split(", ")  # the list of what it takes does not hold it
+    assert ("window" in takes) == (method != "stackmff-v2") and ("half" in takes) == (method == "stackmff-v2")
+    assert calls == []  # refused before any work
+
+
+def test_options_a_method_uses_are_accepted():
+    assert fuse(_slices(4), method="variance", device="cpu", window=5).method == "variance"
+    assert fuse(_slices(4), method="stackmff-v2", device="cpu", readout="softargmax", half=False).method == "stackmff-v2"
+
+
 def test_device_that_does_not_exist():
     with pytest.raises(StackMFFError, match=r"device 'cuda:7' is not available.*cpu"):
         fuse(_slices(), method="variance", device="cuda:7")

@@ -465,6 +465,36 @@ def resolve_method(method: str) -> str:
     return method
 
 
+#: Settings of fuse()/fuse_to_disk() that every method takes (the rest are per method, below).
+COMMON_SETTINGS = ("channel", "z_step", "denoise", "tile", "memory_budget", "lazy", "include", "progress", "cancel")
+
+
+def model_options() -> tuple[str, ...]:
+    """Extra keywords a network takes (``fuse(..., half=True)``): the runner's own settings."""
+    import inspect
+
+    from .models.inference import ModelRunner
+
+    skip = {"self", "name", "device", "weights", "tile"}  # given by fuse itself
+    return tuple(p for p in inspect.signature(ModelRunner.__init__).parameters if p not in skip)
+
+
+def check_options(method: str, options: dict[str, Any], *, window: int | None = None,
+                  weights: str | None = None) -> None:
+    """Refuse a setting the method would ignore: a typo in a script must not silently change nothing."""
+    classical_method = method in classical.CLASSICAL_METHODS
+    own = ("window",) if classical_method else ("weights", *model_options())
+    unused = list(options) if classical_method else [k for k in options if k not in own]
+    if window is not None and not classical_method:
+        unused.insert(0, "window")
+    if weights is not None and classical_method:
+        unused.insert(0, "weights")
+    if unused:
+        kind = "a classical method" if classical_method else "a model method"
+        raise StackMFFError(f"method {method!r} ({kind}) does not take {', '.join(repr(k) for k in unused)}; "
+                            f"it takes: {', '.join((*own, *COMMON_SETTINGS))}.")
+
+
 @dataclass
 class FusionPlan:
     """What a fusion run needs after its arguments are checked: shared by fuse() and fuse_to_disk()."""
@@ -481,8 +511,9 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
     """Load the stack, check the settings and build the per-time-point tile engine."""
     from .io import load_stack
 
-    stack = load_stack(stack, z_step=z_step, lazy=lazy, include=include)
     method = resolve_method(method)
+    check_options(method, options, window=window, weights=weights)
+    stack = load_stack(stack, z_step=z_step, lazy=lazy, include=include)
     dev = resolve_device(device)
     if channel is not None and not -stack.n_channels <= channel < stack.n_channels:
         raise StackMFFError(f"channel {channel} does not exist: the stack has {stack.n_channels} channel(s).")
@@ -557,9 +588,14 @@ def fuse(
         ``progress(done, total, message)`` called as work proceeds.
     cancel
         A ``threading.Event``; when set, fuse stops soon with :class:`FusionCancelled`.
+    include
+        For a slice folder: which files are the slices (a glob or a list of names) instead of the
+        folder's naming pattern.
     options
         Model options: ``readout``, ``compat`` (the published inference), ``half`` (fp16/bf16
-        autocast), ``channels_last``, ``compile`` (torch.compile).
+        autocast), ``channels_last``, ``compile`` (torch.compile), ``prefetch``. A setting the
+        method does not use (``window`` for a model, ``weights`` or any option for a classical
+        method, a misspelt name) is refused with a :class:`StackMFFError` naming it.
     """
     t0 = time.perf_counter()
     plan = prepare(stack, method, device, channel=channel, window=window, weights=weights, z_step=z_step,
