@@ -1,8 +1,10 @@
 """The fusion widget: right layers (shape, dtype, scale), accuracy on a known stack, re-runs that
-update instead of piling up, cancel without leftovers, results tied to their input layer."""
+update instead of piling up, cancel without leftovers, results tied to their input layer; the
+status names the method that runs, the canvas is fitted once, the 3-D surface opens tilted."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -15,6 +17,7 @@ from napari_fixtures import isolated_settings, stackmff_plugin, wait_idle  # noq
 from napari_stackmff._widgets import FusionWidget  # noqa: E402
 from napari_stackmff._widgets._layers import RESULT_KEY  # noqa: E402
 from napari_stackmff.core import synth  # noqa: E402
+from napari_stackmff.core.fusion import fuse, resolve_method  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("stackmff_plugin")
 
@@ -177,3 +180,92 @@ def test_settings_persist(make_napari_viewer, qtbot, isolated_settings):
     qtbot.addWidget(w2)
     assert w2.method_combo.currentData() == "tenengrad"
     assert w2.window_spin.value() == 15 and w2.confidence_check.isChecked()
+
+
+def _elevation_deg(viewer) -> float:
+    """Angle between the 3-D camera's line of sight and the (y, x) image plane (90 = top-down)."""
+    return float(np.degrees(np.arcsin(min(1.0, abs(viewer.scene.camera.view_direction[0])))))
+
+
+def test_status_names_resolved_method_and_shows_progress(make_napari_viewer, qtbot, isolated_settings, sample,
+                                                           monkeypatch):
+    viewer = make_napari_viewer()
+    viewer.add_image(sample.slices[:, :64, :64], name="cells")
+    widget = _widget(viewer, qtbot)
+    widget.select_method("auto")
+    gate = threading.Event()
+
+    def gated_fuse(*args, progress, **kwargs):
+        """The real fuse, after one message such as the core sends (held until the test has looked)."""
+        progress(0, 4, "measuring focus (about 3 s left)")
+        gate.wait(20)
+        return fuse(*args, progress=progress, **kwargs)
+
+    monkeypatch.setattr("napari_stackmff._widgets.fuse.fuse", gated_fuse)
+    widget.run()
+    chosen = resolve_method("auto")
+    assert widget.status.text() == f"Fusing cells with {chosen}…"
+    assert "auto" not in widget.status.text()
+    qtbot.waitUntil(lambda: "measuring" in widget.status.text(), timeout=10_000)
+    assert widget.status.text() == f"Fusing cells with {chosen}: measuring focus (about 3 s left)"
+    gate.set()
+    wait_idle(qtbot, widget)
+    assert widget.last_result.method == chosen and widget.status.text().startswith(f"Done: cells fused with {chosen}")
+
+
+def test_canvas_fitted_on_first_result_only(make_napari_viewer, qtbot, isolated_settings, sample):
+    viewer = make_napari_viewer()
+    viewer.add_image(sample.slices, name="cells")
+    widget = _widget(viewer, qtbot)
+    widget.select_method("variance")
+    widget.surface_check.setChecked(False)
+    camera = viewer.scene.camera
+    camera.zoom, camera.center = 0.05, (0.0, 500.0, 500.0)  # far off: as if the user had moved
+    widget.run()
+    wait_idle(qtbot, widget)
+    fitted = (camera.zoom, tuple(camera.center))
+    assert fitted[0] != pytest.approx(0.05) and fitted[1][1:] != pytest.approx((500.0, 500.0))
+    viewer.reset_view()  # what the widget did: the same numbers again
+    assert camera.zoom == pytest.approx(fitted[0])
+    np.testing.assert_allclose(camera.center, fitted[1])
+
+    camera.zoom, camera.center = 3.0, (0.0, 20.0, 30.0)  # the user zooms in on a detail
+    widget.select_method("laplacian")
+    widget.run()
+    wait_idle(qtbot, widget)
+    assert widget.last_result.method == "laplacian"
+    assert camera.zoom == pytest.approx(3.0)
+    np.testing.assert_allclose(camera.center[1:], (20.0, 30.0))
+
+
+def test_surface_opens_oblique_in_3d_once(make_napari_viewer, qtbot, isolated_settings, sample):
+    viewer = make_napari_viewer()
+    viewer.add_image(sample.slices[:, :64, :64], name="cells")
+    widget = _widget(viewer, qtbot)
+    widget.select_method("variance")
+    widget.surface_check.setChecked(True)
+    widget.run()
+    wait_idle(qtbot, widget)
+    assert "surface" in widget.result_layers
+    viewer.dims.ndisplay = 3
+    assert 25.0 <= _elevation_deg(viewer) <= 35.0  # oblique, not top-down (90°)
+
+    viewer.scene.camera.angles = (0.0, 0.0, 90.0)  # the user's own choice is kept from now on
+    chosen = tuple(viewer.scene.camera.angles)
+    viewer.dims.ndisplay = 2
+    viewer.dims.ndisplay = 3
+    widget.run()
+    wait_idle(qtbot, widget)
+    np.testing.assert_allclose(viewer.scene.camera.angles, chosen, atol=1e-6)
+
+    # Results arriving while the viewer is already in 3-D: tilted at once.
+    viewer2 = make_napari_viewer()
+    viewer2.add_image(sample.slices[:, :64, :64], name="cells")
+    viewer2.dims.ndisplay = 3
+    assert _elevation_deg(viewer2) > 80.0  # napari's own 3-D view: top-down
+    widget2 = _widget(viewer2, qtbot)
+    widget2.select_method("variance")
+    widget2.surface_check.setChecked(True)
+    widget2.run()
+    wait_idle(qtbot, widget2)
+    assert 25.0 <= _elevation_deg(viewer2) <= 35.0

@@ -1,5 +1,5 @@
 """Screenshots of the docked widgets with results, for people to look at (screenshots/ is
-git-ignored). Also checks that the widgets fit a normal dock without being cut off."""
+git-ignored). Also checks that both widgets fit a 1280×800 screen side by side, nothing cut off."""
 
 from __future__ import annotations
 
@@ -12,9 +12,18 @@ pytest.importorskip("napari")
 
 from napari_fixtures import SCREENSHOTS, isolated_settings, stackmff_plugin, wait_idle  # noqa: E402,F401
 
+from qtpy.QtCore import QSize, Qt  # noqa: E402
+from qtpy.QtWidgets import (QApplication, QCheckBox, QComboBox, QLineEdit, QPushButton, QScrollArea,  # noqa: E402
+                            QStyle, QStyleOptionFrame)
+
 from napari_stackmff._widgets import FusionWidget, TrainingWidget  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("stackmff_plugin")
+
+#: A common small laptop screen: both docks next to napari's layer list and canvas must fit it.
+SCREEN = QSize(1280, 800)
+#: QLineEdit's fixed inner margin on each side (qlineedit_p.h), on top of the style's padding.
+LINE_EDIT_MARGIN = 2
 
 
 def _save(widget_or_window, name: str) -> None:
@@ -52,9 +61,8 @@ def test_screenshots(make_napari_viewer, qtbot, isolated_settings, stackmff_plug
     for layer in viewer.layers:
         layer.visible = layer.name in (stack.name, f"{stack.name} height surface")
     stack.opacity = 0.5
-    viewer.dims.ndisplay = 3
-    viewer.reset_view()
-    viewer.scene.camera.angles = (-30, 30, 60)
+    viewer.dims.ndisplay = 3  # the widget opens the 3-D camera tilted (its own view, not set here)
+    assert abs(viewer.scene.camera.view_direction[0]) < 0.9  # not top-down
     viewer.scene.camera.zoom *= 0.9
     qtbot.wait(200)
     SCREENSHOTS.mkdir(exist_ok=True)
@@ -77,3 +85,85 @@ def test_screenshots(make_napari_viewer, qtbot, isolated_settings, stackmff_plug
     qtbot.wait(100)
     _save(trainer, "training_widget.png")
     assert trainer.minimumSizeHint().width() < 420
+
+
+def _combo_needs(combo: QComboBox) -> int:
+    """Width that shows every entry of ``combo`` whole: a probe sized to its contents, styled alike
+    (same parent, so napari's style sheet and padding apply to it too)."""
+    probe = QComboBox(combo.parentWidget())
+    probe.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+    probe.addItems([combo.itemText(i) for i in range(combo.count())])
+    try:
+        return probe.sizeHint().width()
+    finally:
+        probe.deleteLater()
+
+
+def _text_room(edit: QLineEdit) -> int:
+    """Pixels a line edit has for text (its style's contents rectangle, as QLineEdit paints it)."""
+    opt = QStyleOptionFrame()  # as QLineEdit::initStyleOption fills it (protected: not callable on all)
+    opt.initFrom(edit)
+    opt.rect = edit.contentsRect()
+    frame = edit.style().pixelMetric(QStyle.PixelMetric.PM_DefaultFrameWidth, opt, edit)
+    opt.lineWidth = frame if edit.hasFrame() else 0
+    rect = edit.style().subElementRect(QStyle.SubElement.SE_LineEditContents, opt, edit)
+    return rect.width() - edit.textMargins().left() - edit.textMargins().right() - 2 * LINE_EDIT_MARGIN
+
+
+def _cut_off(widget) -> list[str]:
+    """Every visible control of ``widget`` narrower than its content needs, described."""
+    bad = []
+    for c in widget.findChildren(QComboBox):
+        if c.isVisible() and c.width() < _combo_needs(c):
+            bad.append(f"combo {c.currentText()!r}: {c.width()} < {_combo_needs(c)} px")
+    for e in widget.findChildren(QLineEdit):  # also the text fields inside spin boxes
+        if not e.isVisible():
+            continue
+        shown = QLineEdit.text(e) or e.placeholderText()  # what is painted (a PathEdit's elided path)
+        if e.fontMetrics().horizontalAdvance(shown) > _text_room(e):
+            bad.append(f"line edit {shown!r}: {e.fontMetrics().horizontalAdvance(shown)} > {_text_room(e)} px")
+    for w in widget.findChildren((QCheckBox, QPushButton)):
+        if w.isVisible() and w.width() < w.minimumSizeHint().width():
+            bad.append(f"{type(w).__name__} {w.text() if hasattr(w, 'text') else ''!r}: "
+                       f"{w.width()} < {w.minimumSizeHint().width()} px")
+    return bad
+
+
+def test_both_widgets_fit_1280x800_side_by_side(make_napari_viewer, qtbot, isolated_settings, stackmff_plugin):
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(SCREEN)
+    viewer.open_sample("napari-stackmff", "cells")
+    fusion_dock, fusion = viewer.window.add_plugin_dock_widget("napari-stackmff", "All-in-focus fusion")
+    train_dock, trainer = viewer.window.add_plugin_dock_widget("napari-stackmff", "Train a focus model")
+    window.splitDockWidget(fusion_dock, train_dock, Qt.Orientation.Horizontal)
+    long_path = "/home/someone/projects/focus-stacking/experiments/2026-spring/models/stackmff-v2-final.pt"
+    trainer.checkpoint_edit.setText(long_path)
+    QApplication.processEvents()
+    qtbot.wait(300)
+
+    size = window.size()
+    print(f"window {size.width()}x{size.height()}; minimumSizeHint fusion "
+          f"{fusion.minimumSizeHint().width()}x{fusion.minimumSizeHint().height()}, training "
+          f"{trainer.minimumSizeHint().width()}x{trainer.minimumSizeHint().height()}")
+    assert size.width() <= SCREEN.width() and size.height() <= SCREEN.height(), size
+    assert not window.tabifiedDockWidgets(fusion_dock)
+    assert fusion_dock.isVisible() and train_dock.isVisible()
+    assert fusion_dock.x() + fusion_dock.width() <= train_dock.x()  # side by side, not stacked
+    assert _cut_off(fusion) == [] and _cut_off(trainer) == []
+    assert trainer.objective_combo.width() >= _combo_needs(trainer.objective_combo)
+    # The checkpoint path shows both ends (folder start and file name); the tooltip holds all of it.
+    shown = QLineEdit.text(trainer.checkpoint_edit)
+    assert shown != long_path and shown.startswith("/home") and shown.endswith("stackmff-v2-final.pt"), shown
+    assert trainer.checkpoint_edit.toolTip() == long_path and trainer.checkpoint_edit.text() == long_path
+    assert trainer.epoch_bar.text() == f"0 / {trainer.epochs_spin.value()}"
+
+    SCREENSHOTS.mkdir(exist_ok=True)
+    _save(window, "side_by_side_1280x800.png")
+    _save(fusion, "side_by_side_fusion.png")
+    scroll = trainer.findChild(QScrollArea)  # the settings scroll: the checkpoint row is at its end
+    scroll.ensureWidgetVisible(trainer.checkpoint_edit)
+    qtbot.wait(100)
+    assert scroll.verticalScrollBar().value() > 0  # it scrolled: the settings are taller than the room
+    assert not trainer.checkpoint_edit.visibleRegion().isEmpty()
+    _save(trainer, "side_by_side_training.png")

@@ -13,6 +13,8 @@ pytest.importorskip("napari_stackmff.core.train", reason="core/train.py is not t
 
 from napari_fixtures import isolated_settings, stackmff_plugin, wait_idle  # noqa: E402,F401
 
+from qtpy.QtWidgets import QLineEdit  # noqa: E402
+
 from napari_stackmff._widgets import FusionWidget, TrainingWidget  # noqa: E402
 from napari_stackmff.core import synth  # noqa: E402
 from napari_stackmff.core.models import registry  # noqa: E402
@@ -65,6 +67,43 @@ def test_config_from_form(make_napari_viewer, qtbot, isolated_settings):
     assert not trainer.folder_edit.isHidden() and not trainer.n_min.isEnabled()
 
 
+def test_bars_follow_the_form(make_napari_viewer, qtbot, isolated_settings):
+    viewer = make_napari_viewer()
+    trainer = TrainingWidget(viewer)
+    qtbot.addWidget(trainer)
+    assert trainer.epoch_bar.text() == f"0 / {trainer.epochs_spin.value()}"
+    assert trainer.batch_bar.text() == f"0 / {trainer.steps_spin.value()}"
+    trainer.epochs_spin.setValue(7)
+    trainer.steps_spin.setValue(30)
+    assert trainer.epoch_bar.text() == "0 / 7" and trainer.batch_bar.text() == "0 / 30"
+
+
+def test_long_paths_elided_with_tooltip(make_napari_viewer, qtbot, isolated_settings, tmp_path):
+    viewer = make_napari_viewer()
+    trainer = TrainingWidget(viewer)
+    qtbot.addWidget(trainer)
+    trainer.resize(300, 700)
+    trainer.show()
+    trainer.activateWindow()
+    qtbot.waitActive(trainer)
+    path = tmp_path / "a-rather-long-folder-name" / "and-another-one-below-it" / "my-focus-model-v2.pt"
+    edit = trainer.checkpoint_edit
+    edit.setText(str(path))
+    shown = QLineEdit.text(edit)  # what is painted
+    assert "…" in shown and shown.endswith("my-focus-model-v2.pt") and shown.startswith(str(path)[:4]), shown
+    assert edit.fontMetrics().horizontalAdvance(shown) < edit.width()
+    assert edit.toolTip() == str(path) and edit.text() == str(path)
+    assert trainer.make_config().checkpoint == str(path)  # the full path is used, not the display
+    edit.setFocus()  # editing shows (and edits) the whole path
+    qtbot.waitUntil(edit.hasFocus)
+    assert QLineEdit.text(edit) == str(path)
+    edit.end(False)
+    qtbot.keyClicks(edit, "x")
+    edit.clearFocus()
+    qtbot.waitUntil(lambda: not edit.hasFocus())
+    assert edit.text() == str(path) + "x" and edit.toolTip() == str(path) + "x" and "…" in QLineEdit.text(edit)
+
+
 def test_short_training_run_feeds_fusion(make_napari_viewer, qtbot, isolated_settings, tmp_path, dataset):
     viewer = make_napari_viewer()
     fusion = FusionWidget(viewer)
@@ -74,12 +113,16 @@ def test_short_training_run_feeds_fusion(make_napari_viewer, qtbot, isolated_set
     ckpt = tmp_path / "models" / "mine.pt"
     trainer.checkpoint_edit.setText(str(ckpt))
     _use_folder(trainer, dataset)
-    trainer.start(**TINY)
+    trainer.epochs_spin.setValue(TINY["epochs"])  # set in the form: the bar follows it
+    assert trainer.epoch_bar.text() == f"0 / {TINY['epochs']}"
+    trainer.start(**{k: v for k, v in TINY.items() if k != "epochs"})
     assert trainer.running and not trainer.start_button.isEnabled()
+    assert trainer.epoch_bar.maximum() == TINY["epochs"] and not trainer.settings_panel.isEnabled()
     wait_idle(qtbot, trainer, timeout=60_000)
 
     assert len(trainer.plot.train) == 3 and len(trainer.plot.val) == 1
-    assert trainer.batch_bar.value() == 3 and trainer.epoch_bar.value() == 1
+    assert trainer.batch_bar.value() == 3 and trainer.epoch_bar.text() == f"{TINY['epochs']} / {TINY['epochs']}"
+    assert trainer.settings_panel.isEnabled()
     assert ckpt.is_file()
     label = trainer.registered_label
     assert label in registry.user_weights()

@@ -11,12 +11,16 @@ from __future__ import annotations
 from typing import Any
 
 from qtpy.QtCore import QObject, Qt, Signal
-from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLineEdit, QToolButton, QWidget
+from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QToolButton, QWidget
 
 from ..core.classical import CLASSICAL_METHODS
 from ..core.models import registry
+from ._layout import PathEdit
 
 USER_PREFIX = "user:"
+#: A trained model's label is cut to this many characters in the list (the tooltip has it all),
+#: so a long file name cannot widen the dock: 20 characters fit next to " (yours)" in ~180 px.
+MAX_LABEL_CHARS = 20
 CLASSICAL_TIPS = {
     "variance": "local grey-level variance: robust, a little soft at edges",
     "laplacian": "energy of the Laplacian: sharp edges, more sensitive to noise",
@@ -35,9 +39,8 @@ class MethodPicker(QObject):
         self._parent = parent
         self.custom_weights = ""  # file chosen for a registry model (not a registered checkpoint)
         self.combo = QComboBox()
-        self.combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.combo.setMinimumContentsLength(14)
-        self.weights_edit = QLineEdit()
+        self.combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)  # entries are short
+        self.weights_edit = PathEdit()
         self.weights_button = QToolButton()
         self.weights_button.setText("…")
         self.weights_button.setToolTip("Choose a weights file (.pt / .pth checkpoint)")
@@ -81,15 +84,17 @@ class MethodPicker(QObject):
         current = self.combo.currentData()
         self.combo.blockSignals(True)
         self.combo.clear()
-        self.combo.addItem(f"auto — best available ({registry.best_shipped_model() or 'wavelet'})", "auto")
+        # Short entries (the closed combo box must show them whole in a narrow dock); the tooltips say more.
+        best = registry.best_shipped_model() or "wavelet"
+        self._add(f"auto ({best})", "auto", f"The best method available here: {best}.")
         for name in CLASSICAL_METHODS:
-            self._add(f"{name} — classical", name, CLASSICAL_TIPS.get(name, ""))
+            self._add(f"{name} (classical)", name, CLASSICAL_TIPS.get(name, ""))
         for name in registry.model_names():
             shipped = registry.shipped_weights(name) is not None
-            self._add(f"{name} — network{'' if shipped else ' (choose weights)'}", name,
-                      registry.get_spec(name).description)
+            self._add(f"{name} ({'network' if shipped else 'no weights'})", name,
+                      registry.get_spec(name).description + ("" if shipped else " Choose a weights file."))
         for label, (_, path) in registry.user_weights().items():
-            self._add(f"{label} — your model", f"{USER_PREFIX}{label}", str(path))
+            self._add(f"{_shorten(label)} (yours)", f"{USER_PREFIX}{label}", f"Trained by you: {label}\n{path}")
         self.combo.blockSignals(False)
         if current is not None:
             self.select(current)
@@ -100,6 +105,7 @@ class MethodPicker(QObject):
         self.combo.setItemData(self.combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
 
     def _on_changed(self, *_: Any) -> None:
+        self.combo.setToolTip(self.combo.currentData(Qt.ItemDataRole.ToolTipRole) or "")
         method, weights = self.selection()
         user = self.key().startswith(USER_PREFIX)
         model = method in registry.model_names()
@@ -110,10 +116,10 @@ class MethodPicker(QObject):
         elif model:
             shipped = registry.shipped_weights(method) is not None
             self.weights_edit.setText(self.custom_weights)
-            self.weights_edit.setPlaceholderText("shipped weights" if shipped else "required: choose a .pt file")
+            self.weights_edit.setPlaceholderText("shipped weights" if shipped else "required: choose…")
         else:
             self.weights_edit.setText("")
-            self.weights_edit.setPlaceholderText("not used by classical methods")
+            self.weights_edit.setPlaceholderText("not used")
         self.changed.emit()
 
     def _on_edited(self, text: str) -> None:
@@ -126,3 +132,11 @@ class MethodPicker(QObject):
         if path:
             self.weights_edit.setText(path)
             self._on_edited(path)
+
+
+def _shorten(label: str, limit: int = MAX_LABEL_CHARS) -> str:
+    """``stackmff-v2-20260101-1200-long`` -> ``stackmff-v…1200-long``: both ends stay readable."""
+    if len(label) <= limit:
+        return label
+    head = (limit - 1) // 2
+    return f"{label[:head]}…{label[len(label) - (limit - 1 - head):]}"

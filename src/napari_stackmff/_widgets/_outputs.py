@@ -20,6 +20,9 @@ from ._layers import remove_result, upsert_result
 
 FOCUS_COLORMAP = "viridis"
 CONFIDENCE_COLORMAP = "magma"
+#: First 3-D look at a height surface: from 30° above the image plane. Top-down (90°) shows no
+#: relief at all; 30° shows it clearly and still keeps the whole image in view.
+SURFACE_ELEVATION_DEG = 30.0
 
 
 @dataclass
@@ -95,3 +98,13 @@ def show_result(viewer: napari.Viewer, source: Layer, source_id: str, axes: str,
         viewer, source_id, "all_in_focus", "image", to_layer_order(result.all_in_focus, axes, bool(source.rgb)),
         name=f"{name} all-in-focus", metadata={"stackmff": info}, **aif_kwargs, **_geometry(source, dims, "Z"))
     return out
+
+
+def oblique_view(camera: Any, elevation_deg: float = SURFACE_ELEVATION_DEG) -> None:
+    """Tilt a 3-D camera to look at the (y, x) plane from ``elevation_deg`` above it, from the bottom edge.
+
+    Directions are in (z, y, x): napari's top-down view looks along -z with -y up the screen; this
+    keeps -y (the image's top) at the far side and +z (later slices) pointing up.
+    """
+    e = np.deg2rad(elevation_deg)
+    camera.set_view_direction((-np.sin(e), -np.cos(e), 0.0), (np.cos(e), -np.sin(e), 0.0))

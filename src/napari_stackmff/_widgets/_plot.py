@@ -63,7 +63,9 @@ class LossPlot(QWidget):
         font.setPointSizeF(max(7.0, font.pointSizeF() * 0.85))
         p.setFont(font)
         fm = p.fontMetrics()
-        left, right, top, bottom = fm.horizontalAdvance("0.0001") + 10, 10, fm.height() + 8, fm.height() + 10
+        legend = self._legend_rows(fm, fm.horizontalAdvance("0.0001") + 10, self.width() - 10)
+        left, right, bottom = fm.horizontalAdvance("0.0001") + 10, 10, fm.height() + 10
+        top = len(legend) * (fm.height() + 2) + 6  # a narrow dock wraps the legend instead of cutting it
         plot = QRectF(left, top, max(10, self.width() - left - right), max(10, self.height() - top - bottom))
         points = self.train + self.val
         if not points:
@@ -117,16 +119,29 @@ class LossPlot(QWidget):
         for pt in val_pts:
             p.drawEllipse(pt, 3.5, 3.5)
         p.setClipping(False)
-        # legend
-        x = plot.left()
+        # legend, and the y scale in the free corner under the tick labels
+        for row, entries in enumerate(legend):
+            y = 4 + row * (fm.height() + 2)
+            for x, colour, text in entries:
+                p.fillRect(QRectF(x, y + fm.height() / 2 - 2, 12, 4), colour)
+                p.setPen(fg)
+                p.drawText(QPointF(x + 16, y + fm.ascent()), text)
+        if log:
+            p.drawText(QRectF(0, plot.bottom() + 2, left - 4, fm.height()), Qt.AlignmentFlag.AlignRight, "log")
+
+    def _legend_rows(self, fm, x0: float, x1: float) -> list[list[tuple[float, QColor, str]]]:
+        """Legend entries as rows of (x, colour, text), starting a new row where one would not fit."""
+        rows: list[list[tuple[float, QColor, str]]] = [[]]
+        x = x0
         for colour, text in ((TRAIN_COLOUR, "training loss"), (MEAN_COLOUR, "running mean"),
                              (VAL_COLOUR, self.val_label)):
-            p.fillRect(QRectF(x, 4 + fm.height() / 2 - 2, 12, 4), colour)
-            p.setPen(fg)
-            p.drawText(QPointF(x + 16, 4 + fm.ascent()), text)
-            x += 16 + fm.horizontalAdvance(text) + 12
-        if log:
-            p.drawText(QRectF(plot.left(), 4, plot.width(), fm.height()), Qt.AlignmentFlag.AlignRight, "log")
+            width = 16 + fm.horizontalAdvance(text)
+            if rows[-1] and x + width > x1:
+                rows.append([])
+                x = x0
+            rows[-1].append((x, colour, text))
+            x += width + 12
+        return rows
 
     @staticmethod
     def _polyline(p: QPainter, pts: list[QPointF], pen: QPen) -> None:

@@ -22,15 +22,16 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, Q
 from ..core.classical import CLASSICAL_METHODS, DEFAULT_WINDOW
 from ..core.devices import available_devices
 from ..core.errors import StackMFFError
-from ..core.fusion import FusionCancelled, FusionResult, fuse
+from ..core.fusion import FusionCancelled, FusionResult, fuse, resolve_method
 from ..core.models import registry
 from ..core.stack import FocalStack
 from . import _settings
 from ._inputs import AXES_TEXT, ZInfo, axes_choices, channel_choices, is_event_candidate, is_event_layer
 from ._inputs import is_stack_layer, layer_stack, z_info
-from ._layers import LayerCombo, connect_layer_list, source_key
+from ._layers import LayerCombo, connect_layer_list, is_result, source_key
 from ._methods import MethodPicker
-from ._outputs import OutputOptions, show_result
+from ._layout import VerticalScroll
+from ._outputs import OutputOptions, oblique_view, show_result
 from ._worker import run_in_thread, user_message
 
 GROUP = "fusion"
@@ -58,10 +59,14 @@ class FusionJob:
 
 def run_job(job: FusionJob, emit: Any) -> FusionResult:
     """The worker body: core.fuse with progress relayed as (job, done, total, message) tuples."""
-    options: dict[str, Any] = {"tile": job.tile} if job.tile and job.method not in CLASSICAL_METHODS else {}
-    return fuse(job.stack, job.method, job.device, channel=job.channel, window=job.window, weights=job.weights,
-                denoise=job.denoise, progress=lambda done, total, msg: emit((job, done, total, msg)), cancel=job.cancel,
-                **options)
+    # Each method gets only the settings it uses (fuse refuses the others): the window for classical
+    # measures; weights and a tile side for networks.
+    if resolve_method(job.method) in CLASSICAL_METHODS:
+        options: dict[str, Any] = {"window": job.window}
+    else:
+        options = {"weights": job.weights, "tile": job.tile}
+    return fuse(job.stack, job.method, job.device, channel=job.channel, denoise=job.denoise,
+                progress=lambda done, total, msg: emit((job, done, total, msg)), cancel=job.cancel, **options)
 
 
 class FusionWidget(QWidget):
@@ -75,10 +80,12 @@ class FusionWidget(QWidget):
         self.last_result: FusionResult | None = None
         self.result_layers: dict[str, Layer] = {}
         self._pbar: napari_progress | None = None
+        self._tilted = False  # the 3-D camera is tilted once, the first time our surface is seen in 3-D
         _settings.restore_user_weights()
         self._build()
         self._load_settings()
         self._disconnect = connect_layer_list(self.viewer, self._on_layers_changed)
+        self.viewer.dims.events.ndisplay.connect(self._tilt_once)
         self.destroyed.connect(lambda *_: self._teardown())
         _settings.hub().weights_changed.connect(self.refresh_methods)
         self._on_layer_changed()
@@ -88,21 +95,29 @@ class FusionWidget(QWidget):
     def _build(self) -> None:
         root = QVBoxLayout(self)
         root.setContentsMargins(6, 6, 6, 6)
+        # Settings scroll; Fuse, progress and status stay in view below them.
+        self.settings_panel = QWidget()
+        panel = QVBoxLayout(self.settings_panel)
+        panel.setContentsMargins(0, 0, 0, 0)
+        root.addWidget(VerticalScroll(self.settings_panel))
         inp = QGroupBox("Input stack")
         form = QFormLayout(inp)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.layer_combo = LayerCombo(self.viewer, is_stack_layer)
         self.layer_combo.setToolTip("The focal stack (z-stack) to fuse: (z, y, x), RGB, time-lapse or channels.")
         self.axes_combo = QComboBox()
+        self.axes_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.axes_combo.setToolTip("What the axes of the layer are. Set by our reader; check it for other layers.")
         self.channel_combo = QComboBox()
+        self.channel_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.channel_combo.setMinimumContentsLength(12)  # channel names come from files: any length
         self.channel_combo.setToolTip("Judge focus on this channel only (e.g. nuclei); all channels are fused.")
         self.z_step = QDoubleSpinBox()
         self.z_step.setRange(0.0, 1e6)
         self.z_step.setDecimals(4)
         self.z_step.setSingleStep(0.1)
-        self.z_step.setSpecialValueText("from layer")
-        self.z_step.setToolTip("Distance between slices. 'from layer' uses the file's z positions or the layer scale.")
+        self.z_step.setSpecialValueText("auto")  # short: "from layer" was cut off next to the unit box
+        self.z_step.setToolTip("Distance between slices. auto: the file's z positions, else the layer scale.")
         self.z_unit = QComboBox()
         self.z_unit.addItems(["µm", "nm", "mm"])
         z_row = QHBoxLayout()
@@ -113,18 +128,19 @@ class FusionWidget(QWidget):
         self.z_hint.setStyleSheet("color: gray;")
         self.event_combo = LayerCombo(self.viewer, is_event_candidate, none_text="none", prefer=is_event_layer)
         self.event_combo.setToolTip("Focal-plane event frames (one per slice), used by event-based models only.")
-        form.addRow("Image layer", self.layer_combo)
+        # Short row labels (the tooltips say more): the label column is part of the dock's width.
+        form.addRow("Layer", self.layer_combo)
         form.addRow("Axes", self.axes_combo)
-        form.addRow("Focus channel", self.channel_combo)
+        form.addRow("Channel", self.channel_combo)
         form.addRow("Z step", z_row)
         form.addRow("", self.z_hint)
-        form.addRow("Event frames", self.event_combo)
+        form.addRow("Events", self.event_combo)
         # Only event-based models read event frames: without one in the registry, hide the row.
         self.event_label = form.labelForField(self.event_combo)
         has_event_models = any(registry.get_spec(m).uses_events for m in registry.model_names())
         self.event_combo.setVisible(has_event_models)
         self.event_label.setVisible(has_event_models)
-        root.addWidget(inp)
+        panel.addWidget(inp)
 
         meth = QGroupBox("Method")
         form = QFormLayout(meth)
@@ -132,6 +148,7 @@ class FusionWidget(QWidget):
         self.methods = MethodPicker(self)
         self.method_combo = self.methods.combo
         self.device_combo = QComboBox()
+        self.device_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.device_combo.addItems(["auto", *available_devices()])
         self.device_combo.setToolTip("auto: the first GPU if there is one, else the CPU.")
         self.tile_spin = QSpinBox()
@@ -144,25 +161,29 @@ class FusionWidget(QWidget):
         self.window_spin.setSingleStep(2)
         self.window_spin.setSuffix(" px")
         self.window_spin.setToolTip("Classical methods: neighbourhood over which sharpness is averaged.")
-        self.denoise_check = QCheckBox("Clean up focus map (fill flat areas, 3×3 median)")
+        self.denoise_check = QCheckBox("Clean up focus map")
+        self.denoise_check.setToolTip("Fill flat areas from their surroundings and smooth with a 3×3 median.")
         form.addRow("Method", self.method_combo)
         form.addRow("Weights", self.methods.weights_row)
         form.addRow("Device", self.device_combo)
-        form.addRow("Tile size", self.tile_spin)
-        form.addRow("Focus window", self.window_spin)
+        form.addRow("Tile", self.tile_spin)
+        form.addRow("Window", self.window_spin)
         form.addRow(self.denoise_check)
-        root.addWidget(meth)
+        panel.addWidget(meth)
 
         outs = QGroupBox("Also show")
         box = QVBoxLayout(outs)
-        self.confidence_check = QCheckBox("Confidence map (how clearly one slice wins)")
-        self.surface_check = QCheckBox("Height surface for the 3-D view")
+        self.confidence_check = QCheckBox("Confidence map")
+        self.confidence_check.setToolTip("How clearly one slice wins at each pixel (0 to 1).")
+        self.surface_check = QCheckBox("Height surface (3-D view)")
+        self.surface_check.setToolTip("The focus map as a surface inside the stack: switch the viewer to 3-D.")
         self.surface_conf = QDoubleSpinBox()
         self.surface_conf.setRange(0.0, 0.95)
         self.surface_conf.setSingleStep(0.05)
         self.surface_conf.setDecimals(2)
         self.surface_conf.setToolTip("Leave holes in the surface where no slice is clearly sharp (flat background).")
-        self.surface_conf_label = QLabel("leave holes where confidence <")
+        self.surface_conf_label = QLabel("holes below")
+        self.surface_conf_label.setToolTip(self.surface_conf.toolTip())
         s_row = QHBoxLayout()
         s_row.setContentsMargins(24, 0, 0, 0)
         s_row.addWidget(self.surface_conf_label)
@@ -171,7 +192,7 @@ class FusionWidget(QWidget):
         box.addWidget(self.confidence_check)
         box.addWidget(self.surface_check)
         box.addLayout(s_row)
-        root.addWidget(outs)
+        panel.addWidget(outs)
 
         self.run_button = QPushButton("Fuse")
         self.run_button.setMinimumHeight(30)
@@ -304,6 +325,7 @@ class FusionWidget(QWidget):
         if layer is None or not axes:
             raise StackMFFError("Open or choose a focal-stack layer first.")
         method, weights = self.methods.selection()
+        method = resolve_method(method)  # "auto" -> the method that will run, so the status can name it
         if method in registry.model_names() and weights is None and registry.shipped_weights(method) is None:
             raise StackMFFError(
                 f"{method} has no shipped weights yet: choose a weights file (…), pick a model you trained "
@@ -333,7 +355,7 @@ class FusionWidget(QWidget):
         self._save_settings()
         self.run_button.setText("Cancel")
         self.progress_bar.setRange(0, 0)
-        self.status.setText(f"Fusing {job.layer.name} with {job.method}…")
+        self.status.setText(f"{self._doing(job)}…")
         self._pbar = napari_progress(total=0, desc=f"Fusing {job.layer.name}")
         self.job = job
         self.worker = run_in_thread(run_job, job, on_message=self._on_progress, on_returned=self._on_returned,
@@ -346,13 +368,19 @@ class FusionWidget(QWidget):
             self.status.setText("Cancelling…")
             self.run_button.setEnabled(False)
 
+    @staticmethod
+    def _doing(job: FusionJob) -> str:
+        return f"Fusing {job.layer.name} with {job.method}"
+
     def _on_progress(self, message: tuple[FusionJob, int, int, str]) -> None:
         job, done, total, text = message
         if job is not self.job:
             return  # a late message from a run that has already ended
         self.progress_bar.setRange(0, max(total, 1))
         self.progress_bar.setValue(done)
-        self.progress_bar.setFormat(f"{text} %v/%m")
+        self.progress_bar.setFormat("%v / %m")  # the words go to the status line, which wraps
+        if not job.cancel.is_set():
+            self.status.setText(f"{self._doing(job)}: {text}")  # the core's latest message, as it is
         pbar = self._pbar  # napari's progress may process events: keep our own reference
         if pbar is not None:
             if pbar.total != total:
@@ -365,8 +393,12 @@ class FusionWidget(QWidget):
         if job is None or job.cancel.is_set():
             return  # cancelled after the last check: drop the result, as promised
         self.last_result = result
+        first = not any(is_result(layer) for layer in self.viewer.layers)
         self.result_layers = show_result(self.viewer, job.layer, job.source_id, job.axes, result, job.outputs,
                                          job.z.positions)
+        if first:
+            self.viewer.reset_view()  # fit the canvas once; later re-runs keep the user's zoom and pan
+        self._tilt_once()
         took = result.timings.get("total_s", 0.0)
         note = " (3-D surface: single time points only)" if job.outputs.surface and result.n_times > 1 else ""
         self.status.setText(f"Done: {job.layer.name} fused with {result.method} in {took:.1f} s{note}.")
@@ -397,10 +429,21 @@ class FusionWidget(QWidget):
         self.run_button.setText("Fuse")
         self.run_button.setEnabled(self.layer_combo.current_layer() is not None)
 
+    def _tilt_once(self, *_: Any) -> None:
+        """The first time our height surface is shown in 3-D, look at it obliquely (top-down hides the
+        relief); once only, so the user's own camera is never taken away again."""
+        surface = self.result_layers.get("surface")
+        if (self._tilted or self.viewer.dims.ndisplay != 3 or surface is None or not surface.visible
+                or surface not in self.viewer.layers):
+            return
+        self._tilted = True
+        oblique_view(self.viewer.scene.camera)
+
     def _teardown(self) -> None:
         if self.job is not None:
             self.job.cancel.set()
         try:
             self._disconnect()
+            self.viewer.dims.events.ndisplay.disconnect(self._tilt_once)
         except Exception:  # the viewer may be gone already
             pass

@@ -18,12 +18,13 @@ from typing import Any
 import napari
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                            QLineEdit, QProgressBar, QPushButton, QSpinBox, QToolButton, QVBoxLayout, QWidget)
+                            QProgressBar, QPushButton, QSpinBox, QToolButton, QVBoxLayout, QWidget)
 
 from ..core.devices import available_devices
 from ..core.errors import StackMFFError
 from ..core.models import registry
 from . import _settings
+from ._layout import PathEdit, VerticalScroll
 from ._plot import LossPlot
 from ._worker import run_in_thread, user_message
 
@@ -41,9 +42,9 @@ def _spin(lo: int, hi: int, value: int, step: int = 1, suffix: str = "") -> QSpi
 
 
 def _combo() -> QComboBox:
+    """A combo box as wide as its (short, ours) entries, so none is cut off in a narrow dock."""
     c = QComboBox()
-    c.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-    c.setMinimumContentsLength(10)
+    c.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
     return c
 
 
@@ -83,6 +84,11 @@ class TrainingWidget(QWidget):
     def _build(self) -> None:
         root = QVBoxLayout(self)
         root.setContentsMargins(6, 6, 6, 6)
+        # Settings scroll; the buttons, bars, status and loss plot stay in view below them.
+        self.settings_panel = QWidget()
+        panel = QVBoxLayout(self.settings_panel)
+        panel.setContentsMargins(0, 0, 0, 0)
+        root.addWidget(VerticalScroll(self.settings_panel))
         data = QGroupBox("Training data")
         form = QFormLayout(data)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
@@ -91,8 +97,8 @@ class TrainingWidget(QWidget):
         self.source_combo.addItem("Folder dataset", "folder")
         self.source_combo.setToolTip("Synthetic: focal stacks rendered from random scenes, true focus known.\n"
                                      "Folder: stacks/<scene>/1.png… with depth_maps/<scene>.png.")
-        self.folder_edit = QLineEdit()
-        self.folder_edit.setPlaceholderText("folder with stacks/<scene>/1.png… and depth_maps/<scene>.png")
+        self.folder_edit = PathEdit()
+        self.folder_edit.setPlaceholderText("stacks/ + depth_maps/")
         self.folder_button = QToolButton()
         self.folder_button.setText("…")
         f_row = QHBoxLayout()
@@ -102,23 +108,23 @@ class TrainingWidget(QWidget):
         d = _defaults()
         n_lo, n_hi = d.get("n_range", (4, 16))
         self.n_min, self.n_max = _spin(2, 64, n_lo), _spin(2, 64, n_hi)
-        n_row = QHBoxLayout()
-        n_row.addWidget(self.n_min)
-        n_row.addWidget(QLabel("to"))
-        n_row.addWidget(self.n_max)
-        self.n_label = QLabel("Slices per stack")
-        self.n_min.setToolTip("Each batch uses stacks with a random number of slices in this range.")
+        # Two rows, not "[4] to [16]" in one: two spin boxes side by side were the widest row.
+        self.n_label, self.n_max_label = QLabel("Min slices"), QLabel("Max slices")
+        for w in (self.n_label, self.n_max_label, self.n_min, self.n_max):
+            w.setToolTip("Slices per stack: each batch uses stacks with a random number of slices in this range.")
         self.pool_spin = _spin(1, 512, d.get("pool_size", 24))
         self.pool_spin.setToolTip("Synthetic scenes kept in memory; a few are re-rendered every step.")
-        self.pool_label = QLabel("Scenes in memory")
+        self.pool_label = QLabel("Scenes")
+        self.pool_label.setToolTip(self.pool_spin.toolTip())
         self.val_spin = _spin(1, 256, d.get("val_stacks", 16))
         self.val_spin.setToolTip("Held-out synthetic stacks scored after every epoch.")
         form.addRow("Source", self.source_combo)
         form.addRow(self.folder_label, f_row)
-        form.addRow(self.n_label, n_row)
+        form.addRow(self.n_label, self.n_min)
+        form.addRow(self.n_max_label, self.n_max)
         form.addRow(self.pool_label, self.pool_spin)
-        form.addRow("Validation stacks", self.val_spin)
-        root.addWidget(data)
+        form.addRow("Validation", self.val_spin)
+        panel.addWidget(data)
 
         run = QGroupBox("Model and schedule")
         form = QFormLayout(run)
@@ -136,11 +142,13 @@ class TrainingWidget(QWidget):
         self.lr_spin.setRange(1e-5, 1.0)
         self.lr_spin.setSingleStep(1e-4)
         self.lr_spin.setValue(d.get("lr", 1e-3))
+        self.lr_spin.setToolTip("Learning rate of the optimiser.")
+        self.steps_spin.setToolTip("Steps (batches) per epoch; validation runs after each epoch.")
         self.device_combo = _combo()
         self.device_combo.addItems(["auto", *available_devices()])
         self.objective_combo = _combo()
-        self.objective_combo.addItem("hybrid — depth + slice choice + image", "hybrid")
-        self.objective_combo.addItem("depth regression — as published", "depth")
+        self.objective_combo.addItem("hybrid", "hybrid")  # short: the closed box shows it whole; tooltip explains
+        self.objective_combo.addItem("depth (published)", "depth")
         self.objective_combo.setToolTip(
             "hybrid: the published depth regression plus a cross-entropy on the in-focus slice and an image\n"
             "term against the all-in-focus truth (needs it: synthetic data, or an aif/ folder); the\n"
@@ -149,21 +157,21 @@ class TrainingWidget(QWidget):
         form.addRow("Model", self.model_combo)
         form.addRow("Objective", self.objective_combo)
         form.addRow("Epochs", self.epochs_spin)
-        form.addRow("Steps per epoch", self.steps_spin)
+        form.addRow("Steps/epoch", self.steps_spin)
         form.addRow("Batch size", self.batch_spin)
         form.addRow("Crop size", self.crop_spin)
-        form.addRow("Learning rate", self.lr_spin)
+        form.addRow("Learn rate", self.lr_spin)
         form.addRow("Device", self.device_combo)
-        root.addWidget(run)
+        panel.addWidget(run)
 
         out = QGroupBox("Save checkpoint as")
         row = QHBoxLayout(out)
-        self.checkpoint_edit = QLineEdit()
+        self.checkpoint_edit = PathEdit()
         self.checkpoint_button = QToolButton()
         self.checkpoint_button.setText("…")
         row.addWidget(self.checkpoint_edit, 1)
         row.addWidget(self.checkpoint_button)
-        root.addWidget(out)
+        panel.addWidget(out)
 
         buttons = QHBoxLayout()
         self.start_button = QPushButton("Start training")
@@ -176,7 +184,6 @@ class TrainingWidget(QWidget):
         bars = QFormLayout()
         self.epoch_bar, self.batch_bar = QProgressBar(), QProgressBar()
         for bar in (self.epoch_bar, self.batch_bar):
-            bar.setValue(0)
             bar.setFormat("%v / %m")
         bars.addRow("Epoch", self.epoch_bar)
         bars.addRow("Batch", self.batch_bar)
@@ -195,6 +202,8 @@ class TrainingWidget(QWidget):
         self.stop_button.clicked.connect(self.stop)
         self.n_min.valueChanged.connect(lambda v: self.n_max.setValue(max(v, self.n_max.value())))
         self.n_max.valueChanged.connect(lambda v: self.n_min.setValue(min(v, self.n_min.value())))
+        self.epochs_spin.valueChanged.connect(self._show_schedule)
+        self.steps_spin.valueChanged.connect(self._show_schedule)
 
     # ---------------------------------------------------------------------------- settings
     _SPINS = ("n_min", "n_max", "pool_spin", "val_spin", "epochs_spin", "steps_spin", "batch_spin", "crop_spin")
@@ -214,6 +223,7 @@ class TrainingWidget(QWidget):
         folder = Path(_settings.load(GROUP, "checkpoint_dir", str(Path.home() / "stackmff-models")))
         self._model = self.model_combo.currentData()
         self.checkpoint_edit.setText(str(folder / self._default_name(self._model)))
+        self._show_schedule()
 
     def _save_settings(self) -> None:
         values: dict[str, Any] = {name: getattr(self, name).value() for name in self._SPINS}
@@ -235,11 +245,19 @@ class TrainingWidget(QWidget):
             self.checkpoint_edit.setText(str(path.with_name(self._default_name(new))))
         self._model = new
 
+    def _show_schedule(self, *_: Any) -> None:
+        """Before a run the bars read 0 / Epochs and 0 / Steps per epoch, as the form says."""
+        if self.running:
+            return  # the form is locked during a run; the run's own events move the bars
+        for bar, spin in ((self.epoch_bar, self.epochs_spin), (self.batch_bar, self.steps_spin)):
+            bar.setRange(0, spin.value())
+            bar.setValue(0)
+
     def _on_source_changed(self, *_: Any) -> None:
         synthetic = self.source_combo.currentData() == SYNTHETIC
         for w in (self.folder_label, self.folder_edit, self.folder_button):
             w.setVisible(not synthetic)
-        for w in (self.n_label, self.n_min, self.n_max, self.pool_label, self.pool_spin):
+        for w in (self.n_label, self.n_max_label, self.n_min, self.n_max, self.pool_label, self.pool_spin):
             w.setEnabled(synthetic)
 
     def _browse_folder(self) -> None:
@@ -296,6 +314,7 @@ class TrainingWidget(QWidget):
         self.batch_bar.setRange(0, 0)  # busy until the first batch: rendering scenes has no progress
         self.batch_bar.setValue(0)
         self.status.setText("Preparing data (rendering synthetic scenes)…")
+        self.settings_panel.setEnabled(False)  # the run uses the values as they were at Start
         self.start_button.setEnabled(False)
         self.stop_button.setEnabled(True)
         self.stop_event = threading.Event()
@@ -350,5 +369,6 @@ class TrainingWidget(QWidget):
     def _on_finished(self) -> None:
         self.worker = None
         self.stop_event = None
+        self.settings_panel.setEnabled(True)
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(False)
