@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from napari_stackmff.core import fuse, load_stack  # noqa: E402
 from napari_stackmff.core.fusion import gather  # noqa: E402
-from napari_stackmff.core.io import colorize, to_uint8_preview, write_png  # noqa: E402
+from napari_stackmff.core.io import write_png  # noqa: E402
+from napari_stackmff.core.preview import colorize, to_uint8_preview  # noqa: E402
 from napari_stackmff.core.metrics import focus_error, psnr, qabf, ssim  # noqa: E402
 from napari_stackmff.core.synth import random_stack, texture_mask  # noqa: E402
 

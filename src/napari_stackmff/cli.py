@@ -39,11 +39,15 @@ def _settings(args: argparse.Namespace) -> dict:
     return {k: v for k, v in s.items() if v is not None}
 
 
+#: A model run's time estimate is printed on its own line when longer than this (shorter runs just run).
+ESTIMATE_NOTICE_S = 10.0
+
+
 def cmd_fuse(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .core.batch import beside_inputs
-    from .core.fusion import fuse
+    from .core.fusion import EstimateMessage, fuse
     from .core.io import input_files, load_stack, save_result
 
     lazy = {"auto": None, "on": True, "off": False}[args.lazy]
@@ -53,6 +57,8 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     bar = tqdm(total=stack.n_slices * stack.n_times, desc=f"fusing {name}", unit="step", disable=args.quiet)
 
     def progress(done: int, total: int, message: str) -> None:
+        if isinstance(message, EstimateMessage) and message.seconds > ESTIMATE_NOTICE_S:
+            tqdm.write(message)  # its own line, before the long wait
         bar.total = total
         bar.n = done
         bar.set_postfix_str(message, refresh=False)

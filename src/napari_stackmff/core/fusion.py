@@ -28,14 +28,33 @@ from . import classical
 from .devices import resolve_device
 from .errors import StackMFFError
 from .prefetch import prefetch
+from .preview import stack_display_range
 from .stack import FocalStack
-from .tiling import auto_tile_side, balance_tile, count_tiles, iter_tiles, memory_budget, round_overlap
+from .tiling import Tile, auto_tile_side, balance_tile, count_tiles, iter_tiles, memory_budget, round_overlap
 
 ProgressFn = Callable[[int, int, str], None]
 
 
 class FusionCancelled(Exception):
     """Raised inside fuse() when the caller's cancel event is set."""
+
+
+class EstimateMessage(str):
+    """A progress message that also carries the run's time estimate (``seconds``).
+
+    Callers that only show text (the widget) see a normal message; the CLI reads ``seconds`` to
+    print it on its own line before a long wait. Appending a label (``sub_progress``) keeps it.
+    """
+
+    seconds: float
+
+    def __new__(cls, text: str, seconds: float) -> "EstimateMessage":
+        obj = super().__new__(cls, text)
+        obj.seconds = float(seconds)
+        return obj
+
+    def __add__(self, other: str) -> "EstimateMessage":
+        return EstimateMessage(str(self) + other, self.seconds)
 
 
 @dataclass
@@ -52,6 +71,11 @@ class FusionResult:
         float32 (T?, Y, X) in [0, 1]: how clearly one slice wins at that pixel.
     height_map
         float32 focus position in physical units (``unit``) when the z positions are known, else None.
+    z_positions
+        The slices' z positions in ``unit`` (None when unknown).
+    display_range
+        (low, high) pixel values that 8-bit previews of this stack are stretched over: the input
+        stack's own range, the same for every method (None for 8-bit input, shown as stored).
     """
 
     all_in_focus: np.ndarray
@@ -64,6 +88,8 @@ class FusionResult:
     unit: str | None = None
     pixel_size: tuple[float, float] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    z_positions: np.ndarray | None = None
+    display_range: tuple[float, float] | None = None
 
     @property
     def n_times(self) -> int:
@@ -342,6 +368,8 @@ class TileEngine(Protocol):
     overlap: int  # margin a tile needs on each side
     min_overlap: int  # the least margin a small user tile may shrink it to (= overlap when exactness needs it)
     single_tile: bool  # the method is global (e.g. the official resize inference): never tile
+    feather: int  # px over which a tile's maps fade into its upper/left neighbour's (0: exact centre crop)
+    estimate_s: float | None  # the run's estimated seconds, once the engine could tell (None: not estimated)
 
     def bytes_per_pixel(self) -> float:
         """Peak working memory per tile pixel, to size tiles from a budget."""
@@ -361,6 +389,8 @@ class ClassicalEngine:
     """A classical focus measure on tiles: all slices of the window, streamed one at a time."""
 
     single_tile = False
+    feather = 0  # tiles are exact: nothing to blend
+    estimate_s = None  # classical runs take seconds: nothing to warn about
 
     def __init__(self, stack: FocalStack, t: int, method: str, device: torch.device, *, channel: int | None,
                  window: int, denoise: bool, fill_threshold: float = 0.25) -> None:
@@ -418,13 +448,64 @@ def plan_tile(stack: FocalStack, engine: TileEngine, device: torch.device, tile:
     return tile, overlap
 
 
+class TileFeather:
+    """Cross-fades each tile's maps into its upper and left neighbours' over ``band`` pixels.
+
+    Why: a network's tiles disagree slightly (V2 normalises each tile by its own statistics), and
+    hard centre-crop stitching turns that into a step (a seam) at every tile boundary. The blend
+    sits at the start of each tile's write window, where the earlier neighbour's read margin
+    still covers it: tiles come in row-major order, so every output pixel is still written once,
+    by its own tile, and one tile's maps are enough. A raised-cosine ramp goes from the
+    neighbour (at the boundary, continuing its side) to this tile; rows are blended first, then
+    the row of tiles above, so corners are covered.
+    """
+
+    def __init__(self, band: int, width: int) -> None:
+        self.band = band
+        self.ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(band) + 0.5) / band)).astype(np.float32)
+        self._left: np.ndarray | None = None  # (2, read rows, band): previous tile's maps right of its write
+        self._above = np.zeros((2, band, width), np.float32)  # row of tiles above: maps below its write
+        self._below = np.zeros((2, band, width), np.float32)  # filled by this row of tiles
+
+    def _fade(self, old: np.ndarray, new: np.ndarray, axis: int) -> None:
+        """new[..., :k] (along ``axis``) <- ramp-weighted mix of old and new, in place."""
+        k = min(self.band, new.shape[axis], old.shape[axis])
+        r = self.ramp[:k] if axis == -1 else self.ramp[:k, None]
+        sl = (..., slice(0, k)) if axis == -1 else (..., slice(0, k), slice(None))
+        new[sl] = old[sl] + r * (new[sl] - old[sl])
+
+    def blend(self, tl: Tile, maps: np.ndarray) -> np.ndarray:
+        """(2, read h, read w) focus and confidence of tile ``tl`` -> blended (2, write h, write w)."""
+        (ys, xs), (wy, wx), (cy, cx) = tl.read, tl.write, tl.crop
+        band = self.band
+        rows = maps[:, :, cx].copy()  # this tile's columns over all its read rows
+        if wx.start > 0 and self._left is not None:
+            self._fade(self._left, rows, -1)
+        self._left = maps[:, :, cx.stop:cx.stop + band].copy() if wx.stop < xs.stop else None
+        out = rows[:, cy]
+        if wy.start > 0:
+            self._fade(self._above[:, :, wx], out, -2)
+        below = rows[:, cy.stop:cy.stop + band]
+        self._below[:, :below.shape[1], wx] = below
+        if wx.stop == self._above.shape[-1]:  # end of a row of tiles
+            self._above, self._below = self._below, self._above
+        return out
+
+
 def iter_fused_tiles(stack: FocalStack, engine: TileEngine, t: int, tile: int, overlap: int, *,
                      progress: ProgressFn | None = None, cancel: threading.Event | None = None,
                      timings: dict[str, float] | None = None) -> Iterator[TileOutput]:
-    """Fuse one time point tile by tile (row-major); only one tile's data is in memory at a time."""
+    """Fuse one time point tile by tile (row-major); only one tile's data is in memory at a time.
+
+    An engine that estimates the run time (a model, after its first tile) reports it through
+    ``progress`` and in ``timings["estimate_s"]``. Tiles of engines with ``feather`` are
+    cross-faded (:class:`TileFeather`).
+    """
     h, w = stack.yx_shape
     tiles = list(iter_tiles(h, w, tile, overlap))
     timings = {} if timings is None else timings
+    band = min(engine.feather, overlap)
+    feather = TileFeather(band, w) if band > 0 and len(tiles) > 1 else None
     engine.schedule([tl.read for tl in tiles])
     try:
         for i, tl in enumerate(tiles):
@@ -432,10 +513,16 @@ def iter_fused_tiles(stack: FocalStack, engine: TileEngine, t: int, tile: int, o
             sub = sub_progress(progress, i, len(tiles), f" (tile {i + 1}/{len(tiles)})" if len(tiles) > 1 else "")
             t1 = time.perf_counter()
             maps = engine.maps(tl.read, sub, cancel)
-            index = maps.index[tl.crop].cpu().numpy()
-            focus = maps.focus[tl.crop].float().cpu().numpy()
-            conf = maps.confidence[tl.crop].float().cpu().numpy()
+            if feather is None:
+                index = maps.index[tl.crop].cpu().numpy()
+                focus = maps.focus[tl.crop].float().cpu().numpy()
+                conf = maps.confidence[tl.crop].float().cpu().numpy()
+            else:
+                focus, conf = feather.blend(tl, torch.stack((maps.focus, maps.confidence)).float().cpu().numpy())
+                index = np.rint(focus).astype(np.int64).clip(0, stack.n_slices - 1)
             del maps
+            if engine.estimate_s is not None:
+                timings["estimate_s"] = engine.estimate_s
             t2 = time.perf_counter()
             aif = gather_window(stack, index, t, tl.write)
             timings["focus_s"] = timings.get("focus_s", 0.0) + t2 - t1
@@ -633,4 +720,6 @@ def fuse(
         unit=stack.unit,
         pixel_size=stack.pixel_size,
         timings=timings,
+        z_positions=stack.z_positions,
+        display_range=stack_display_range(stack),
     )

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import OutputError, StackError
+from .preview import colorize, focus_map_picture, to_uint8_preview  # noqa: F401  (colorize: re-exported)
 from .stack import FocalStack, as_focal_stack, check_finite
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -472,34 +473,6 @@ def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def to_uint8_preview(img: np.ndarray, *, low: float = 0.1, high: float = 99.9) -> np.ndarray:
-    """8-bit version of an image for quick looks: uint8 as is, others stretched by percentiles."""
-    img = np.asarray(img)
-    if img.dtype == np.uint8:
-        return img
-    f = img.astype(np.float32)
-    lo, hi = np.percentile(f, [low, high])
-    if hi <= lo:
-        hi = lo + 1.0
-    return (np.clip((f - lo) / (hi - lo), 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-# Viridis sampled at 9 points; linear interpolation between them is indistinguishable by eye.
-_VIRIDIS = np.array([
-    [68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141],
-    [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37]], dtype=np.float32)
-
-
-def colorize(values: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
-    """Map a float image to RGB uint8 with a perceptually uniform (viridis-like) colormap."""
-    t = np.clip((np.asarray(values, dtype=np.float32) - vmin) / max(vmax - vmin, 1e-12), 0, 1)
-    pos = t * (len(_VIRIDIS) - 1)
-    i0 = np.minimum(pos.astype(np.int32), len(_VIRIDIS) - 2)
-    w = (pos - i0)[..., None]
-    rgb = _VIRIDIS[i0] * (1 - w) + _VIRIDIS[i0 + 1] * w
-    return (rgb + 0.5).astype(np.uint8)
-
-
 def write_tiff(path: PathLike, data: np.ndarray, *, pixel_size: tuple[float, float] | None = None,
                unit: str | None = None, z_step: float | None = None, description: dict | None = None,
                axes: str | None = None) -> Path:
@@ -618,16 +591,19 @@ def save_result(
     written["all_in_focus"] = write_tiff(paths["all_in_focus"], tif_data, pixel_size=pixel, unit=unit, z_step=z_step,
                                          description={"method": result.method}, axes=tif_axes)
     first = aif[0] if timed else aif
+    # One stretch for every method's preview of this stack (its own range), so previews compare.
+    span = result.display_range
     if first.ndim == 3 and first.shape[-1] not in (3, 4):
         # Fluorescence channels (2, 5...) have no PNG mode: preview the max of each channel stretched.
-        preview = np.max([to_uint8_preview(first[..., c]) for c in range(first.shape[-1])], axis=0)
+        preview = np.max([to_uint8_preview(first[..., c], span) for c in range(first.shape[-1])], axis=0)
     else:
-        preview = to_uint8_preview(first)
+        preview = to_uint8_preview(first, span)
     written["all_in_focus_png"] = write_png(paths["all_in_focus_png"], preview)
     written["focus_map"] = write_tiff(paths["focus_map"], result.focus_map.astype(np.float32), pixel_size=pixel,
                                       unit=unit, z_step=z_step, description={"units": "slice index"})
     fm = result.focus_map[0] if timed else result.focus_map
-    written["focus_map_png"] = write_png(paths["focus_map_png"], colorize(fm, 0, max(result.n_slices - 1, 1)))
+    written["focus_map_png"] = write_png(paths["focus_map_png"], focus_map_picture(
+        fm, result.n_slices, z_positions=result.z_positions, unit=unit))
     if result.height_map is not None:
         written["height_map"] = write_tiff(paths["height_map"], result.height_map.astype(np.float32),
                                            pixel_size=pixel, unit=unit, z_step=z_step,
@@ -642,6 +618,12 @@ def save_result(
         "z_step": z_step,
         "unit": unit,
         "timings_s": result.timings,
+        "previews": {
+            "all_in_focus_png": ("8-bit as stored" if span is None else
+                                 f"stretched linearly from {span[0]:.6g} (black) to {span[1]:.6g} (white): the "
+                                 "input stack's 0.1-99.9 percentiles, the same for every method on this stack"),
+            "focus_map_png": "viridis from slice 0 (first) to the last slice, colour bar on the right",
+        },
         "inputs": [str(Path(p).resolve()) for p in inputs],  # the exact slices, in stack order
         "outputs": {k: p.name for k, p in written.items()},
     }

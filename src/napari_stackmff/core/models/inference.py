@@ -4,6 +4,10 @@ Everything model-agnostic lives here once (the networks only map slices to logit
 input is scaled, how big images are cut into overlapping tiles, how the probability volume
 becomes a sub-slice focus map and a confidence map.
 
+Big images: neighbouring tiles' maps are cross-faded over the tile margin (tiles normalise
+themselves, so hard stitching left seams), and the first tile's time, scaled to all tiles and
+time points, is reported as an estimate of the run time before the rest of the run.
+
 GPU path: fp16 autocast (bf16 where fp16 is missing), channels_last weights, optional
 torch.compile, and the next tile read, pinned and copied to the GPU on a side CUDA stream while
 the current tile computes (:class:`ModelEngine`). On the CPU the read-ahead still overlaps disk
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -21,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import StackMFFError
-from ..fusion import FusionCancelled, _Maps, finish_maps, iter_fused_tiles, plan_tile
+from ..fusion import EstimateMessage, FusionCancelled, _Maps, finish_maps, iter_fused_tiles, plan_tile
 from ..prefetch import prefetch
 from ..stack import FocalStack
 from ..tiling import auto_tile_side, memory_budget
@@ -40,9 +45,36 @@ MODEL_FILL_WINDOW = 4
 #: statistics (GroupNorm over the tile, the channel attention's global average pool), not its
 #: receptive field: margins of 32, 64 and 96 px agree with the untiled map equally (93-95% of
 #: pixels, 600x700x6, tile 256), so the cheapest is used. tests/test_scale_tiling.py holds the bound.
+#: The margin is also the band over which neighbouring tiles' maps are cross-faded (fusion.TileFeather):
+#: hard stitching left a step at every tile boundary (pcb_stack, 4 tiles of 1088 px: mean |step| 0.219
+#: slice across the boundaries vs 0.016 elsewhere; cross-faded 0.023; synthetic stacks: focus error
+#: against the truth unchanged; benchmarks/bench_v2_tiles.py). Whole-image statistics (a first pass over all tiles, frozen for the second) were
+#: tried and dropped: closer to the untiled map but further from the truth on synthetic stacks
+#: (focus MAE 0.22 -> 0.41 slice at 256-px tiles, 0.24 -> 0.29 at 448), and refining them diverged.
 TILE_OVERLAP = 32
+#: Mirror margin on tile sides at the image border; off by default. The network zero-pads, and on
+#: cells3d_nuclei the leftmost ~20 px lose their nuclei (raw focus there ~10 slices vs ~35 inside).
+#: Not the fill (the raw readout shows it), nor per-tile statistics (one tile), nor N (every 5th
+#: slice, N = 12, the same). A 16-32 px mirror margin moves that edge halfway back (|focus - wavelet|
+#: in the left 20 px 22.3 -> 13.7-16.2 slices) but makes synthetic stacks with known focus worse at
+#: their borders (N = 12, raw readout: right 12 px MAE 0.57 -> 1.01 slice; N = 60: outer 8 px 1.17 ->
+#: 1.95): the network handles its own zero-padded border better than a mirror axis. So it stays an option.
+BORDER_PAD = 0
 
 ProgressFn = Callable[[int, int, str], None]
+Pads = tuple[int, int, int, int]  # left, right, top, bottom
+
+
+def format_duration(seconds: float) -> str:
+    """'45 s', '3 min 20 s', '1 h 5 min': what a person reads in a progress line."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m} min {s} s"
+    h, m = divmod(m, 60)
+    return f"{h} h {m} min"
 
 
 def normalise_stack(x: np.ndarray | torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -154,6 +186,11 @@ class ModelRunner:
         shape). Off by default: it pays only for long runs on a GPU.
     prefetch
         Read (and on CUDA, upload) the next tile while the current one computes.
+    border_pad
+        Pixels of mirror margin on image-border tile sides (default 0: the network's zero padding,
+        better on synthetic stacks; see :data:`BORDER_PAD`).
+    feather
+        Cross-fade neighbouring tiles' maps over the tile margin instead of cutting them hard.
     """
 
     def __init__(
@@ -169,6 +206,8 @@ class ModelRunner:
         channels_last: bool | None = None,
         compile: bool = False,
         prefetch: bool = True,
+        border_pad: int = BORDER_PAD,
+        feather: bool = True,
     ) -> None:
         self.spec = get_spec(name)
         self.name = name
@@ -184,24 +223,40 @@ class ModelRunner:
         self.channels_last = (cuda and self.half) if channels_last is None else bool(channels_last)
         self.compile = bool(compile)
         self.prefetch = bool(prefetch)
+        self.border_pad = int(border_pad)
+        self.feather = bool(feather)
+        if self.border_pad < 0:
+            raise StackMFFError(f"border_pad must be >= 0 pixels, got {border_pad}.")
         if self.channels_last:
             # Same values, other layout; the cached model is shared, which is harmless.
             self.model = self.model.to(memory_format=torch.channels_last)
         self._forward = _compiled_model(self.model) if self.compile else self.model
 
-    @torch.inference_mode()
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, h, w) normalised focus images -> (N, h, w) logits (padding handled here)."""
+    def _pad(self, x: torch.Tensor, pads: Pads) -> tuple[torch.Tensor, tuple[slice, slice]]:
+        """(N, h, w) -> (1, N, H, W) on the device, mirrored out by ``pads`` and then to a multiple
+        of 32 on the bottom/right; also where the original pixels lie in it."""
         # The input needs no channels_last copy: the network sees it as (N, 1, H, W), where both
         # layouts are the same; the weights' layout carries channels_last through the network.
-        xp, h, w = pad_to_multiple(x[None].to(self.device, non_blocking=True))
+        xd = x[None].to(self.device, non_blocking=True)
+        h, w = x.shape[-2:]
+        left, right, top, bottom = pads
+        if any(pads):
+            mode = "reflect" if max(left, right) < w and max(top, bottom) < h else "replicate"
+            xd = F.pad(xd, (left, right, top, bottom), mode=mode)
+        xp, _, _ = pad_to_multiple(xd)
+        return xp, (slice(top, top + h), slice(left, left + w))
+
+    @torch.inference_mode()
+    def logits(self, x: torch.Tensor, pads: Pads = (0, 0, 0, 0)) -> torch.Tensor:
+        """(N, h, w) normalised focus images -> (N, h, w) logits (padding handled here)."""
+        xp, (ys, xs) = self._pad(x, pads)
         with torch.autocast(self.device.type, dtype=autocast_dtype(self.device), enabled=self.half):
             if self.device.type == "cuda":
                 with torch.backends.cudnn.flags(enabled=True, benchmark=True):
                     out = self._forward(xp)
             else:
                 out = self._forward(xp)
-        return out[0, :, :h, :w].float()
+        return out[0, :, ys, xs].float()
 
     def engine(self, stack: FocalStack, t: int = 0, *, channel: int | None = None,
                denoise: bool = True) -> "ModelEngine":
@@ -266,7 +321,8 @@ class ModelEngine:
 
     With :meth:`schedule` called first, tile inputs are produced one ahead in a background
     thread: read from disk, reduced to focus images, normalised, and on CUDA pinned and copied
-    to the GPU on a side stream, so the copy overlaps the previous tile's compute.
+    to the GPU on a side stream, so the copy overlaps the previous tile's compute. The first
+    tile of time point 0 is timed and scaled to the whole run (:attr:`estimate_s`).
     """
 
     def __init__(self, runner: ModelRunner, stack: FocalStack, t: int, *, channel: int | None,
@@ -275,19 +331,31 @@ class ModelEngine:
         self.single_tile = runner.compat
         self.overlap = 0 if runner.compat else TILE_OVERLAP
         self.min_overlap = 0 if runner.compat else 16
+        self.feather = TILE_OVERLAP if runner.feather and not runner.compat else 0
         self.lo, self.hi = (0.0, 1.0) if runner.compat else stack_range(stack, t, channel)
+        self.estimate_s: float | None = None
+        self._plan: list[int] = []  # voxels the network computes for each scheduled tile
         dev = runner.device
         self._copy_stream = torch.cuda.Stream(dev) if dev.type == "cuda" else None
-        self._ahead: Iterator[tuple[tuple[slice, slice], torch.Tensor, Any]] | None = None
+        self._ahead: Iterator[tuple[tuple[slice, slice], torch.Tensor, Any, Pads]] | None = None
 
     def bytes_per_pixel(self) -> float:
         return BYTES_PER_VOXEL * self.stack.n_slices
 
     # ---------------------------------------------------------------- input pipeline
-    def _load(self, window: tuple[slice, slice]) -> tuple[tuple[slice, slice], torch.Tensor, Any]:
+    def _pads(self, window: tuple[slice, slice]) -> Pads:
+        """Mirror margin on the sides of ``window`` that lie on the image border."""
+        h, w = self.stack.yx_shape
+        ys, xs = window
+        b = self.runner.border_pad
+        return (b if xs.start == 0 else 0, b if xs.stop >= w else 0, b if ys.start == 0 else 0,
+                b if ys.stop >= h else 0)
+
+    def _load(self, window: tuple[slice, slice]) -> tuple[tuple[slice, slice], torch.Tensor, Any, Pads]:
         x = normalise_stack(focus_block(self.stack, self.t, self.channel, window), self.lo, self.hi)
+        pads = self._pads(window)
         if self._copy_stream is None:
-            return window, x, None
+            return window, x, None, pads
         dev = self.runner.device
         if self.runner.half:
             x = x.half()  # autocast casts it for the first conv anyway: half the bytes over PCIe
@@ -296,10 +364,19 @@ class ModelEngine:
             xg = x.to(dev, non_blocking=True)
             done = torch.cuda.Event()
             done.record(self._copy_stream)
-        return window, xg, done
+        return window, xg, done, pads
+
+    def _ready(self, item: tuple[tuple[slice, slice], torch.Tensor, Any, Pads]) -> tuple[torch.Tensor, Pads]:
+        _, x, done, pads = item
+        if done is not None:
+            stream = torch.cuda.current_stream(self.runner.device)
+            stream.wait_event(done)
+            x.record_stream(stream)  # the allocator must not reuse it while compute reads it
+        return x, pads
 
     def schedule(self, windows: Sequence[tuple[slice, slice]]) -> None:
         """Start reading ``windows`` one ahead of :meth:`maps` (which must then follow that order)."""
+        self._plan = [self._padded_voxels(w) for w in windows]
         if self.runner.prefetch and not self.single_tile and len(windows) > 1:
             self.close()
             self._ahead = prefetch((self._load(w) for w in windows), depth=1)
@@ -309,18 +386,39 @@ class ModelEngine:
             self._ahead.close()  # type: ignore[attr-defined]
             self._ahead = None
 
-    def _input(self, window: tuple[slice, slice]) -> torch.Tensor:
+    def _input(self, window: tuple[slice, slice]) -> tuple[torch.Tensor, Pads]:
         if self._ahead is not None:
-            got, x, done = next(self._ahead)
-            if got != window:
+            item = next(self._ahead)
+            if item[0] != window:
                 raise RuntimeError("tiles requested out of the scheduled order")
         else:
-            _, x, done = self._load(window)
-        if done is not None:
-            stream = torch.cuda.current_stream(self.runner.device)
-            stream.wait_event(done)
-            x.record_stream(stream)  # the allocator must not reuse it while compute reads it
-        return x
+            item = self._load(window)
+        return self._ready(item)
+
+    # ---------------------------------------------------------------- run-time estimate
+    def _padded_voxels(self, window: tuple[slice, slice]) -> int:
+        """Voxels the network computes for ``window``: border margin, then up to a multiple of 32."""
+        left, right, top, bottom = self._pads(window)
+        h = window[0].stop - window[0].start + top + bottom
+        w = window[1].stop - window[1].start + left + right
+        return self.stack.n_slices * (-(-h // 32) * 32) * (-(-w // 32) * 32)
+
+    def _estimate(self, seconds: float, window: tuple[slice, slice]) -> EstimateMessage | None:
+        """The first tile's time scaled to every tile of every time point (None: nothing to scale).
+
+        Why the first tile and not a small probe: on a busy CPU a forward pass has seconds of fixed
+        cost, and cost is not linear in the number of slices (1- and 2-slice probes predicted 53 s
+        for a 25 s 60-slice tile), so only a real tile predicts the others. A single-tile run gets
+        no estimate: the 4 GiB budget cap keeps a CPU tile near 10 M voxels at most (pcb_stack's
+        1088-px tiles of 7 slices, 8 M: 21-29 s each on the 2-core test machine).
+        """
+        n_tiles, times = len(self._plan), self.stack.n_times
+        if n_tiles * times < 2:
+            return None
+        self.estimate_s = seconds * sum(self._plan) / self._padded_voxels(window) * times
+        per_time = f" x {times} time points" if times > 1 else ""
+        return EstimateMessage(f"{self.runner.name}: about {format_duration(self.estimate_s)} for {n_tiles} "
+                               f"tile{'s' if n_tiles > 1 else ''}{per_time}", self.estimate_s)
 
     # ---------------------------------------------------------------- compute
     def maps(self, window: tuple[slice, slice], progress: ProgressFn | None,
@@ -333,10 +431,16 @@ class ModelEngine:
             if progress is not None:
                 progress(1, 1, f"{r.name}: whole image")
             return out
-        x = self._input(window)
-        focus, conf = readout(r.logits(x), r.readout)
+        t0 = time.perf_counter()
+        x, pads = self._input(window)
+        focus, conf = readout(r.logits(x, pads), r.readout)
+        estimate = None
+        if self._plan and self.t == 0 and self.estimate_s is None:
+            if r.device.type == "cuda":
+                torch.cuda.synchronize(r.device)  # the GPU works asynchronously: wait to time it
+            estimate = self._estimate(time.perf_counter() - t0, window)
         if progress is not None:
-            progress(1, 1, f"{r.name}: tile")
+            progress(1, 1, estimate or f"{r.name}: tile")
         # Where the network is unsure (flat areas), take the focus of confident neighbours, as the
         # classical path does; then remove isolated outliers.
         return finish_maps(focus, conf, self.stack.n_slices, window=MODEL_FILL_WINDOW,
