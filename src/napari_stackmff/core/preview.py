@@ -18,6 +18,8 @@ import numpy as np
 PREVIEW_PERCENTILES = (0.1, 99.9)
 #: Pixels sampled (strided, every slice) to find that range: exact enough, and cheap on a 2k x 2k x 200 stack.
 RANGE_SAMPLES = 2_000_000
+#: ... read in windows of at most this side (in samples), so a lazy stack is never read a whole slice at once.
+READ_BLOCK = 256
 
 # Viridis sampled at 9 points; linear interpolation between them is indistinguishable by eye.
 _VIRIDIS = np.array([
@@ -36,9 +38,11 @@ def stack_display_range(stack: Any, samples: int = RANGE_SAMPLES) -> tuple[float
     h, w = stack.yx_shape
     per_plane = max(1, samples // max(1, stack.n_slices * stack.n_times))
     step = max(1, int(np.sqrt(h * w / per_plane)))
-    window = (slice(None, None, step), slice(None, None, step))
-    parts = [np.asarray(stack.read_window(z, t, window), dtype=np.float32).ravel()
-             for t in range(stack.n_times) for z in range(stack.n_slices)]
+    block = READ_BLOCK * step  # each read returns at most READ_BLOCK² pixels, as fusion's own reads do
+    parts = [np.asarray(stack.read_window(z, t, (slice(y, min(y + block, h), step), slice(x, min(x + block, w), step))),
+                        dtype=np.float32).ravel()
+             for t in range(stack.n_times) for z in range(stack.n_slices)
+             for y in range(0, h, block) for x in range(0, w, block)]
     lo, hi = np.percentile(np.concatenate(parts), PREVIEW_PERCENTILES)
     return float(lo), float(max(hi, lo + 1e-6))
 
