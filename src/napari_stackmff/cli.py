@@ -148,20 +148,46 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_settings(args: argparse.Namespace) -> dict:
+    """TrainConfig fields from the options; those left out take the objective's defaults (the
+    unsupervised objective fine-tunes, so it has its own budget and starts from our shipped weights)."""
+    from .core.errors import StackMFFError
+    from .core.models.registry import shipped_weights
+    from .core.train import UNSUPERVISED_DEFAULTS, TrainConfig
+
+    unsupervised = args.objective == "unsupervised"
+    defaults = {**TrainConfig().__dict__, **(UNSUPERVISED_DEFAULTS if unsupervised else {})}
+    given = {"epochs": args.epochs, "steps_per_epoch": args.steps, "batch_size": args.batch_size, "crop": args.crop,
+             "lr": args.lr, "val_stacks": args.val_stacks}
+    cfg = {k: defaults[k] if v is None else v for k, v in given.items()}
+    n_min, n_max = defaults["n_range"]
+    cfg["n_range"] = (n_min if args.n_min is None else args.n_min, n_max if args.n_max is None else args.n_max)
+    init = args.init_weights
+    if init is None and unsupervised:
+        init = shipped_weights(args.model)
+        if init is None:
+            raise StackMFFError(f"no shipped weights for {args.model!r} to fine-tune; pass --init-weights PATH, "
+                                "or --init-weights none to train from scratch.")
+    cfg["init_weights"] = None if init is None or str(init).lower() == "none" else str(init)
+    data = list(args.data)
+    cfg["data"] = data[0] if len(data) == 1 else data
+    if len(data) > 1 and "synthetic" in data:
+        raise StackMFFError("--data: 'synthetic' cannot be mixed with folders or files.")
+    return cfg
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .core.train import TrainConfig, train
 
-    cfg = TrainConfig(model=args.model, data=args.data, epochs=args.epochs, steps_per_epoch=args.steps,
-                      batch_size=args.batch_size, crop=args.crop, lr=args.lr, device=args.device, seed=args.seed,
-                      checkpoint=str(args.checkpoint), resume=args.resume, n_range=(args.n_min, args.n_max),
-                      val_stacks=args.val_stacks, lr_gamma=args.lr_gamma,
-                      pool_size=args.pool_size, pool_refresh_every=args.refresh_every, noise=not args.no_noise,
-                      clean_fraction=args.clean_fraction,
-                      init_weights=str(args.init_weights) if args.init_weights else None,
-                      objective=args.objective)
-    bar = tqdm(total=args.epochs * args.steps, desc=f"training {args.model}", unit="batch", disable=args.quiet)
+    s = _train_settings(args)
+    cfg = TrainConfig(model=args.model, device=args.device, seed=args.seed, checkpoint=str(args.checkpoint),
+                      resume=args.resume, lr_gamma=args.lr_gamma, pool_size=args.pool_size,
+                      pool_refresh_every=args.refresh_every, noise=not args.no_noise,
+                      clean_fraction=args.clean_fraction, objective=args.objective, max_side=args.max_side, **s)
+    bar = tqdm(total=cfg.epochs * cfg.steps_per_epoch, desc=f"training {args.model}", unit="batch",
+               disable=args.quiet)
 
     def callback(ev) -> None:
         if ev.kind == "prepare":
@@ -240,29 +266,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-max", type=int, default=24)
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("train", help="train a focus model (synthetic data by default)")
+    from .core.defaults import MAX_SIDE, TRAIN_OBJECTIVES, UNSUPERVISED_DEFAULTS as U
+
+    p = sub.add_parser("train", help="train a focus model (synthetic data by default)",
+                       description="Train a focus model. Defaults are given as 'A; unsupervised: B' where the "
+                                   "unsupervised objective (a short fine-tuning of the shipped weights on your own "
+                                   "stacks, a few minutes on a CPU for one stack) has its own.")
     p.add_argument("--model", default="stackmff-v2")
-    p.add_argument("--data", default="synthetic", help="'synthetic' or a dataset folder (stacks/ + depth_maps/)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--steps", type=int, default=100, help="batches per epoch")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--crop", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--data", nargs="+", default=["synthetic"], metavar="DATA",
+                   help="'synthetic' (default) or a dataset folder (stacks/ + depth_maps/); unsupervised: also "
+                        "folders of unlabelled stacks (sub-folders of slices and/or multi-page TIFFs), folders "
+                        "of slices, or TIFF files, several allowed")
+    p.add_argument("--epochs", type=int, default=None, help=f"default 20; unsupervised: {U['epochs']}")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"batches per epoch (default 100; unsupervised: {U['steps_per_epoch']})")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"default 4; unsupervised: {U['batch_size']}")
+    p.add_argument("--crop", type=int, default=None, help=f"training crop in pixels (default 128; "
+                                                         f"unsupervised: {U['crop']})")
+    p.add_argument("--lr", type=float, default=None, help=f"default 0.001; unsupervised: {U['lr']:g}")
     p.add_argument("--lr-gamma", type=float, default=0.9, help="learning-rate decay per epoch")
     p.add_argument("--pool-size", type=int, default=24, help="rendered synthetic stacks kept in memory")
     p.add_argument("--refresh-every", type=int, default=2, help="render one new pool stack every this many batches")
     p.add_argument("--no-noise", action="store_true", help="synthetic data without sensor noise")
     p.add_argument("--clean-fraction", type=float, default=0.0,
                    help="share of synthetic stacks (training and validation) rendered without sensor noise")
-    p.add_argument("--init-weights", type=Path, default=None, help="start from these weights (fine-tuning)")
-    p.add_argument("--objective", choices=("hybrid", "depth"), default="hybrid",
+    p.add_argument("--init-weights", default=None, metavar="PATH",
+                   help="start from these weights (fine-tuning); 'none' = from scratch (default: from scratch; "
+                        "unsupervised: our shipped weights)")
+    p.add_argument("--objective", choices=TRAIN_OBJECTIVES, default="hybrid",
                    help="hybrid (default): depth regression + two-hot cross-entropy + an image term against "
-                        "the all-in-focus truth, read out by argmax; depth: the published objective alone")
+                        "the all-in-focus truth, read out by argmax; depth: the published objective alone; "
+                        "unsupervised: no labels needed (Fusion2Void-style: an inpainter must restore dropped "
+                        "patches of the slices from the fused image), read out by argmax")
+    p.add_argument("--max-side", type=int, default=MAX_SIDE,
+                   help=f"unsupervised: downscale stacks to this longer side when loading (default {MAX_SIDE})")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-min", type=int, default=4)
-    p.add_argument("--n-max", type=int, default=16)
-    p.add_argument("--val-stacks", type=int, default=16)
+    p.add_argument("--n-min", type=int, default=None,
+                   help=f"fewest slices per training stack (default 4; unsupervised: {U['n_range'][0]})")
+    p.add_argument("--n-max", type=int, default=None,
+                   help=f"most slices per training stack (default 16; unsupervised: {U['n_range'][1]})")
+    p.add_argument("--val-stacks", type=int, default=None,
+                   help=f"synthetic validation stacks (default 16; unsupervised: {U['val_stacks']})")
     p.add_argument("--checkpoint", type=Path, default=Path("runs/stackmff_v2.pt"))
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
     p.set_defaults(func=cmd_train)

@@ -6,7 +6,9 @@ atomically each epoch and hold everything needed to resume (optimizer, scheduler
 data state: the data are regenerated from the seed and epoch).
 
 Data: synthetic focal stacks (default) or a folder dataset in the seed layout
-(``stacks/<scene>/1.png ...`` + ``depth_maps/<scene>.png``).
+(``stacks/<scene>/1.png ...`` + ``depth_maps/<scene>.png``). The ``unsupervised`` objective
+(Fusion2Void-style inpainting, :mod:`.models.fusion2void`) needs no labels: it also takes folders of
+unlabelled stacks and TIFF files (:class:`UnlabelledData`).
 """
 
 from __future__ import annotations
@@ -16,15 +18,18 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, NamedTuple
+from typing import Callable, Iterator, Literal, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
+from .defaults import MAX_SIDE, UNSUPERVISED_DEFAULTS  # noqa: F401  (re-exported: the CLI's and widget's defaults)
 from .devices import resolve_device
 from .errors import StackMFFError
+from .models import fusion2void as f2v
 from .models.inference import pad_to_multiple
 from .models.registry import get_spec
+from .stack import FocalStack
 
 
 @dataclass
@@ -32,7 +37,7 @@ class TrainConfig:
     """Settings of a training run (all plain values, saved inside the checkpoint)."""
 
     model: str = "stackmff-v2"
-    data: str = "synthetic"
+    data: str | list[str] = "synthetic"  # or a labelled folder; unsupervised: folders of stacks / TIFF paths
     epochs: int = 20
     steps_per_epoch: int = 100
     batch_size: int = 4
@@ -52,7 +57,14 @@ class TrainConfig:
     pool_refresh_every: int = 2
     noise: bool = True
     clean_fraction: float = 0.0  # share of synthetic stacks rendered without sensor noise (when noise is on)
-    objective: str = "hybrid"  # "hybrid" (ours, measured better) or "depth" (published); see OBJECTIVES
+    objective: str = "hybrid"  # "hybrid" (ours, measured better), "depth" (published), "unsupervised"
+    # Unsupervised (Fusion2Void) settings; defaults measured, see models/fusion2void.py.
+    max_side: int = MAX_SIDE  # unlabelled stacks are downscaled to this longer side when loaded
+    patch: int = f2v.PATCH
+    drop_ratio: float = f2v.DROP_RATIO
+    grad_weight: float = f2v.GRAD_WEIGHT
+    entropy_weight: float = f2v.ENTROPY_WEIGHT
+    warmup_steps: int = f2v.WARMUP_STEPS
 
 
 @dataclass
@@ -106,10 +118,11 @@ def _to_unit(stack: np.ndarray, aif: np.ndarray | None = None) -> np.ndarray | t
 
 
 class Batch(NamedTuple):
-    """One training batch: (B, N, H, W) slices, (B, H, W) true focus, (B, H, W) all-in-focus or None."""
+    """One training batch: (B, N, H, W) slices, (B, H, W) true focus (None when unlabelled),
+    (B, H, W) all-in-focus or None."""
 
     images: torch.Tensor
-    focus: torch.Tensor
+    focus: torch.Tensor | None
     aif: torch.Tensor | None = None
 
 
@@ -227,6 +240,127 @@ class FolderData:
         return Batch(torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)), aif)
 
 
+#: Smallest side a training stack may have: the focus network works on multiples of 32 px.
+MIN_SIDE = 32
+
+
+def _unlabelled_stacks(path: Path) -> Iterator[tuple[Path, FocalStack]]:
+    """(source, stack) for each stack a --data entry names: a TIFF, a folder of slices, or a folder
+    of stacks (sub-folders of slices and/or multi-page TIFFs; a seed-layout dataset's ``stacks/``).
+    Loaded one at a time, so only the downscaled copies are ever held together."""
+    from .batch import discover_stacks
+    from .io import TIFF_SUFFIXES, load_stack
+
+    if not path.exists():
+        raise StackMFFError(f"{path}: no such file or folder (--data takes 'synthetic', folders of stacks or "
+                            "TIFF stacks).")
+    if path.is_file():
+        if path.suffix.lower() not in TIFF_SUFFIXES:
+            raise StackMFFError(f"{path}: not a stack; --data takes a folder of slices, a folder of stacks or "
+                                "multi-page TIFF files.")
+        yield path, load_stack(path, lazy=False)
+        return
+    if (path / "stacks").is_dir():
+        path = path / "stacks"
+    try:
+        jobs = discover_stacks(path)
+    except StackMFFError:  # no sub-folders or TIFFs: the folder may itself be one stack of slices
+        yield path, load_stack(path, lazy=False)
+        return
+    singles = []
+    for job in jobs:
+        stack = load_stack(job.source, lazy=False)
+        if stack.n_slices >= 2:
+            yield job.source, stack
+        else:
+            singles.append(job.source)
+    if len(singles) == len(jobs) and all(p.is_file() for p in singles):  # single-image TIFFs: one stack's slices
+        yield path, load_stack(path, lazy=False)
+    elif singles:
+        raise StackMFFError(f"{singles[0]}: holds one image, not a stack; training needs stacks of at least "
+                            "2 slices.")
+
+
+def _unit_stack(stack: FocalStack, max_side: int) -> np.ndarray:
+    """(N, H, W) focus images in [0, 1], downscaled (area) so the longer side is at most ``max_side``.
+
+    Scaled by the stack's robust range, as inference does; downscaling keeps large stacks in memory
+    and brings their defocus blur nearer the scale of the training crops. A time series gives its
+    first time point.
+    """
+    import torch.nn.functional as F
+
+    h, w = stack.yx_shape
+    scale = min(1.0, max_side / max(h, w))
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    out = np.empty((stack.n_slices, *size), np.float32)
+    for z in range(stack.n_slices):
+        g = stack.focus_image(z, 0)
+        if scale < 1.0:
+            g = F.interpolate(torch.from_numpy(g)[None, None], size=size, mode="area")[0, 0].numpy()
+        out[z] = g
+    lo, hi = np.percentile(out, [0.05, 99.95])
+    return np.clip((out - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+
+
+class UnlabelledData:
+    """Real stacks without labels, for the unsupervised objective.
+
+    ``sources``: folders of stacks (sub-folders of slices and/or multi-page TIFFs), folders of slices,
+    or TIFF files. Batches are random ordered slice subsets (N within ``n_range``, at most the stack's;
+    pairs give N = 2), random crops, flips, transposes and slice-order reversals; one N per batch.
+    """
+
+    def __init__(self, sources: str | Path | Sequence[str | Path], rng: np.random.Generator,
+                 n_range: tuple[int, int], max_side: int = MAX_SIDE,
+                 on_load: Callable[[int, int], None] | None = None):
+        paths = [Path(sources)] if isinstance(sources, (str, Path)) else [Path(p) for p in sources]
+        if not paths:
+            raise StackMFFError("--data: no stacks given.")
+        self.rng, self.n_range = rng, n_range
+        self.items: list[np.ndarray] = []
+        self.names: list[str] = []
+        for path in paths:
+            for src, stack in _unlabelled_stacks(path):
+                if stack.n_slices < 2:
+                    raise StackMFFError(f"{src}: holds one image, not a stack; training needs stacks of at least "
+                                        "2 slices.")
+                images = _unit_stack(stack, max_side)
+                if min(images.shape[1:]) < MIN_SIDE:
+                    raise StackMFFError(f"{src}: {images.shape[2]}x{images.shape[1]} pixels is too small to train "
+                                        f"on (at least {MIN_SIDE} on each side).")
+                self.items.append(images)
+                self.names.append(str(src))
+                if on_load is not None:
+                    on_load(len(self.items), 0)
+
+    def batch(self, batch_size: int, crop: int) -> Batch:
+        rng = self.rng
+        hi = min(self.n_range[1], max(len(x) for x in self.items))
+        n = int(rng.integers(min(self.n_range[0], hi), hi + 1))
+        pool = [x for x in self.items if len(x) >= n]
+        first = pool[int(rng.integers(len(pool)))]
+        c = min(crop, *first.shape[1:]) // MIN_SIDE * MIN_SIDE
+        pool = [x for x in pool if min(x.shape[1:]) >= c]
+        xs = []
+        for _ in range(batch_size):
+            s = pool[int(rng.integers(len(pool)))]
+            keep = np.sort(rng.choice(len(s), size=n, replace=False))
+            y0 = int(rng.integers(0, s.shape[1] - c + 1))
+            x0 = int(rng.integers(0, s.shape[2] - c + 1))
+            xi = s[keep, y0:y0 + c, x0:x0 + c]
+            if rng.random() < 0.5:
+                xi = xi[:, :, ::-1]
+            if rng.random() < 0.5:
+                xi = xi[:, ::-1]
+            if rng.random() < 0.5:
+                xi = xi.transpose(0, 2, 1)
+            if rng.random() < 0.5:  # focus order does not matter to the fusion
+                xi = xi[::-1]
+            xs.append(np.ascontiguousarray(xi))
+        return Batch(torch.from_numpy(np.stack(xs)), None, None)
+
+
 def validation_set(seed: int, count: int, size: int, n_range: tuple[int, int],
                    noise: bool = True, clean_fraction: float = 0.0) -> list[tuple[Sample, object]]:
     """Held-out stacks rendered from a different seed than any training data."""
@@ -275,11 +409,25 @@ def hybrid_loss(logits: torch.Tensor, focus: torch.Tensor, images: torch.Tensor,
 
 class Objective(NamedTuple):
     """A training objective: its loss, the readout that matches it at inference (saved in the
-    checkpoint), and the validation score (lower is better) that picks the best epoch."""
+    checkpoint), and the validation score (lower is better) that picks the best epoch.
 
-    loss: Callable[[torch.Tensor, Batch], torch.Tensor]
+    ``criterion``: for an objective with its own trainable parts (the unsupervised one's inpainter),
+    a factory ``cfg -> nn.Module`` whose ``forward(logits, images)`` is the loss; its parameters join
+    the optimiser and its state is saved in the resume checkpoint. ``loss`` is then unused.
+    ``needs_labels``: whether the data must carry the true focus (synthetic or a labelled folder).
+    """
+
+    loss: Callable[[torch.Tensor, Batch], torch.Tensor] | None
     readout: str
     score: Callable[[dict[str, float]], float]
+    criterion: Callable[[TrainConfig], torch.nn.Module] | None = None
+    needs_labels: bool = True
+
+
+def unsupervised_criterion(cfg: TrainConfig) -> f2v.Fusion2VoidLoss:
+    """The Fusion2Void inpainting objective with the run's patch, drop ratio and weights."""
+    return f2v.Fusion2VoidLoss(patch=cfg.patch, ratio=cfg.drop_ratio, grad_weight=cfg.grad_weight,
+                               entropy_weight=cfg.entropy_weight, warmup=cfg.warmup_steps)
 
 
 OBJECTIVES: dict[str, Objective] = {
@@ -289,7 +437,13 @@ OBJECTIVES: dict[str, Objective] = {
     # Ours: aimed at the fused image, so read out by argmax and picked by the validation PSNR.
     "hybrid": Objective(lambda logits, b: hybrid_loss(logits, b.focus, b.images, b.aif), "argmax",
                         lambda m: -m["val_psnr"]),
+    # Fusion2Void-style: no labels; the fused image (softmax-weighted slices) must let an inpainter
+    # restore dropped patches of the sources. Hard selection at inference, so argmax; the best epoch
+    # is picked on the synthetic validation PSNR (a guard: the user's data carry no truth).
+    "unsupervised": Objective(None, "argmax", lambda m: -m["val_psnr"], criterion=unsupervised_criterion,
+                              needs_labels=False),
 }
+
 
 
 def get_objective(name: str) -> Objective:
@@ -354,7 +508,11 @@ def train(
     model = spec.build().to(device)
     if cfg.init_weights:
         load_state_dict(cfg.init_weights, model, model_name=cfg.model)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    crit = objective.criterion(cfg).to(device) if objective.criterion is not None else None
+    groups = [{"params": list(model.parameters())}]
+    if crit is not None:
+        groups.append({"params": list(crit.parameters()), "lr": f2v.INPAINTER_LR})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_gamma)
     start_epoch, best, history, bad_epochs = 0, math.inf, [], 0
     if cfg.resume and ckpt.exists():
@@ -362,11 +520,17 @@ def train(
         if state.get("model") != cfg.model:
             raise StackMFFError(f"{ckpt}: holds a {state.get('model')!r} checkpoint, not {cfg.model!r}.")
         model.load_state_dict(state["state_dict"])
+        if crit is not None:
+            if "objective_state" not in state:
+                raise StackMFFError(f"{ckpt}: was not trained with the {cfg.objective!r} objective; resume it "
+                                    "with its own objective or start a new checkpoint.")
+            crit.load_state_dict(state["objective_state"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_epoch, best, history = state["epoch"] + 1, state["best_val"], list(state["history"])
         bad_epochs = state.get("bad_epochs", 0)
         rng = np.random.default_rng([cfg.seed, start_epoch])
+        torch.manual_seed(cfg.seed + 1000 * start_epoch)  # new masks and slice picks, not a replay
     emit = callback or (lambda ev: None)
     n_prep = (cfg.pool_size if cfg.data == "synthetic" else 0) + cfg.val_stacks
     prepared = [0]
@@ -378,16 +542,24 @@ def train(
     if cfg.data == "synthetic":
         data = SyntheticPool(rng, cfg.crop + max(16, cfg.crop // 4), cfg.n_range, cfg.pool_size, cfg.pool_refresh_every,
                              noise=cfg.noise, clean_fraction=cfg.clean_fraction, on_render=on_render, stop=stop)
+    elif not objective.needs_labels:
+        data = UnlabelledData(cfg.data, rng, cfg.n_range, cfg.max_side, on_load=on_render)
+    elif not isinstance(cfg.data, (str, Path)):
+        raise StackMFFError(f"{cfg.objective!r} training needs labels: one dataset folder (stacks/ + depth_maps/) "
+                            "or 'synthetic'; unlabelled stacks train with the 'unsupervised' objective.")
     else:
         data = FolderData(cfg.data, rng)
+    loss_of = (lambda lg, b: crit(lg, b.images)) if crit is not None else objective.loss
     val = validation_set(cfg.seed, cfg.val_stacks, max(cfg.crop, 96), cfg.n_range, cfg.noise, cfg.clean_fraction)
     for _ in val:
         on_render(0, 0)
     use_amp = device.type == "cuda"
     stopped = stop is not None and stop.is_set()
     model.train()
+    if crit is not None:
+        crit.train()
     for epoch in range(start_epoch, 0 if stopped else cfg.epochs):
-        losses = []
+        losses, terms = [], []
         for step in range(cfg.steps_per_epoch):
             if stop is not None and stop.is_set():
                 stopped = True
@@ -396,12 +568,16 @@ def train(
                             for t in data.batch(cfg.batch_size, cfg.crop)))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(batch.images)
-            loss = objective.loss(logits, batch)
+            loss = loss_of(logits, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if crit is not None:  # clipped apart, so the inpainter's gradients never shrink the model's
+                torch.nn.utils.clip_grad_norm_(crit.parameters(), 1.0)
             opt.step()
             losses.append(loss.detach().item())
+            if crit is not None:
+                terms.append(getattr(crit, "last", {}))
             emit(TrainEvent("batch", epoch, cfg.epochs, step, cfg.steps_per_epoch, losses[-1]))
         if not losses:
             break
@@ -409,6 +585,8 @@ def train(
         metrics = evaluate(model, val, device, objective.readout)
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
                   "seconds": time.perf_counter() - t0, **metrics}
+        for key in sorted({k for t in terms for k in t}):  # e.g. the unsupervised loss's L1 and entropy
+            record[f"train_{key}"] = float(np.mean([t[key] for t in terms if key in t]))
         history.append(record)
         score = objective.score(metrics)
         improved = score < best
@@ -418,8 +596,10 @@ def train(
             bad_epochs += 1
         payload = {"model": cfg.model, "state_dict": model.state_dict(), "optimizer": opt.state_dict(),
                    "scheduler": sched.state_dict(), "epoch": epoch, "best_val": best, "bad_epochs": bad_epochs,
-                   "history": history, "config": {k: (list(v) if isinstance(v, tuple) else v)
-                                                  for k, v in asdict(cfg).items()}}
+                   "history": history, "readout": objective.readout,
+                   "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}}
+        if crit is not None:
+            payload["objective_state"] = crit.state_dict()
         _save(ckpt, payload)
         if improved or not best_path.exists():
             _save(best_path, {"model": cfg.model, "state_dict": model.state_dict(), "meta": record,
@@ -429,7 +609,7 @@ def train(
         if stopped or bad_epochs >= cfg.patience:
             break
     if device.type == "cuda":
-        del model, opt
+        del model, opt, crit
         torch.cuda.empty_cache()
     final = TrainEvent("stopped" if stopped else "done", len(history), cfg.epochs, 0, 0,
                        history[-1]["loss"] if history else float("nan"), checkpoint=best_path)
