@@ -680,7 +680,9 @@ def fuse(
         folder's naming pattern.
     options
         Model options: ``readout``, ``compat`` (the published inference), ``half`` (fp16/bf16
-        autocast), ``channels_last``, ``compile`` (torch.compile), ``prefetch``. A setting the
+        autocast), ``channels_last``, ``compile`` (torch.compile), ``prefetch``, ``feather``
+        (cross-fade neighbouring tiles, default on), ``border_pad`` (mirror margin at the image
+        border, default 0). A setting the
         method does not use (``window`` for a model, ``weights`` or any option for a classical
         method, a misspelt name) is refused with a :class:`StackMFFError` naming it.
     """
