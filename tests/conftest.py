@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from pathlib import Path
 
@@ -60,3 +61,10 @@ def write_png_slices(folder: Path, slices: np.ndarray, names: list[str] | None =
 @pytest.fixture(name="write_png_slices")
 def write_png_slices_fixture():
     return write_png_slices
+
+
+def summary_counts(out: str) -> tuple[int, int, int]:
+    """(fused, skipped, failed) from the summary line `stackmff batch` prints."""
+    m = re.search(r"(\d+) fused, (\d+) skipped \(already done\), (\d+) failed", out)
+    assert m, out
+    return int(m[1]), int(m[2]), int(m[3])

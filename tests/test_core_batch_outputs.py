@@ -5,7 +5,6 @@ never fused as stacks; ``stackmff fuse`` warns when it writes next to its inputs
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from pathlib import Path
 
@@ -16,6 +15,8 @@ import tifffile
 from napari_stackmff import cli, load_stack
 from napari_stackmff.core.batch import beside_inputs, survey
 from napari_stackmff.core.io import input_files, result_paths
+
+from conftest import summary_counts  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -28,12 +29,6 @@ def _run(capsys, *argv) -> tuple[int, str, str]:
     code = cli.main(["-q", *map(str, argv)])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def _counts(out: str) -> tuple[int, int, int]:
-    m = re.search(r"(\d+) fused, (\d+) skipped \(already done\), (\d+) failed", out)
-    assert m, out
-    return int(m[1]), int(m[2]), int(m[3])
 
 
 @pytest.fixture
@@ -59,7 +54,7 @@ def test_fuse_into_the_tiffs_folder_warns_and_a_later_batch_skips_the_results(tm
     out = tmp_path / "out"
     code, stdout, err = _run(capsys, "batch", tiff_root, "-o", out, "--method", "variance")
     assert code == 0, stdout + err
-    assert _counts(stdout) == (3, 0, 0)  # a, b and scene: every real stack, no result taken for one
+    assert summary_counts(stdout) == (3, 0, 0)  # a, b and scene: every real stack, no result taken for one
     assert "FAILED" not in stdout and "holds a single image" not in stdout
     skipped = next(line for line in stdout.splitlines() if line.startswith("skipping"))
     assert "a_all_in_focus.tif" in skipped and "a.tif," not in skipped
@@ -69,20 +64,20 @@ def test_fuse_into_the_tiffs_folder_warns_and_a_later_batch_skips_the_results(tm
 
 def test_batch_writing_into_its_own_root_resumes_cleanly(capsys, tiff_root):
     code, stdout, err = _run(capsys, "batch", tiff_root, "-o", tiff_root, "--method", "variance")
-    assert code == 0 and _counts(stdout) == (3, 0, 0), stdout + err
+    assert code == 0 and summary_counts(stdout) == (3, 0, 0), stdout + err
     code, stdout, err = _run(capsys, "batch", tiff_root, "-o", tiff_root, "--method", "variance")
-    assert code == 0 and _counts(stdout) == (0, 3, 0), stdout + err
+    assert code == 0 and summary_counts(stdout) == (0, 3, 0), stdout + err
 
 
 def test_an_earlier_result_folder_inside_root_is_not_a_stack(tmp_path, capsys, tiff_root):
     code, stdout, _ = _run(capsys, "batch", tiff_root, "-o", tiff_root / "results_v1", "--method", "variance")
-    assert code == 0 and _counts(stdout) == (3, 0, 0)
+    assert code == 0 and summary_counts(stdout) == (3, 0, 0)
     # A second run with another output folder meets results_v1 (PNG previews and TIFFs) in the root.
     jobs, results = survey(tiff_root, exclude=[tmp_path / "out2"])
     assert sorted(j.name for j in jobs) == ["a", "b", "scene"]
     assert [p.name for p in results] == ["results_v1"]
     code, stdout, err = _run(capsys, "batch", tiff_root, "-o", tmp_path / "out2", "--method", "variance")
-    assert code == 0 and _counts(stdout) == (3, 0, 0), stdout + err
+    assert code == 0 and summary_counts(stdout) == (3, 0, 0), stdout + err
 
 
 def test_results_next_to_a_tiff_in_its_own_folder_do_not_join_the_stack(tmp_path, capsys, make_synth):
@@ -101,7 +96,7 @@ def test_results_next_to_a_tiff_in_its_own_folder_do_not_join_the_stack(tmp_path
 def test_a_single_image_tiff_that_is_not_ours_still_fails_clearly(tmp_path, capsys, tiff_root):
     tifffile.imwrite(tiff_root / "photo.tif", np.zeros((32, 32), np.uint8), photometric="minisblack")
     code, stdout, _ = _run(capsys, "batch", tiff_root, "-o", tmp_path / "out", "--method", "variance")
-    assert code == 1 and _counts(stdout) == (3, 0, 1)
+    assert code == 1 and summary_counts(stdout) == (3, 0, 1)
     assert "FAILED photo" in stdout and "holds a single image" in stdout
 
 

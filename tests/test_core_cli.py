@@ -16,6 +16,8 @@ from napari_stackmff import cli
 from napari_stackmff.core import synth
 from napari_stackmff.core.io import result_paths
 
+from conftest import summary_counts  # noqa: E402
+
 OUTPUT_KEYS = ("all_in_focus", "all_in_focus_png", "focus_map", "focus_map_png", "confidence", "info")
 
 
@@ -38,12 +40,6 @@ def _assert_one_error_line(err: str, *fragments: str) -> None:
     assert "Traceback" not in err
     for f in fragments:
         assert f in lines[0], (f, err)
-
-
-def _summary_counts(out: str) -> tuple[int, int, int]:
-    m = re.search(r"(\d+) fused, (\d+) skipped \(already done\), (\d+) failed", out)
-    assert m, out
-    return int(m[1]), int(m[2]), int(m[3])
 
 
 @pytest.fixture
@@ -127,7 +123,7 @@ def test_batch_resume_touch_and_overwrite(tmp_path, capsys, batch_root):
     out = tmp_path / "out"
     code, stdout, err = _run(capsys, "batch", batch_root, "-o", out, "--method", "variance")
     assert code == 0, err
-    assert _summary_counts(stdout) == (3, 0, 0)
+    assert summary_counts(stdout) == (3, 0, 0)
     for name in ("sceneA", "sceneB", "c"):
         for key in OUTPUT_KEYS:
             assert result_paths(out, name)[key].is_file(), (name, key)
@@ -138,14 +134,14 @@ def test_batch_resume_touch_and_overwrite(tmp_path, capsys, batch_root):
     # Re-run: everything is skipped, nothing rewritten.
     code, stdout, _ = _run(capsys, "batch", batch_root, "-o", out, "--method", "variance")
     assert code == 0
-    assert _summary_counts(stdout) == (0, 3, 0)
+    assert summary_counts(stdout) == (0, 3, 0)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
 
     # Different settings are a different job: redone.
     code, stdout, _ = _run(capsys, "batch", batch_root, "-o", out, "--method", "tenengrad")
-    assert _summary_counts(stdout) == (3, 0, 0)
+    assert summary_counts(stdout) == (3, 0, 0)
     code, stdout, _ = _run(capsys, "batch", batch_root, "-o", out, "--method", "tenengrad")
-    assert _summary_counts(stdout) == (0, 3, 0)
+    assert summary_counts(stdout) == (0, 3, 0)
 
     # Touch one slice of sceneB: only sceneB is fused again.
     slice2 = batch_root / "sceneB" / "2.png"
@@ -154,7 +150,7 @@ def test_batch_resume_touch_and_overwrite(tmp_path, capsys, batch_root):
     before = {n: result_paths(out, n)["info"].stat().st_mtime_ns for n in ("sceneA", "sceneB", "c")}
     code, stdout, _ = _run(capsys, "batch", batch_root, "-o", out, "--method", "tenengrad")
     assert code == 0
-    assert _summary_counts(stdout) == (1, 2, 0)
+    assert summary_counts(stdout) == (1, 2, 0)
     after = {n: result_paths(out, n)["info"].stat().st_mtime_ns for n in ("sceneA", "sceneB", "c")}
     assert after["sceneA"] == before["sceneA"] and after["c"] == before["c"]
     assert after["sceneB"] != before["sceneB"]
@@ -162,13 +158,13 @@ def test_batch_resume_touch_and_overwrite(tmp_path, capsys, batch_root):
     # A deleted output makes that stack redo.
     result_paths(out, "c")["focus_map_png"].unlink()
     code, stdout, _ = _run(capsys, "batch", batch_root, "-o", out, "--method", "tenengrad")
-    assert _summary_counts(stdout) == (1, 2, 0)
+    assert summary_counts(stdout) == (1, 2, 0)
     assert result_paths(out, "c")["focus_map_png"].is_file()
 
     # --overwrite redoes all.
     code, stdout, _ = _run(capsys, "batch", batch_root, "-o", out, "--method", "tenengrad", "--overwrite")
     assert code == 0
-    assert _summary_counts(stdout) == (3, 0, 0)
+    assert summary_counts(stdout) == (3, 0, 0)
     assert not any(".part" in p.name for p in out.iterdir())
 
 
@@ -178,7 +174,7 @@ def test_batch_with_a_corrupt_stack(tmp_path, capsys, batch_root):
     code, stdout, err = _run(capsys, "batch", batch_root, "-o", out, "--method", "variance")
     assert code == 1
     assert "Traceback" not in err and "Traceback" not in stdout
-    assert _summary_counts(stdout) == (2, 0, 1)
+    assert summary_counts(stdout) == (2, 0, 1)
     failed = [line for line in stdout.splitlines() if "FAILED" in line]
     assert len(failed) == 1 and "sceneB" in failed[0] and "3.png" in failed[0]
     for name in ("sceneA", "c"):
@@ -188,17 +184,17 @@ def test_batch_with_a_corrupt_stack(tmp_path, capsys, batch_root):
     # After a fix, only the broken one is redone.
     (batch_root / "sceneB" / "3.png").unlink()
     code, stdout, _ = _run(capsys, "batch", batch_root, "-o", out, "--method", "variance")
-    assert code == 0 and _summary_counts(stdout) == (1, 2, 0)
+    assert code == 0 and summary_counts(stdout) == (1, 2, 0)
 
 
 def test_batch_output_inside_root_is_not_taken_for_a_stack(tmp_path, capsys, batch_root):
     out = batch_root / "results"
     code, stdout, err = _run(capsys, "batch", batch_root, "-o", out, "--method", "variance")
     assert code == 0, stdout + err
-    assert _summary_counts(stdout) == (3, 0, 0)
+    assert summary_counts(stdout) == (3, 0, 0)
     code, stdout, err = _run(capsys, "batch", batch_root, "-o", out, "--method", "variance")
     assert code == 0, stdout + err
-    assert _summary_counts(stdout) == (0, 3, 0)
+    assert summary_counts(stdout) == (0, 3, 0)
 
 
 def test_batch_on_empty_or_missing_root(tmp_path, capsys):

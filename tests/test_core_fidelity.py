@@ -145,6 +145,14 @@ def test_cancel_already_set_raises_before_work(make_synth):
     assert calls == []
 
 
+def _run_python(code: str) -> dict[str, str]:
+    """Run ``code`` in a fresh interpreter on the code under test; its ``KEY:value`` lines as a dict."""
+    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return dict(line.split(":", 1) for line in out.stdout.splitlines() if ":" in line)
+
+
 def test_core_import_pulls_in_no_gui():
     code = (
         "import sys\n"
@@ -156,10 +164,7 @@ def test_core_import_pulls_in_no_gui():
         "print('GUI:' + ','.join(bad))\n"
         "print('CORE:' + napari_stackmff.core.__file__)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    lines = dict(line.split(":", 1) for line in out.stdout.splitlines() if ":" in line)
+    lines = _run_python(code)
     assert Path(lines["CORE"]).resolve().is_relative_to(SRC.resolve())  # really the code under test
     assert lines["GUI"] == "", f"importing the core pulled in GUI modules: {lines['GUI']}"
 
@@ -219,9 +224,6 @@ def test_cli_help_and_package_import_do_not_import_torch():
         "from napari_stackmff import fuse\n"
         "print('AFTER:' + str('torch' in sys.modules))\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    lines = dict(line.split(":", 1) for line in out.stdout.splitlines() if ":" in line)
+    lines = _run_python(code)
     assert lines["HEAVY"] == "", f"help imported {lines['HEAVY']}"
     assert lines["AFTER"] == "True"  # the public API still works, importing torch on first use

@@ -167,13 +167,11 @@ class FocalStack:
     def _checked(self, pixels: np.ndarray, z: int, t: int, window: tuple[slice, slice]) -> np.ndarray:
         """Refuse NaN/inf in pixels just read from lazy float data (in-memory arrays are checked whole
         when they are wrapped; lazy ones are checked tile by tile, as they are read)."""
-        if pixels.dtype.kind == "f" and type(self.data) is not np.ndarray and not np.isfinite(pixels).all():
-            bad = int(pixels.size - np.count_nonzero(np.isfinite(pixels)))
+        if pixels.dtype.kind == "f" and type(self.data) is not np.ndarray:
             ys, xs = window
-            at = f"slice {z}" + (f", time {t}" if self.has_time else "")
+            at = f" in slice {z}" + (f", time {t}" if self.has_time else "")
             area = f" (rows {ys.start or 0}:{ys.stop}, columns {xs.start or 0}:{xs.stop})" if ys.stop or xs.stop else ""
-            raise StackError(f"{self._where}{bad} pixel(s) are NaN or infinite in {at}{area}. Replace them "
-                             "(e.g. numpy.nan_to_num) before fusing.")
+            check_finite(pixels, self.source, at=at + area)
         return pixels
 
     def focus_window(self, z: int, t: int = 0, channel: int | None = None,
@@ -277,11 +275,12 @@ def as_focal_stack(
     return FocalStack(data=data, axes=axes, z_positions=z_positions, unit=unit, rgb=bool(rgb), source=source)
 
 
-def check_finite(data: np.ndarray, source: str | None = None) -> None:
-    """Refuse NaN/inf: they would silently win or lose every focus comparison."""
+def check_finite(data: np.ndarray, source: str | None = None, at: str = "") -> None:
+    """Refuse NaN/inf: they would silently win or lose every focus comparison. ``at`` says where
+    in the source (e.g. " in slice 3"), for data checked a tile at a time."""
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         where = f"{source}: " if source else ""
         raise StackError(
-            f"{where}{bad} pixel(s) are NaN or infinite. Replace them (e.g. numpy.nan_to_num) before fusing."
+            f"{where}{bad} pixel(s) are NaN or infinite{at}. Replace them (e.g. numpy.nan_to_num) before fusing."
         )
