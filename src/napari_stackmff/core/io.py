@@ -26,7 +26,7 @@ from .preview import colorize, focus_map_picture, to_uint8_preview  # noqa: F401
 from .stack import FocalStack, as_focal_stack, check_finite
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .fusion import FusionResult
+    from .result import FusionResult
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 TIFF_SUFFIXES = {".tif", ".tiff"}

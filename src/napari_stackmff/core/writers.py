@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from .errors import OutputError, StackMFFError
-from .fusion import ProgressFn, _check_cancel, iter_fused_tiles, plan_tile, prepare, sub_progress
+from .fusion import prepare
+from .pipeline import ProgressFn, check_cancel, iter_fused_tiles, plan_tile, sub_progress
 from .io import check_output_safe, input_files
 from .stack import FocalStack
 from .tiling import chunk_shape
@@ -329,7 +330,7 @@ def fuse_to_disk(
     timings: dict[str, float] = {"load_s": time.perf_counter() - t0, "focus_s": 0.0, "gather_s": 0.0, "write_s": 0.0}
     try:
         for t in range(T):
-            _check_cancel(cancel)
+            check_cancel(cancel)
             engine = engine0 if t == 0 else plan.make_engine(t)
             sub = sub_progress(progress, t, T, f" (t={t})" if T > 1 else "")
             for tl in iter_fused_tiles(stack, engine, t, side, overlap, progress=sub, cancel=cancel,

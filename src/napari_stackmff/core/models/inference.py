@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import StackMFFError
-from ..fusion import EstimateMessage, FusionCancelled, _Maps, finish_maps, iter_fused_tiles, plan_tile
+from ..pipeline import EstimateMessage, FocusMaps, FusionCancelled, finish_maps, iter_fused_tiles, plan_tile
 from ..prefetch import prefetch
 from ..stack import FocalStack
 from ..tiling import auto_tile_side, memory_budget
@@ -272,7 +272,7 @@ class ModelRunner:
         denoise: bool = True,
         progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
-    ) -> _Maps:
+    ) -> FocusMaps:
         """Whole-image maps of one time point, computed tile by tile."""
         engine = self.engine(stack, t, channel=channel, denoise=denoise)
         h, w = stack.yx_shape
@@ -285,9 +285,9 @@ class ModelRunner:
             focus[out.write] = torch.from_numpy(out.focus)
             conf[out.write] = torch.from_numpy(out.confidence)
         index = torch.round(focus).long().clamp(0, stack.n_slices - 1)
-        return _Maps(focus=focus, index=index, confidence=conf)
+        return FocusMaps(focus=focus, index=index, confidence=conf)
 
-    def _official_maps(self, stack: FocalStack, t: int, channel: int | None) -> _Maps:
+    def _official_maps(self, stack: FocalStack, t: int, channel: int | None) -> FocusMaps:
         """The published inference: luma/255, bilinear resize to a multiple of 32, batch min-max.
 
         Kept to compare against (and to reproduce the published outputs), not for real use. It
@@ -313,7 +313,7 @@ class ModelRunner:
         if prob.shape != (h, w):
             prob = F.interpolate(prob[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
         conf = ((prob - 1 / n) / (1 - 1 / n)).clamp(0, 1)
-        return _Maps(focus=focus, index=index, confidence=conf)
+        return FocusMaps(focus=focus, index=index, confidence=conf)
 
 
 class ModelEngine:
@@ -422,7 +422,7 @@ class ModelEngine:
 
     # ---------------------------------------------------------------- compute
     def maps(self, window: tuple[slice, slice], progress: ProgressFn | None,
-             cancel: threading.Event | None) -> _Maps:
+             cancel: threading.Event | None) -> FocusMaps:
         if cancel is not None and cancel.is_set():
             raise FusionCancelled()
         r = self.runner

@@ -1,0 +1,486 @@
+"""The model-agnostic tile pipeline that classical measures and networks both plug into.
+
+Data flows one way: stack -> focus images -> per-slice sharpness (classical) or logits (model)
+-> index map (+ sub-slice refinement, confidence) -> gather the original pixels. Gathering means
+every output pixel is a value that exists in some slice: 16-bit stays 16-bit, RGB stays RGB.
+
+Every method runs tile by tile (``core/tiling.py``): a tile is all slices of one (y, x) window
+with a margin, the method's maps are computed on it and only its centre is kept. For classical
+measures the margin covers the whole support of measure + fill + median, so the tiled result is
+bit-identical to the untiled one; the tile side comes from a memory budget, so memory is bounded
+by the tile, not by the image. Engines (:class:`ClassicalEngine`, the networks' ``ModelEngine``)
+import from here; :mod:`core.fusion` drives them and nothing here imports it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import classical
+from .errors import StackMFFError
+from .prefetch import prefetch
+from .stack import FocalStack
+from .tiling import Tile, auto_tile_side, balance_tile, iter_tiles, memory_budget, round_overlap
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+class FusionCancelled(Exception):
+    """Raised inside fuse() when the caller's cancel event is set."""
+
+
+class EstimateMessage(str):
+    """A progress message that also carries the run's time estimate (``seconds``).
+
+    Callers that only show text (the widget) see a normal message; the CLI reads ``seconds`` to
+    print it on its own line before a long wait. Appending a label (``sub_progress``) keeps it.
+    """
+
+    seconds: float
+
+    def __new__(cls, text: str, seconds: float) -> "EstimateMessage":
+        obj = super().__new__(cls, text)
+        obj.seconds = float(seconds)
+        return obj
+
+    def __add__(self, other: str) -> "EstimateMessage":
+        return EstimateMessage(str(self) + other, self.seconds)
+
+
+@dataclass
+class FocusMaps:
+    """Per time point: focus map (sub-slice), integer index and confidence, all (H, W)."""
+
+    focus: torch.Tensor
+    index: torch.Tensor
+    confidence: torch.Tensor
+
+
+# ----------------------------------------------------------------------------------- helpers
+def sub_progress(progress: ProgressFn | None, part: int, parts: int, label: str = "") -> ProgressFn | None:
+    """Progress of one part of a run (a time point, a tile) reported as progress of the whole run."""
+    if progress is None:
+        return None
+    report = progress
+
+    def sub(done: int, total: int, message: str) -> None:
+        report(part * total + done, parts * total, message + label)
+
+    return sub
+
+
+def check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise FusionCancelled()
+
+
+def _to_tensor(img: np.ndarray, device: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(img))
+    if device.type == "cuda":
+        t = t.pin_memory().to(device, non_blocking=True)
+    elif device.type != "cpu":
+        t = t.to(device)
+    return t
+
+
+_native_lock = threading.Lock()
+_native_users = 0
+_native_saved = True
+
+
+@contextmanager
+def native_cpu_conv(device: torch.device) -> Iterator[None]:
+    """Run CPU convolutions with ATen's kernels instead of oneDNN's while a focus measure runs.
+
+    oneDNN picks its 3x3 kernels by image size, so a tile could round differently from the whole
+    image (1e-7 relative) and flip near-ties; ATen's kernels compute each pixel the same way at
+    any size (and are faster for these small one-channel filters). Not for the wide fill blur:
+    ATen's im2col would need (taps x H x W) floats there, and oneDNN's 1-D kernels are
+    size-invariant (the tiling tests check it). The switch is process-wide, so it is
+    reference-counted across threads.
+    """
+    global _native_users, _native_saved
+    if device.type != "cpu":
+        yield
+        return
+    with _native_lock:
+        if _native_users == 0:
+            _native_saved = torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
+            torch._C._set_mkldnn_enabled(False)
+        _native_users += 1
+    try:
+        yield
+    finally:
+        with _native_lock:
+            _native_users -= 1
+            if _native_users == 0:
+                torch._C._set_mkldnn_enabled(_native_saved)
+
+
+#: Devillard's 19 compare-exchanges that leave the median of 9 values in position 4.
+_MED9 = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3), (5, 8), (4, 7),
+         (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2))
+
+
+def median3(x: torch.Tensor) -> torch.Tensor:
+    """3×3 median of an (H, W) map: removes isolated wrong picks without moving edges.
+
+    A min/max sorting network over the 9 shifted views: the same values as a sort-based median,
+    in ~11 maps of memory instead of a (H, W, 9) copy plus the sort's indices.
+    """
+    h, w = x.shape
+    p = F.pad(x[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
+    v = [p[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
+    for a, b in _MED9:
+        v[a], v[b] = torch.minimum(v[a], v[b]), torch.maximum(v[a], v[b])
+    return v[4].contiguous()
+
+
+def gaussian_radius(sigma: float) -> int:
+    """The blur kernel is cut at 3 sigma: its support is finite, so tiles can cover it exactly."""
+    return max(1, int(3 * sigma + 0.5))
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Near-Gaussian blur of an (H, W) map: three box filters of radius r/3 (r = 3 sigma).
+
+    Three boxes of width 2r/3+1 have the variance of the Gaussian and exactly its 3-sigma
+    support (so tiles still cover it), at O(1) per pixel instead of O(sigma): the fill's wide
+    blur was the single most expensive step of classical fusion on 2k images.
+    """
+    rb = max(1, gaussian_radius(sigma) // 3)
+    y = x[None, None]
+    for _ in range(3):
+        y = classical.box_mean(y.contiguous(), 2 * rb + 1)
+    return y[0, 0]
+
+
+def fill_low_confidence(focus: torch.Tensor, conf: torch.Tensor, threshold: float, sigma: float) -> torch.Tensor:
+    """Where no slice clearly wins (flat, textureless areas) take the focus of confident neighbours.
+
+    Normalised convolution: blur(conf·focus)/blur(conf), blended in as confidence drops below
+    ``threshold``. Textured pixels keep their own decision; flat ones (which look the same in
+    every slice anyway) stop producing salt-and-pepper in the focus map.
+    """
+    if threshold <= 0:
+        return focus
+    w = conf * conf
+    num = gaussian_blur(w * focus, sigma)
+    den = gaussian_blur(w, sigma)
+    filled = torch.where(den > 1e-12, num / den.clamp_min(1e-12), focus)
+    alpha = (conf / threshold).clamp(0, 1)
+    return alpha * focus + (1 - alpha) * filled
+
+
+# ------------------------------------------------------------------------- classical path
+def classical_maps(
+    focus_images: Callable[[int], np.ndarray],
+    n: int,
+    method: str,
+    device: torch.device,
+    *,
+    window: int = classical.DEFAULT_WINDOW,
+    fill_threshold: float = 0.25,
+    denoise: bool = True,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+) -> FocusMaps:
+    """Streaming argmax over slices: memory is O(H·W), whatever the number of slices.
+
+    Keeps the best score, its index and the scores of its two neighbours, so the sub-slice
+    peak (a parabola through three points) comes without holding the (N, H, W) volume.
+    """
+    # The next slice is read (disk, luma) while this one is measured.
+    images = prefetch((focus_images(z) for z in range(n)), depth=2)
+    with torch.no_grad():
+        return _classical_stream(images, n, method, device, window=window, fill_threshold=fill_threshold,
+                                 denoise=denoise, progress=progress, cancel=cancel)
+
+
+def _classical_stream(images: Iterator[np.ndarray], n: int, method: str, device: torch.device, *, window: int,
+                      fill_threshold: float, denoise: bool, progress: ProgressFn | None,
+                      cancel: threading.Event | None) -> FocusMaps:
+    best = left = right = prev = total = None
+    idx: torch.Tensor | None = None
+    try:
+        for z in range(n):
+            check_cancel(cancel)
+            x = _to_tensor(next(images), device)
+            with native_cpu_conv(device):
+                f = classical.focus_measure(x[None, None], method, window)[0, 0]
+            if best is None:
+                best, idx = f.clone(), torch.zeros(f.shape, dtype=torch.int32, device=device)
+                left = torch.full_like(f, float("nan"))
+                right = torch.full_like(f, float("nan"))
+                total = f.clone()
+            else:
+                # In place, no temporaries: at 2k×2k each allocation costs as much as the arithmetic.
+                torch.where(idx == z - 1, f, right, out=right)
+                new = f > best
+                torch.where(new, prev, left, out=left)
+                right.masked_fill_(new, float("nan"))
+                idx.masked_fill_(new, z)
+                torch.maximum(best, f, out=best)
+                total += f
+            prev = f
+            if progress is not None:
+                progress(z + 1, n, "measuring focus")
+    finally:
+        images.close()  # type: ignore[attr-defined]
+    assert best is not None and idx is not None
+    # Sub-slice peak: vertex of the parabola through (z-1, z, z+1); none at the stack's ends.
+    denom = left - 2 * best + right
+    offset = 0.5 * (left - right) / torch.where(denom.abs() > 1e-20, denom, torch.ones_like(denom))
+    offset = torch.nan_to_num(offset, nan=0.0).clamp(-0.5, 0.5)
+    offset = torch.where(denom < 0, offset, torch.zeros_like(offset))
+    focus = idx.to(best.dtype) + offset
+    mean = total / n
+    conf = ((1 - mean / best.clamp_min(1e-20)) * (n / (n - 1))).clamp(0, 1)
+    conf = torch.where(best > 1e-12, conf, torch.zeros_like(conf))
+    return finish_maps(focus, conf, n, window=window, fill_threshold=fill_threshold, denoise=denoise)
+
+
+def finish_maps(
+    focus: torch.Tensor, conf: torch.Tensor, n: int, *, window: int, fill_threshold: float, denoise: bool
+) -> FocusMaps:
+    """Shared clean-up of a raw focus map: low-confidence fill, 3×3 median, integer index."""
+    if denoise:
+        focus = fill_low_confidence(focus, conf, fill_threshold, sigma=2.0 * window)
+        focus = median3(focus)
+    focus = focus.clamp(0, n - 1)
+    index = torch.round(focus).long().clamp(0, n - 1)
+    return FocusMaps(focus=focus, index=index, confidence=conf)
+
+
+# ---------------------------------------------------------------------------------- gather
+def gather(stack: FocalStack, index: np.ndarray, t: int = 0) -> np.ndarray:
+    """All-in-focus image: each pixel copied from the slice ``index`` names (dtype kept)."""
+    h, w = stack.yx_shape
+    return gather_window(stack, index, t, (slice(0, h), slice(0, w)))
+
+
+def gather_window(stack: FocalStack, index: np.ndarray, t: int, window: tuple[slice, slice]) -> np.ndarray:
+    """All-in-focus pixels of one (y, x) window; ``index`` has the window's shape.
+
+    In-memory arrays gather in one vectorised step; lazy data (memmap/zarr/dask) is read slice
+    by slice, only the window and only the slices some pixel uses: O(window) memory.
+    """
+    data = stack.data
+    ys, xs = window
+    if isinstance(data, np.ndarray):
+        sub = data[t, :, ys, xs] if stack.has_time else data[:, ys, xs]
+        idx = index[None, ..., None] if stack.has_channels else index[None]
+        return np.take_along_axis(sub, idx, axis=0)[0]
+    out = np.empty(index.shape + ((stack.n_channels,) if stack.has_channels else ()), dtype=stack.dtype)
+    for z in np.unique(index):
+        mask = index == z
+        out[mask] = stack.read_window(int(z), t, window)[mask]
+    return out
+
+
+def height_from_focus(stack: FocalStack, focus: np.ndarray) -> np.ndarray | None:
+    """Focus map (slice units) -> physical z, interpolating between (possibly uneven) positions."""
+    if stack.z_positions is None:
+        return None
+    z = stack.z_positions
+    return np.interp(focus, np.arange(len(z)), z).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------- tiling
+#: Radius of each classical measure's footprint for window w: w//2 for the box mean, plus the
+#: 3x3 derivative (laplacian, tenengrad) or the three à-trous levels (5 taps at dilation 1, 2, 4).
+_MEASURE_RADIUS = {"variance": 0, "laplacian": 1, "tenengrad": 1, "wavelet": 2 + 4 + 8}
+#: Peak working bytes per tile pixel of the classical path (float32 maps, streaming state,
+#: fill and median temporaries, read-ahead), measured on the wavelet path with margin.
+CLASSICAL_BYTES_PER_PIXEL = 256
+
+
+def classical_support(method: str, window: int, *, denoise: bool = True, fill_threshold: float = 0.25) -> int:
+    """Pixels beyond which input changes cannot reach an output pixel: measure + fill + median.
+
+    A tile margin of at least this makes tiled classical fusion exactly equal to untiled.
+    """
+    r = _MEASURE_RADIUS[method] + (int(window) | 1) // 2
+    if denoise:
+        if fill_threshold > 0:
+            r += gaussian_radius(2.0 * window)
+        r += 1  # median3
+    return r
+
+
+class TileEngine(Protocol):
+    """Computes finished focus maps of one time point on any (y, x) window of the stack."""
+
+    overlap: int  # margin a tile needs on each side
+    min_overlap: int  # the least margin a small user tile may shrink it to (= overlap when exactness needs it)
+    single_tile: bool  # the method is global (e.g. the official resize inference): never tile
+    feather: int  # px over which a tile's maps fade into its upper/left neighbour's (0: exact centre crop)
+    estimate_s: float | None  # the run's estimated seconds, once the engine could tell (None: not estimated)
+
+    def bytes_per_pixel(self) -> float:
+        """Peak working memory per tile pixel, to size tiles from a budget."""
+
+    def schedule(self, windows: Sequence[tuple[slice, slice]]) -> None:
+        """The read windows about to be asked for, in order (lets an engine read ahead)."""
+
+    def close(self) -> None:
+        """Stop any read-ahead."""
+
+    def maps(self, window: tuple[slice, slice], progress: ProgressFn | None,
+             cancel: threading.Event | None) -> FocusMaps:
+        """Finished maps on the read window (its borders are cropped off by the caller)."""
+
+
+class ClassicalEngine:
+    """A classical focus measure on tiles: all slices of the window, streamed one at a time."""
+
+    single_tile = False
+    feather = 0  # tiles are exact: nothing to blend
+    estimate_s = None  # classical runs take seconds: nothing to warn about
+
+    def __init__(self, stack: FocalStack, t: int, method: str, device: torch.device, *, channel: int | None,
+                 window: int, denoise: bool, fill_threshold: float = 0.25) -> None:
+        self.stack, self.t, self.method, self.device = stack, t, method, device
+        self.channel, self.window, self.denoise, self.fill_threshold = channel, window, denoise, fill_threshold
+        self.overlap = classical_support(method, window, denoise=denoise, fill_threshold=fill_threshold)
+        self.min_overlap = self.overlap  # less would break exactness
+
+    def bytes_per_pixel(self) -> float:
+        return CLASSICAL_BYTES_PER_PIXEL
+
+    def schedule(self, windows: Sequence[tuple[slice, slice]]) -> None:
+        """Nothing to do: slices are read ahead within each tile instead."""
+
+    def close(self) -> None:
+        pass
+
+    def maps(self, window: tuple[slice, slice], progress: ProgressFn | None,
+             cancel: threading.Event | None) -> FocusMaps:
+        read = lambda z: self.stack.focus_window(z, self.t, self.channel, window)  # noqa: E731
+        return classical_maps(read, self.stack.n_slices, self.method, self.device, window=self.window,
+                              fill_threshold=self.fill_threshold, denoise=self.denoise, progress=progress,
+                              cancel=cancel)
+
+
+@dataclass
+class TileOutput:
+    """One tile's share of the result: where it goes and its pixels there."""
+
+    write: tuple[slice, slice]
+    all_in_focus: np.ndarray
+    focus: np.ndarray  # float32, slice units
+    confidence: np.ndarray  # float32
+
+
+def plan_tile(stack: FocalStack, engine: TileEngine, device: torch.device, tile: int | None = None,
+              budget: int | None = None) -> tuple[int, int]:
+    """(tile side, overlap) for this engine: the user's tile, or the largest that fits the budget."""
+    h, w = stack.yx_shape
+    if engine.single_tile:
+        return max(h, w), 0
+    overlap = round_overlap(engine.overlap)
+    if tile is None:
+        gather_bytes = stack.dtype.itemsize * stack.n_channels * 2 + 12  # gathered + focus/conf out
+        budget = memory_budget(str(device)) if budget is None else int(budget)
+        tile = auto_tile_side(engine.bytes_per_pixel() + gather_bytes, budget, overlap=overlap)
+        tile = balance_tile(h, w, tile, overlap)
+    tile = int(tile)
+    if tile < max(h, w) and tile - 2 * overlap < 64:
+        # A small tile asked for: models may give up some margin, exact methods may not.
+        overlap = max(round_overlap(engine.min_overlap), (tile - 64) // 2 // 16 * 16)
+        if tile - 2 * overlap < 16:
+            raise StackMFFError(f"tile {tile} is too small for this method's {overlap} px overlap; use tile >= "
+                                f"{2 * overlap + 32} (or leave it to choose from memory).")
+    return tile, overlap
+
+
+class TileFeather:
+    """Cross-fades each tile's maps into its upper and left neighbours' over ``band`` pixels.
+
+    Why: a network's tiles disagree slightly (V2 normalises each tile by its own statistics), and
+    hard centre-crop stitching turns that into a step (a seam) at every tile boundary. The blend
+    sits at the start of each tile's write window, where the earlier neighbour's read margin
+    still covers it: tiles come in row-major order, so every output pixel is still written once,
+    by its own tile, and one tile's maps are enough. A raised-cosine ramp goes from the
+    neighbour (at the boundary, continuing its side) to this tile; rows are blended first, then
+    the row of tiles above, so corners are covered.
+    """
+
+    def __init__(self, band: int, width: int) -> None:
+        self.band = band
+        self.ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(band) + 0.5) / band)).astype(np.float32)
+        self._left: np.ndarray | None = None  # (2, read rows, band): previous tile's maps right of its write
+        self._above = np.zeros((2, band, width), np.float32)  # row of tiles above: maps below its write
+        self._below = np.zeros((2, band, width), np.float32)  # filled by this row of tiles
+
+    def _fade(self, old: np.ndarray, new: np.ndarray, axis: int) -> None:
+        """new[..., :k] (along ``axis``) <- ramp-weighted mix of old and new, in place."""
+        k = min(self.band, new.shape[axis], old.shape[axis])
+        r = self.ramp[:k] if axis == -1 else self.ramp[:k, None]
+        sl = (..., slice(0, k)) if axis == -1 else (..., slice(0, k), slice(None))
+        new[sl] = old[sl] + r * (new[sl] - old[sl])
+
+    def blend(self, tl: Tile, maps: np.ndarray) -> np.ndarray:
+        """(2, read h, read w) focus and confidence of tile ``tl`` -> blended (2, write h, write w)."""
+        (ys, xs), (wy, wx), (cy, cx) = tl.read, tl.write, tl.crop
+        band = self.band
+        rows = maps[:, :, cx].copy()  # this tile's columns over all its read rows
+        if wx.start > 0 and self._left is not None:
+            self._fade(self._left, rows, -1)
+        self._left = maps[:, :, cx.stop:cx.stop + band].copy() if wx.stop < xs.stop else None
+        out = rows[:, cy]
+        if wy.start > 0:
+            self._fade(self._above[:, :, wx], out, -2)
+        below = rows[:, cy.stop:cy.stop + band]
+        self._below[:, :below.shape[1], wx] = below
+        if wx.stop == self._above.shape[-1]:  # end of a row of tiles
+            self._above, self._below = self._below, self._above
+        return out
+
+
+def iter_fused_tiles(stack: FocalStack, engine: TileEngine, t: int, tile: int, overlap: int, *,
+                     progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+                     timings: dict[str, float] | None = None) -> Iterator[TileOutput]:
+    """Fuse one time point tile by tile (row-major); only one tile's data is in memory at a time.
+
+    An engine that estimates the run time (a model, after its first tile) reports it through
+    ``progress`` and in ``timings["estimate_s"]``. Tiles of engines with ``feather`` are
+    cross-faded (:class:`TileFeather`).
+    """
+    h, w = stack.yx_shape
+    tiles = list(iter_tiles(h, w, tile, overlap))
+    timings = {} if timings is None else timings
+    band = min(engine.feather, overlap)
+    feather = TileFeather(band, w) if band > 0 and len(tiles) > 1 else None
+    engine.schedule([tl.read for tl in tiles])
+    try:
+        for i, tl in enumerate(tiles):
+            check_cancel(cancel)
+            sub = sub_progress(progress, i, len(tiles), f" (tile {i + 1}/{len(tiles)})" if len(tiles) > 1 else "")
+            t1 = time.perf_counter()
+            maps = engine.maps(tl.read, sub, cancel)
+            if feather is None:
+                index = maps.index[tl.crop].cpu().numpy()
+                focus = maps.focus[tl.crop].float().cpu().numpy()
+                conf = maps.confidence[tl.crop].float().cpu().numpy()
+            else:
+                focus, conf = feather.blend(tl, torch.stack((maps.focus, maps.confidence)).float().cpu().numpy())
+                index = np.rint(focus).astype(np.int64).clip(0, stack.n_slices - 1)
+            del maps
+            if engine.estimate_s is not None:
+                timings["estimate_s"] = engine.estimate_s
+            t2 = time.perf_counter()
+            aif = gather_window(stack, index, t, tl.write)
+            timings["focus_s"] = timings.get("focus_s", 0.0) + t2 - t1
+            timings["gather_s"] = timings.get("gather_s", 0.0) + time.perf_counter() - t2
+            yield TileOutput(write=tl.write, all_in_focus=aif, focus=focus, confidence=conf)
+    finally:
+        engine.close()
