@@ -13,6 +13,7 @@ pytest.importorskip("napari_stackmff.core.train", reason="core/train.py is not t
 
 from napari_fixtures import isolated_settings, stackmff_plugin, wait_idle  # noqa: E402,F401
 
+from qtpy.QtCore import Qt  # noqa: E402
 from qtpy.QtWidgets import QLineEdit  # noqa: E402
 
 from napari_stackmff._widgets import FusionWidget, TrainingWidget  # noqa: E402
@@ -161,3 +162,44 @@ def test_stop_keeps_a_checkpoint(make_napari_viewer, qtbot, isolated_settings, t
     assert trainer.result is not None and trainer.result.stopped
     assert (tmp_path / "stopped.pt").is_file() and trainer.registered_label is not None
     assert trainer.start_button.isEnabled() and not trainer.stop_button.isEnabled()
+
+
+def test_unsupervised_run_on_open_layers(make_napari_viewer, qtbot, isolated_settings, tmp_path):
+    """A lab's own stack, no labels: pick the open layers, the form switches to the unsupervised
+    fine-tuning of the shipped weights, the run learns, and the result joins the fusion methods."""
+    import torch
+
+    viewer = make_napari_viewer()
+    s = synth.make_sample("cells", n=6, size=64, seed=5)
+    viewer.add_image(s.slices, name="my stack")
+    viewer.add_image(s.aif, name="one image")  # 2-D: not a stack, not listed
+    trainer = TrainingWidget(viewer)
+    qtbot.addWidget(trainer)
+    names = [trainer.layer_list.item(i).text() for i in range(trainer.layer_list.count())]
+    assert names == ["my stack"]
+    trainer.source_combo.setCurrentIndex(trainer.source_combo.findData("layers"))
+    assert trainer.objective_combo.currentData() == "unsupervised" and not trainer.objective_combo.isEnabled()
+    assert trainer.init_combo.currentData() == "shipped"
+    assert trainer.epochs_spin.value() == 4 and trainer.crop_spin.value() == 64  # the short CPU budget
+    assert trainer.layer_list.isVisibleTo(trainer) and trainer.folder_edit.isHidden()
+
+    ckpt = tmp_path / "mine.pt"
+    trainer.checkpoint_edit.setText(str(ckpt))
+    trainer.start(**{**TINY, "n_range": (3, 6)})
+    assert trainer.running
+    wait_idle(qtbot, trainer, timeout=120_000)
+    assert trainer.result is not None and not trainer.result.stopped, trainer.status.text()
+    assert len(trainer.plot.train) == TINY["steps_per_epoch"] and np.isfinite(trainer.plot.train[-1][1])
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert state["config"]["data"] == ["layer:my stack"] and state["config"]["objective"] == "unsupervised"
+    assert state["config"]["init_weights"] == str(registry.shipped_weights("stackmff-v2"))
+    shipped = torch.load(registry.shipped_weights("stackmff-v2"), map_location="cpu", weights_only=True)["state_dict"]
+    moved = max(float((state["state_dict"][k].float() - v.float()).abs().max()) for k, v in shipped.items())
+    assert 0 < moved < 0.05  # fine-tuned: changed, but not re-learnt from scratch
+    assert trainer.registered_label in registry.user_weights()
+    # The new checkpoint can seed the next run.
+    assert trainer.init_combo.findData(f"user:{trainer.registered_label}") >= 0
+
+    trainer.layer_list.item(0).setCheckState(Qt.CheckState.Unchecked)  # nothing ticked: one clear line, no run
+    trainer.start()
+    assert not trainer.running and "Tick at least one" in trainer.status.text()

@@ -185,7 +185,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(model=args.model, device=args.device, seed=args.seed, checkpoint=str(args.checkpoint),
                       resume=args.resume, lr_gamma=args.lr_gamma, pool_size=args.pool_size,
                       pool_refresh_every=args.refresh_every, noise=not args.no_noise,
-                      clean_fraction=args.clean_fraction, objective=args.objective, max_side=args.max_side, **s)
+                      clean_fraction=args.clean_fraction, objective=args.objective, max_side=args.max_side,
+                      realism=[e for e in args.realism.split(",") if e], realism_p=args.realism_p,
+                      render_workers=args.render_workers, **s)
     bar = tqdm(total=cfg.epochs * cfg.steps_per_epoch, desc=f"training {args.model}", unit="batch",
                disable=args.quiet)
 
@@ -266,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-max", type=int, default=24)
     p.set_defaults(func=cmd_synth)
 
-    from .core.defaults import MAX_SIDE, TRAIN_OBJECTIVES, UNSUPERVISED_DEFAULTS as U
+    from .core.defaults import MAX_SIDE, REALISM_EFFECTS, TRAIN_OBJECTIVES, UNSUPERVISED_DEFAULTS as U
 
     p = sub.add_parser("train", help="train a focus model (synthetic data by default)",
                        description="Train a focus model. Defaults are given as 'A; unsupervised: B' where the "
@@ -291,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-noise", action="store_true", help="synthetic data without sensor noise")
     p.add_argument("--clean-fraction", type=float, default=0.0,
                    help="share of synthetic stacks (training and validation) rendered without sensor noise")
+    p.add_argument("--realism", default="", metavar="EFFECTS",
+                   help="real-optics effects in the synthetic renders, comma-separated: "
+                        f"{','.join(REALISM_EFFECTS)} (default none)")
+    p.add_argument("--realism-p", type=float, default=0.5, help="chance of each --realism effect per stack")
+    p.add_argument("--render-workers", type=int, default=0,
+                   help="processes rendering synthetic stacks, so a GPU never waits for data (default 0: in "
+                        "the training loop, exactly reproducible)")
     p.add_argument("--init-weights", default=None, metavar="PATH",
                    help="start from these weights (fine-tuning); 'none' = from scratch (default: from scratch; "
                         "unsupervised: our shipped weights)")

@@ -1,4 +1,5 @@
-"""The training widget: train a focus network on synthetic stacks or a folder dataset.
+"""The training widget: train a focus network on synthetic stacks, a folder dataset, or the image
+layers open in napari (unlabelled: the unsupervised objective adapts a model to your own microscope).
 
 Thin over ``core.train.train``: the loop runs in a worker thread and reports each batch and
 epoch through its callback; the events reach the UI thread as Qt signals and move two progress
@@ -16,20 +17,45 @@ from pathlib import Path
 from typing import Any
 
 import napari
+from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                            QProgressBar, QPushButton, QSpinBox, QToolButton, QVBoxLayout, QWidget)
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
+                            QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QProgressBar, QPushButton, QSpinBox,
+                            QToolButton, QVBoxLayout, QWidget)
 
+from .._layerdata import guess_layer_axes, layer_to_stack
+from ..core.defaults import UNSUPERVISED_DEFAULTS
 from ..core.devices import available_devices
 from ..core.errors import StackMFFError
 from ..core.models import registry
 from . import _settings
+from ._layers import connect_layer_list, is_result
 from ._layout import PathEdit, VerticalScroll
 from ._plot import LossPlot
 from ._worker import run_in_thread, user_message
 
 GROUP = "training"
 SYNTHETIC = "synthetic"
+LAYERS = "layers"
+#: "Start from" entries that are not a registered checkpoint.
+SCRATCH, SHIPPED = "scratch", "shipped"
+
+
+def is_stack_layer(layer: Any) -> bool:
+    """Image layers the unsupervised objective can train on: at least 2 slices."""
+    if not isinstance(layer, Image) or is_result(layer):
+        return False
+    rgb = int(bool(layer.rgb))
+    return layer.data.ndim - rgb >= 3 and layer.data.shape[-3 - rgb] >= 2  # Z is the third axis from the end
+
+
+def layer_stack(layer: Any) -> Any:
+    """The FocalStack of an image layer (axes from our metadata, else the likeliest reading)."""
+    meta = layer.metadata.get("stackmff") or {}
+    axes = guess_layer_axes(layer.data.ndim - (1 if layer.rgb else 0), layer.rgb, layer.metadata)
+    return layer_to_stack(layer.data, axes, rgb=layer.rgb, z_positions=meta.get("z_positions"),
+                          source=f"layer '{layer.name}'")
 
 
 def _spin(lo: int, hi: int, value: int, step: int = 1, suffix: str = "") -> QSpinBox:
@@ -57,11 +83,18 @@ def _defaults() -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
 
-def run_training(config: Any, stop: threading.Event, emit: Any) -> Any:
+def _quietly(call: Any) -> None:
+    try:
+        call()
+    except Exception:  # the viewer may be gone already
+        pass
+
+
+def run_training(config: Any, stop: threading.Event, emit: Any, stacks: list | None = None) -> Any:
     """The worker body: core.train with every TrainEvent relayed to the UI thread."""
     from ..core.train import train
 
-    return train(config, callback=emit, stop=stop)
+    return train(config, callback=emit, stop=stop, stacks=stacks)
 
 
 class TrainingWidget(QWidget):
@@ -95,8 +128,17 @@ class TrainingWidget(QWidget):
         self.source_combo = _combo()
         self.source_combo.addItem("Synthetic stacks", SYNTHETIC)
         self.source_combo.addItem("Folder dataset", "folder")
+        self.source_combo.addItem("Open image layers", LAYERS)
         self.source_combo.setToolTip("Synthetic: focal stacks rendered from random scenes, true focus known.\n"
-                                     "Folder: stacks/<scene>/1.png… with depth_maps/<scene>.png.")
+                                     "Folder: stacks/<scene>/1.png… with depth_maps/<scene>.png (unsupervised: any "
+                                     "folder of stacks).\nOpen image layers: your own stacks, no labels needed: "
+                                     "a short unsupervised\nfine-tuning of the shipped weights (a few minutes on a "
+                                     "CPU for one stack).")
+        self.layer_list = QListWidget()
+        self.layer_list.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.layer_list.setMaximumHeight(90)
+        self.layer_list.setToolTip("Ticked image stacks are used for training (the first time point of a series).")
+        self.layer_label = QLabel("Layers")
         self.folder_edit = PathEdit()
         self.folder_edit.setPlaceholderText("stacks/ + depth_maps/")
         self.folder_button = QToolButton()
@@ -120,6 +162,7 @@ class TrainingWidget(QWidget):
         self.val_spin.setToolTip("Held-out synthetic stacks scored after every epoch.")
         form.addRow("Source", self.source_combo)
         form.addRow(self.folder_label, f_row)
+        form.addRow(self.layer_label, self.layer_list)
         form.addRow(self.n_label, self.n_min)
         form.addRow(self.n_max_label, self.n_max)
         form.addRow(self.pool_label, self.pool_spin)
@@ -149,13 +192,21 @@ class TrainingWidget(QWidget):
         self.objective_combo = _combo()
         self.objective_combo.addItem("hybrid", "hybrid")  # short: the closed box shows it whole; tooltip explains
         self.objective_combo.addItem("depth (published)", "depth")
+        self.objective_combo.addItem("unsupervised", "unsupervised")
         self.objective_combo.setToolTip(
             "hybrid: the published depth regression plus a cross-entropy on the in-focus slice and an image\n"
             "term against the all-in-focus truth (needs it: synthetic data, or an aif/ folder); the\n"
-            "checkpoint is then read out by argmax. depth: the published objective only.")
+            "checkpoint is then read out by argmax. depth: the published objective only.\n"
+            "unsupervised: no labels (Fusion2Void-style: an inpainter restores dropped patches of the slices\n"
+            "from the fused image); trains on your own stacks.")
+        self.init_combo = _combo()
+        self.init_combo.setToolTip("Weights the run starts from: random (from scratch), our shipped weights, or a\n"
+                                   "checkpoint trained earlier (fine-tuning).")
+        self._fill_init_combo()
         self.objective_combo.setCurrentIndex(max(0, self.objective_combo.findData(d.get("objective", "hybrid"))))
         form.addRow("Model", self.model_combo)
         form.addRow("Objective", self.objective_combo)
+        form.addRow("Start from", self.init_combo)
         form.addRow("Epochs", self.epochs_spin)
         form.addRow("Steps/epoch", self.steps_spin)
         form.addRow("Batch size", self.batch_spin)
@@ -195,6 +246,11 @@ class TrainingWidget(QWidget):
         root.addWidget(self.plot, 1)
 
         self.source_combo.currentIndexChanged.connect(self._on_source_changed)
+        self.objective_combo.currentIndexChanged.connect(self._on_objective_changed)
+        self._disconnect_layers = connect_layer_list(self.viewer, self._refresh_layers)
+        self.destroyed.connect(lambda *_: _quietly(self._disconnect_layers))
+        _settings.hub().weights_changed.connect(self._fill_init_combo)
+        self._refresh_layers()
         self.folder_button.clicked.connect(self._browse_folder)
         self.checkpoint_button.clicked.connect(self._browse_checkpoint)
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
@@ -214,7 +270,7 @@ class TrainingWidget(QWidget):
             spin.setValue(_settings.load(GROUP, name, spin.value()))
         self.lr_spin.setValue(_settings.load(GROUP, "lr", self.lr_spin.value()))
         for combo, key in ((self.source_combo, "source"), (self.model_combo, "model"),
-                           (self.objective_combo, "objective")):
+                           (self.objective_combo, "objective"), (self.init_combo, "init")):
             i = combo.findData(_settings.load(GROUP, key, combo.currentData()))
             combo.setCurrentIndex(max(i, 0))
         i = self.device_combo.findText(_settings.load(GROUP, "device", "auto"))
@@ -229,7 +285,8 @@ class TrainingWidget(QWidget):
         values: dict[str, Any] = {name: getattr(self, name).value() for name in self._SPINS}
         values.update(lr=self.lr_spin.value(), source=self.source_combo.currentData(),
                       model=self.model_combo.currentData(), device=self.device_combo.currentText(),
-                      objective=self.objective_combo.currentData(), folder=self.folder_edit.text(),
+                      objective=self.objective_combo.currentData(), init=self.init_combo.currentData(),
+                      folder=self.folder_edit.text(),
                       checkpoint_dir=str(Path(self.checkpoint_edit.text()).expanduser().parent))
         _settings.save(GROUP, values)
 
@@ -244,6 +301,7 @@ class TrainingWidget(QWidget):
         if path.name.startswith(f"{self._model}-"):
             self.checkpoint_edit.setText(str(path.with_name(self._default_name(new))))
         self._model = new
+        self._fill_init_combo()
 
     def _show_schedule(self, *_: Any) -> None:
         """Before a run the bars read 0 / Epochs and 0 / Steps per epoch, as the form says."""
@@ -254,11 +312,72 @@ class TrainingWidget(QWidget):
             bar.setValue(0)
 
     def _on_source_changed(self, *_: Any) -> None:
-        synthetic = self.source_combo.currentData() == SYNTHETIC
+        source = self.source_combo.currentData()
+        synthetic, layers = source == SYNTHETIC, source == LAYERS
         for w in (self.folder_label, self.folder_edit, self.folder_button):
-            w.setVisible(not synthetic)
-        for w in (self.n_label, self.n_max_label, self.n_min, self.n_max, self.pool_label, self.pool_spin):
+            w.setVisible(source == "folder")
+        for w in (self.layer_label, self.layer_list):
+            w.setVisible(layers)
+        for w in (self.pool_label, self.pool_spin):
             w.setEnabled(synthetic)
+        unsupervised = self.objective_combo.currentData() == "unsupervised"
+        for w in (self.n_label, self.n_max_label, self.n_min, self.n_max):  # slice subsets: synthetic or own stacks
+            w.setEnabled(synthetic or unsupervised)
+        self.objective_combo.setEnabled(not layers)
+        if layers and not unsupervised:  # open layers carry no labels
+            self.objective_combo.setCurrentIndex(self.objective_combo.findData("unsupervised"))
+
+    def _on_objective_changed(self, *_: Any) -> None:
+        """The unsupervised objective is a short fine-tuning: its own budget, from the shipped weights."""
+        if self.objective_combo.currentData() == "unsupervised":
+            d = UNSUPERVISED_DEFAULTS
+            for spin, key in ((self.epochs_spin, "epochs"), (self.steps_spin, "steps_per_epoch"),
+                              (self.batch_spin, "batch_size"), (self.crop_spin, "crop"), (self.val_spin, "val_stacks")):
+                spin.setValue(int(d[key]))
+            self.lr_spin.setValue(float(d["lr"]))
+            self.n_max.setValue(int(d["n_range"][1]))
+            self.n_min.setValue(int(d["n_range"][0]))
+            if self.init_combo.currentData() == SCRATCH and self.init_combo.findData(SHIPPED) >= 0:
+                self.init_combo.setCurrentIndex(self.init_combo.findData(SHIPPED))
+        self._on_source_changed()
+
+    def _fill_init_combo(self, *_: Any) -> None:
+        """Scratch, the shipped weights (when there are any) and every registered checkpoint."""
+        current = self.init_combo.currentData()
+        self.init_combo.blockSignals(True)
+        self.init_combo.clear()
+        self.init_combo.addItem("random (scratch)", SCRATCH)
+        if registry.shipped_weights(self.model_combo.currentData() or registry.model_names()[0]) is not None:
+            self.init_combo.addItem("shipped weights", SHIPPED)
+        for label, (model, path) in registry.user_weights().items():
+            self.init_combo.addItem(label, f"user:{label}")
+            self.init_combo.setItemData(self.init_combo.count() - 1, str(path), Qt.ItemDataRole.ToolTipRole)
+        self.init_combo.setCurrentIndex(max(0, self.init_combo.findData(current)))
+        self.init_combo.blockSignals(False)
+
+    def _refresh_layers(self, *_: Any) -> None:
+        """List the open image stacks; ticks are kept by name, new stacks come ticked."""
+        try:
+            ticked = {self.layer_list.item(i).text(): self.layer_list.item(i).checkState()
+                      for i in range(self.layer_list.count())}
+        except RuntimeError:  # the widget is being deleted
+            return
+        self.layer_list.clear()
+        for layer in self.viewer.layers:
+            if is_stack_layer(layer):
+                item = QListWidgetItem(layer.name)
+                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+                item.setCheckState(ticked.get(layer.name, Qt.CheckState.Checked))
+                self.layer_list.addItem(item)
+        if not self.layer_list.count():
+            item = QListWidgetItem("(open a focal stack)")
+            item.setFlags(Qt.ItemFlag.NoItemFlags)
+            self.layer_list.addItem(item)
+
+    def checked_layers(self) -> list[Any]:
+        names = {self.layer_list.item(i).text() for i in range(self.layer_list.count())
+                 if self.layer_list.item(i).checkState() == Qt.CheckState.Checked}
+        return [layer for layer in self.viewer.layers if layer.name in names and is_stack_layer(layer)]
 
     def _browse_folder(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Training dataset folder", self.folder_edit.text())
@@ -280,14 +399,31 @@ class TrainingWidget(QWidget):
         """A core TrainConfig from the form (fields core does not know are left out)."""
         from ..core.train import TrainConfig
 
-        synthetic = self.source_combo.currentData() == SYNTHETIC
-        if not synthetic and not Path(self.folder_edit.text()).is_dir():
-            raise StackMFFError("Choose the training dataset folder (it needs stacks/ and depth_maps/).")
+        source = self.source_combo.currentData()
+        synthetic = source == SYNTHETIC
+        if source == "folder" and not Path(self.folder_edit.text()).is_dir():
+            raise StackMFFError("Choose the training dataset folder (it needs stacks/ and depth_maps/, or, "
+                                "unsupervised, stacks).")
+        if source == LAYERS and not self.checked_layers():
+            raise StackMFFError("Tick at least one open image stack (2 or more slices) to train on.")
+        init = self.init_combo.currentData()
+        if init == SHIPPED:
+            init_path = registry.shipped_weights(self.model_combo.currentData())
+        elif isinstance(init, str) and init.startswith("user:"):
+            model, init_path = registry.user_weights()[init[5:]]
+            if model != self.model_combo.currentData():
+                raise StackMFFError(f"'{init[5:]}' holds {model} weights; choose {model} as the model or start "
+                                    "from other weights.")
+        else:
+            init_path = None
         checkpoint = self.checkpoint_edit.text().strip()
         if not checkpoint:
             raise StackMFFError("Choose where to save the checkpoint.")
         values: dict[str, Any] = dict(
-            model=self.model_combo.currentData(), data=SYNTHETIC if synthetic else self.folder_edit.text(),
+            model=self.model_combo.currentData(),
+            data=(SYNTHETIC if synthetic else [f"layer:{layer.name}" for layer in self.checked_layers()]
+                  if source == LAYERS else self.folder_edit.text()),
+            init_weights=None if init_path is None else str(init_path),
             epochs=self.epochs_spin.value(), steps_per_epoch=self.steps_spin.value(),
             batch_size=self.batch_spin.value(), crop=self.crop_spin.value(), lr=self.lr_spin.value(),
             device=self.device_combo.currentText(), checkpoint=str(Path(checkpoint).expanduser()),
@@ -313,13 +449,16 @@ class TrainingWidget(QWidget):
         self.epoch_bar.setValue(0)
         self.batch_bar.setRange(0, 0)  # busy until the first batch: rendering scenes has no progress
         self.batch_bar.setValue(0)
-        self.status.setText("Preparing data (rendering synthetic scenes)…")
+        stacks = [layer_stack(layer) for layer in self.checked_layers()] \
+            if self.source_combo.currentData() == LAYERS else None
+        self.status.setText("Preparing data (rendering synthetic scenes)…" if stacks is None else
+                            f"Preparing {len(stacks)} stack(s) and the synthetic validation set…")
         self.settings_panel.setEnabled(False)  # the run uses the values as they were at Start
         self.start_button.setEnabled(False)
         self.stop_button.setEnabled(True)
         self.stop_event = threading.Event()
         self._config = config
-        self.worker = run_in_thread(run_training, config, self.stop_event, on_message=self._on_event,
+        self.worker = run_in_thread(run_training, config, self.stop_event, stacks=stacks, on_message=self._on_event,
                                     on_returned=self._on_returned, on_errored=self._on_errored,
                                     on_finished=self._on_finished)
 

@@ -20,3 +20,5 @@ UNSUPERVISED_DEFAULTS: dict[str, object] = {"epochs": 4, "steps_per_epoch": 40, 
                                             "lr": 1e-4, "n_range": (3, 8), "val_stacks": 8}
 #: Unlabelled stacks are downscaled on loading so their longer side is at most this many pixels.
 MAX_SIDE = 1024
+#: Real-optics effects the synthetic renderer can add (``core.realism``; ``stackmff train --realism``).
+REALISM_EFFECTS = ("psf", "breathing", "shift", "jpeg", "vignetting", "sensor")

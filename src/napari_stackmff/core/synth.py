@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from .realism import Realism, compress, degrade, draw_psf, psf_kernel
 from .stack import FocalStack, as_focal_stack
 
 SCENE_KINDS = ("cells", "fibres", "particles", "tissue", "natural", "text", "bundled")
@@ -201,17 +202,14 @@ def random_depth(rng: np.random.Generator, shape: tuple[int, int], kind: str | N
 
 
 # --------------------------------------------------------------------------------- optics
-def disc_psf_fft(radius: float, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
-    """rFFT of a disc PSF (anti-aliased rim, a touch of Gaussian softening), centred at the origin."""
+def disc_psf_fft(radius: float, shape: tuple[int, int], device: torch.device, kind: str = "disc") -> torch.Tensor:
+    """rFFT of a PSF of blur radius ``radius`` centred at the origin: a disc with an anti-aliased rim
+    by default, or another shape of :data:`.realism.PSF_KINDS`."""
     h, w = shape
     y = torch.fft.fftfreq(h, 1.0 / h, device=device).view(-1, 1)
     x = torch.fft.fftfreq(w, 1.0 / w, device=device).view(1, -1)
-    rr = torch.sqrt(y * y + x * x)
-    k = (radius + 0.5 - rr).clamp(0, 1)  # pillbox with a one-pixel soft rim
-    if radius < 0.5:
-        k = torch.exp(-0.5 * (rr / 0.35) ** 2)
-    k = k / k.sum()
-    return torch.fft.rfft2(k)
+    k = psf_kernel(radius, torch.sqrt(y * y + x * x), kind)
+    return torch.fft.rfft2(k / k.sum())
 
 
 def render_stack(
@@ -225,12 +223,16 @@ def render_stack(
     peak_photons: float | None = None,
     read_noise: float = 0.0,
     rng: np.random.Generator | None = None,
+    psf: str = "disc",
+    realism: Realism | None = None,
 ) -> SynthStack:
     """Render the focal stack of an all-in-focus image and an inverse-depth map.
 
     The blur radius at a pixel of depth d in slice j is ``max_radius * |d - f_j|``. Depth is cut
     into ``layers`` layers composited far to near with premultiplied alpha, so a near object's
-    defocused rim spreads over the background and not the other way round.
+    defocused rim spreads over the background and not the other way round. ``psf`` picks the PSF
+    shape; ``realism`` adds camera-side effects (breathing, misalignment, vignetting, fixed-pattern
+    noise, JPEG; :mod:`.realism`), the truth staying in the middle slice's frame.
     """
     rng = rng or np.random.default_rng(0)
     f = np.asarray(focus_positions, dtype=np.float32)
@@ -264,7 +266,7 @@ def render_stack(
         for l in present:
             r = round(float(max_radius * abs(centre[l] - fj)) * 4) / 4  # quarter-pixel radius bins
             if r not in psf_cache:
-                psf_cache[r] = disc_psf_fft(r, (hp, wp), dev)
+                psf_cache[r] = disc_psf_fft(r, (hp, wp), dev, psf)
             psfs.append(psf_cache[r])
         blurred = torch.fft.irfft2(spec * torch.stack(psfs)[:, None], s=(hp, wp))  # (L, C+1, H, W)
         # "Over" compositing far to near, vectorised: layer l is seen through all nearer layers.
@@ -277,10 +279,17 @@ def render_stack(
         out = out / (1 - through[-1]).clamp_min(1e-3)
         slices[j] = out[:, pad:pad + h, pad:pad + w].permute(1, 2, 0).numpy()
     slices = np.clip(slices, 0, 1)
+    jpeg = False
+    if realism is not None:
+        slices, jpeg = degrade(slices, f, rng, realism)
     if peak_photons:
         slices = rng.poisson(slices * peak_photons).astype(np.float32) / peak_photons
     if read_noise:
         slices = slices + rng.normal(0, read_noise, slices.shape).astype(np.float32)
+    if jpeg:
+        slices = compress(slices[..., 0] if gray else slices, rng, realism)
+        slices = slices[..., None] if gray else slices
+        dtype = np.uint8  # a JPEG holds 8 bits
     dtype = np.dtype(dtype)
     top = float(np.iinfo(dtype).max) if dtype.kind == "u" else 1.0
     q = lambda a: (np.clip(a, 0, 1) * top + (0.5 if dtype.kind == "u" else 0)).astype(dtype)
@@ -316,8 +325,10 @@ def random_stack(
     depth: str | None = None,
     noise: bool = True,
     max_radius: tuple[float, float] = (3.0, 10.0),
+    realism: Realism | None = None,
 ) -> SynthStack:
-    """One random stack: scene, depth, N, focus steps, blur strength, noise and bit depth drawn."""
+    """One random stack: scene, depth, N, focus steps, blur strength, noise and bit depth drawn;
+    with ``realism``, also the PSF shape and the camera-side effects (:mod:`.realism`)."""
     shape = (size, size) if isinstance(size, int) else tuple(size)
     n = n or int(rng.integers(n_range[0], n_range[1] + 1))
     dtype = np.dtype(dtype or rng.choice(["uint8", "uint16"]))
@@ -326,8 +337,10 @@ def random_stack(
     d = random_depth(rng, shape, depth)
     photons = float(rng.choice([30.0, 200.0, 2000.0])) if noise else None
     read = float(rng.uniform(0.002, 0.01)) if noise else 0.0
+    psf = draw_psf(rng, realism) if realism is not None else "disc"
     return render_stack(aif, d, focus_positions(rng, n), max_radius=float(rng.uniform(*max_radius)),
-                        layers=min(24, max(12, 2 * n)), dtype=dtype, peak_photons=photons, read_noise=read, rng=rng)
+                        layers=min(24, max(12, 2 * n)), dtype=dtype, peak_photons=photons, read_noise=read, rng=rng,
+                        psf=psf, realism=realism)
 
 
 def make_sample(kind: str = "cells", *, n: int = 12, size: int = 256, seed: int = 7,

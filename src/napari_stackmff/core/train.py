@@ -29,6 +29,7 @@ from .errors import StackMFFError
 from .models import fusion2void as f2v
 from .models.inference import pad_to_multiple
 from .models.registry import get_spec
+from .realism import Realism
 from .stack import FocalStack
 
 
@@ -57,6 +58,9 @@ class TrainConfig:
     pool_refresh_every: int = 2
     noise: bool = True
     clean_fraction: float = 0.0  # share of synthetic stacks rendered without sensor noise (when noise is on)
+    realism: list[str] = field(default_factory=list)  # real-optics effects (core.realism.EFFECTS) in the renders
+    realism_p: float = 0.5  # chance of each named effect per rendered stack
+    render_workers: int = 0  # processes rendering synthetic stacks (0: in the training loop, reproducible)
     objective: str = "hybrid"  # "hybrid" (ours, measured better), "depth" (published), "unsupervised"
     # Unsupervised (Fusion2Void) settings; defaults measured, see models/fusion2void.py.
     max_side: int = MAX_SIDE  # unlabelled stacks are downscaled to this longer side when loaded
@@ -126,24 +130,61 @@ class Batch(NamedTuple):
     aif: torch.Tensor | None = None
 
 
+def render_pool_item(seed: int | Sequence[int], size: int, n_range: tuple[int, int], noise: bool,
+                     clean_fraction: float, realism: Realism | None) -> tuple[np.ndarray, ...]:
+    """One dense training stack (images, depth, focus positions, all-in-focus), from its own seed, so
+    worker processes render exactly what the training process would."""
+    from . import synth
+
+    torch.set_num_threads(1)  # a render worker is one core; many of them feed one trainer
+    rng = np.random.default_rng(seed)
+    # Gray only: the network sees luma, and blur is linear, so an RGB render adds cost, not signal.
+    dense = max(n_range[1], min(24, max(n_range[1] + 8, 2 * n_range[1])))
+    s = synth.random_stack(rng, size=size, n=dense, rgb=False, noise=noise and rng.random() >= clean_fraction,
+                           max_radius=(6.0, 24.0), realism=realism)
+    images, aif = _to_unit(s.slices, s.aif)
+    return images, s.depth, s.focus_positions, aif
+
+
 class SyntheticPool:
     """A pool of rendered dense stacks; batches are random ordered slice subsets, crops and flips.
 
     Rendering is the slow part, so each dense stack (up to N=24) serves many batches: picking k of its
     slices in order gives a new stack with k slices and uneven steps, and its true focus index
     follows by interpolation. One pool entry is re-rendered every few batches.
+
+    ``workers`` > 0 renders in that many worker processes instead, so a GPU is not left waiting on the
+    renderer: replacements are queued ahead and swapped in when ready (a batch never waits for one).
+    Each render has its own seed, but which batch first sees it depends on timing, so only
+    ``workers=0`` replays a run exactly.
     """
 
     def __init__(self, rng: np.random.Generator, size: int, n_range: tuple[int, int], pool: int, refresh_every: int,
                  *, noise: bool = True, clean_fraction: float = 0.0, on_render: Callable[[int, int], None] | None = None,
-                 stop: threading.Event | None = None):
-        from . import synth
-
+                 stop: threading.Event | None = None, realism: Realism | None = None, workers: int = 0):
         self.rng, self.size, self.n_range, self.refresh_every = rng, size, n_range, max(1, refresh_every)
-        self.noise, self.clean_fraction = noise, clean_fraction
-        self.calls = 0
-        self._synth = synth
-        self.items = []
+        self.args = (size, n_range, noise, clean_fraction, realism)
+        self.calls = self.renders = self.swapped = 0
+        self.seed = int(rng.integers(2**31))
+        self.items: list[tuple[np.ndarray, ...]] = []
+        self.executor = None
+        self.pending: list = []
+        if workers > 0:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            # forkserver/spawn: forking a process that holds torch's thread pools can deadlock.
+            method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+            self.executor = ProcessPoolExecutor(workers, mp_context=mp.get_context(method))
+            futures = [self._submit() for _ in range(pool)]
+            for i, fut in enumerate(futures):
+                if stop is not None and stop.is_set():
+                    break
+                self.items.append(fut.result())
+                if on_render is not None:
+                    on_render(i + 1, pool)
+            self.pending = [self._submit() for _ in range(2 * workers)]
+            return
         for i in range(pool):
             if stop is not None and stop.is_set():
                 break
@@ -151,19 +192,38 @@ class SyntheticPool:
             if on_render is not None:
                 on_render(i + 1, pool)
 
-    def _render(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        # Gray only: the network sees luma, and blur is linear, so an RGB render adds cost, not signal.
-        dense = max(self.n_range[1], min(24, max(self.n_range[1] + 8, 2 * self.n_range[1])))
-        s = self._synth.random_stack(self.rng, size=self.size, n=dense, rgb=False,
-                                     noise=self.noise and self.rng.random() >= self.clean_fraction,
-                                     max_radius=(6.0, 24.0))
-        images, aif = _to_unit(s.slices, s.aif)
-        return images, s.depth, s.focus_positions, aif
+    def _next_seed(self) -> list[int]:
+        self.renders += 1
+        return [self.seed, self.renders]
+
+    def _render(self) -> tuple[np.ndarray, ...]:
+        return render_pool_item(self._next_seed(), *self.args)
+
+    def _submit(self):
+        return self.executor.submit(render_pool_item, self._next_seed(), *self.args)
+
+    def _refresh(self) -> None:
+        slot = int(self.rng.integers(len(self.items)))
+        if self.executor is None:
+            self.items[slot] = self._render()
+            return
+        ready = [f for f in self.pending if f.done()]
+        for fut in ready:  # every finished render replaces one entry; the queue is topped up
+            self.pending.remove(fut)
+            self.items[int(self.rng.integers(len(self.items)))] = fut.result()
+            self.swapped += 1
+            self.pending.append(self._submit())
+
+    def close(self) -> None:
+        """Stop the render workers (queued renders are dropped)."""
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = None
 
     def batch(self, batch_size: int, crop: int) -> Batch:
         self.calls += 1
-        if self.calls % self.refresh_every == 0:
-            self.items[int(self.rng.integers(len(self.items)))] = self._render()
+        if self.executor is not None or self.calls % self.refresh_every == 0:
+            self._refresh()
         n = int(self.rng.integers(self.n_range[0], self.n_range[1] + 1))
         xs, ys, aifs = [], [], []
         for _ in range(batch_size):
@@ -311,17 +371,20 @@ class UnlabelledData:
     pairs give N = 2), random crops, flips, transposes and slice-order reversals; one N per batch.
     """
 
-    def __init__(self, sources: str | Path | Sequence[str | Path], rng: np.random.Generator,
+    def __init__(self, sources: str | Path | FocalStack | Sequence[str | Path | FocalStack], rng: np.random.Generator,
                  n_range: tuple[int, int], max_side: int = MAX_SIDE,
                  on_load: Callable[[int, int], None] | None = None):
-        paths = [Path(sources)] if isinstance(sources, (str, Path)) else [Path(p) for p in sources]
-        if not paths:
+        items = [sources] if isinstance(sources, (str, Path, FocalStack)) else list(sources)
+        if not items:
             raise StackMFFError("--data: no stacks given.")
         self.rng, self.n_range = rng, n_range
         self.items: list[np.ndarray] = []
         self.names: list[str] = []
-        for path in paths:
-            for src, stack in _unlabelled_stacks(path):
+        for item in items:
+            # In-memory stacks (the training widget's open layers) are used as they are.
+            pairs = [(item.source or f"stack {len(self.items) + 1}", item)] if isinstance(item, FocalStack) \
+                else _unlabelled_stacks(Path(item))
+            for src, stack in pairs:
                 if stack.n_slices < 2:
                     raise StackMFFError(f"{src}: holds one image, not a stack; training needs stacks of at least "
                                         "2 slices.")
@@ -493,8 +556,13 @@ def train(
     cfg: TrainConfig,
     callback: Callable[[TrainEvent], None] | None = None,
     stop: threading.Event | None = None,
+    stacks: Sequence[FocalStack] | None = None,
 ) -> TrainResult:
-    """Train ``cfg.model``; returns the best and last checkpoints and the per-epoch history."""
+    """Train ``cfg.model``; returns the best and last checkpoints and the per-epoch history.
+
+    ``stacks``: in-memory stacks (e.g. open napari layers) to train on instead of ``cfg.data``, which
+    then only names them for the record; unsupervised objective only (they carry no labels).
+    """
     from .models.checkpoint import load_state_dict
 
     t0 = time.perf_counter()
@@ -532,16 +600,23 @@ def train(
         rng = np.random.default_rng([cfg.seed, start_epoch])
         torch.manual_seed(cfg.seed + 1000 * start_epoch)  # new masks and slice picks, not a replay
     emit = callback or (lambda ev: None)
-    n_prep = (cfg.pool_size if cfg.data == "synthetic" else 0) + cfg.val_stacks
+    n_prep = (cfg.pool_size if cfg.data == "synthetic" and stacks is None else 0) + cfg.val_stacks
     prepared = [0]
 
     def on_render(_i: int, _n: int) -> None:
         prepared[0] += 1
         emit(TrainEvent("prepare", start_epoch, cfg.epochs, prepared[0], n_prep, float("nan")))
 
-    if cfg.data == "synthetic":
+    if stacks is not None:
+        if objective.needs_labels:
+            raise StackMFFError(f"open stacks carry no labels: train on them with the 'unsupervised' objective, "
+                                f"not {cfg.objective!r}.")
+        data = UnlabelledData(list(stacks), rng, cfg.n_range, cfg.max_side, on_load=on_render)
+    elif cfg.data == "synthetic":
+        realism = Realism.mix(cfg.realism, cfg.realism_p) if cfg.realism else None
         data = SyntheticPool(rng, cfg.crop + max(16, cfg.crop // 4), cfg.n_range, cfg.pool_size, cfg.pool_refresh_every,
-                             noise=cfg.noise, clean_fraction=cfg.clean_fraction, on_render=on_render, stop=stop)
+                             noise=cfg.noise, clean_fraction=cfg.clean_fraction, on_render=on_render, stop=stop,
+                             realism=realism, workers=cfg.render_workers)
     elif not objective.needs_labels:
         data = UnlabelledData(cfg.data, rng, cfg.n_range, cfg.max_side, on_load=on_render)
     elif not isinstance(cfg.data, (str, Path)):
@@ -558,56 +633,67 @@ def train(
     model.train()
     if crit is not None:
         crit.train()
-    for epoch in range(start_epoch, 0 if stopped else cfg.epochs):
-        losses, terms = [], []
-        for step in range(cfg.steps_per_epoch):
-            if stop is not None and stop.is_set():
-                stopped = True
+    try:
+        for epoch in range(start_epoch, 0 if stopped else cfg.epochs):
+            losses, terms = [], []
+            t_epoch, data_s = time.perf_counter(), 0.0
+            for step in range(cfg.steps_per_epoch):
+                if stop is not None and stop.is_set():
+                    stopped = True
+                    break
+                t_data = time.perf_counter()
+                batch = Batch(*(t.to(device, non_blocking=True) if t is not None else None
+                                for t in data.batch(cfg.batch_size, cfg.crop)))
+                data_s += time.perf_counter() - t_data
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    logits = model(batch.images)
+                loss = loss_of(logits, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                if crit is not None:  # clipped apart, so the inpainter's gradients never shrink the model's
+                    torch.nn.utils.clip_grad_norm_(crit.parameters(), 1.0)
+                opt.step()
+                losses.append(loss.detach().item())  # .item() waits for the device: step times are real
+                if crit is not None:
+                    terms.append(getattr(crit, "last", {}))
+                emit(TrainEvent("batch", epoch, cfg.epochs, step, cfg.steps_per_epoch, losses[-1]))
+            if not losses:
                 break
-            batch = Batch(*(t.to(device, non_blocking=True) if t is not None else None
-                            for t in data.batch(cfg.batch_size, cfg.crop)))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(batch.images)
-            loss = loss_of(logits, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            if crit is not None:  # clipped apart, so the inpainter's gradients never shrink the model's
-                torch.nn.utils.clip_grad_norm_(crit.parameters(), 1.0)
-            opt.step()
-            losses.append(loss.detach().item())
+            sched.step()
+            step_s = time.perf_counter() - t_epoch
+            metrics = evaluate(model, val, device, objective.readout)
+            # data_wait: the share of training time spent waiting for batches (rendering, cropping) with
+            # the model idle; near 0 means the data keep the device busy.
+            record = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
+                      "seconds": time.perf_counter() - t0, "steps_per_s": len(losses) / max(step_s, 1e-9),
+                      "data_wait": data_s / max(step_s, 1e-9), **metrics}
+            for key in sorted({k for t in terms for k in t}):  # e.g. the unsupervised loss's L1 and entropy
+                record[f"train_{key}"] = float(np.mean([t[key] for t in terms if key in t]))
+            history.append(record)
+            score = objective.score(metrics)
+            improved = score < best
+            if improved:
+                best, bad_epochs = score, 0
+            else:
+                bad_epochs += 1
+            payload = {"model": cfg.model, "state_dict": model.state_dict(), "optimizer": opt.state_dict(),
+                       "scheduler": sched.state_dict(), "epoch": epoch, "best_val": best, "bad_epochs": bad_epochs,
+                       "history": history, "readout": objective.readout,
+                       "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}}
             if crit is not None:
-                terms.append(getattr(crit, "last", {}))
-            emit(TrainEvent("batch", epoch, cfg.epochs, step, cfg.steps_per_epoch, losses[-1]))
-        if not losses:
-            break
-        sched.step()
-        metrics = evaluate(model, val, device, objective.readout)
-        record = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
-                  "seconds": time.perf_counter() - t0, **metrics}
-        for key in sorted({k for t in terms for k in t}):  # e.g. the unsupervised loss's L1 and entropy
-            record[f"train_{key}"] = float(np.mean([t[key] for t in terms if key in t]))
-        history.append(record)
-        score = objective.score(metrics)
-        improved = score < best
-        if improved:
-            best, bad_epochs = score, 0
-        else:
-            bad_epochs += 1
-        payload = {"model": cfg.model, "state_dict": model.state_dict(), "optimizer": opt.state_dict(),
-                   "scheduler": sched.state_dict(), "epoch": epoch, "best_val": best, "bad_epochs": bad_epochs,
-                   "history": history, "readout": objective.readout,
-                   "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}}
-        if crit is not None:
-            payload["objective_state"] = crit.state_dict()
-        _save(ckpt, payload)
-        if improved or not best_path.exists():
-            _save(best_path, {"model": cfg.model, "state_dict": model.state_dict(), "meta": record,
-                              "readout": objective.readout})
-        emit(TrainEvent("epoch", epoch, cfg.epochs, cfg.steps_per_epoch, cfg.steps_per_epoch, record["loss"],
-                        val=metrics, checkpoint=ckpt))
-        if stopped or bad_epochs >= cfg.patience:
-            break
+                payload["objective_state"] = crit.state_dict()
+            _save(ckpt, payload)
+            if improved or not best_path.exists():
+                _save(best_path, {"model": cfg.model, "state_dict": model.state_dict(), "meta": record,
+                                  "readout": objective.readout})
+            emit(TrainEvent("epoch", epoch, cfg.epochs, cfg.steps_per_epoch, cfg.steps_per_epoch, record["loss"],
+                            val=metrics, checkpoint=ckpt))
+            if stopped or bad_epochs >= cfg.patience:
+                break
+    finally:
+        if isinstance(data, SyntheticPool):
+            data.close()
     if device.type == "cuda":
         del model, opt, crit
         torch.cuda.empty_cache()
