@@ -227,3 +227,20 @@ def test_real_slice_folder_loads_downscaled() -> None:
     with pytest.warns(UserWarning, match="left out"):  # stacked.png and depth.png are not slices
         data = UnlabelledData(SHARED / "smoke" / "leaves", np.random.default_rng(0), (3, 8), max_side=160)
     assert [x.shape for x in data.items] == [(6, 121, 160)]  # 637 x 480 -> 160 x 121
+
+
+def test_in_memory_stacks_train_unsupervised_only(tmp_path: Path) -> None:
+    """The training widget hands open layers to train() as FocalStacks: they are used as they are
+    (named for the record), and only the label-free objective may use them."""
+    from napari_stackmff.core.errors import StackMFFError
+
+    s = random_stack(np.random.default_rng(8), size=48, n=4, noise=False)
+    stack = s.to_stack()
+    stack.source = "layer 'mine'"
+    base = dict(epochs=1, steps_per_epoch=2, batch_size=1, crop=32, n_range=(2, 4), val_stacks=1, device="cpu",
+                data=["layer:mine"], checkpoint=str(tmp_path / "m.pt"))
+    with pytest.raises(StackMFFError, match="no labels"):
+        train(TrainConfig(objective="hybrid", **base), stacks=[stack])
+    res = train(TrainConfig(objective="unsupervised", **base), stacks=[stack])
+    assert len(res.history) == 1 and res.checkpoint.is_file()
+    assert torch.load(res.last_checkpoint, weights_only=True)["config"]["data"] == ["layer:mine"]

@@ -6,6 +6,7 @@ becomes available everywhere by adding one entry.
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +47,15 @@ MODELS: dict[str, ModelSpec] = {
     ),
 }
 
-#: Models method="auto" may pick, best first. A model belongs here only when its shipped weights beat
-#: the classical default (wavelet) on the held-out benchmark (benchmarks/bench_v2.py); shipping weights
-#: alone does not make them the default. StackMFF-V2's do not yet (weights/stackmff_v2.md), so "auto"
-#: stays classical and V2 is one choice away (method="stackmff-v2").
-AUTO_ORDER: tuple[str, ...] = ()
+#: Models method="auto" may pick, best first. Being listed is not enough: "auto" takes a model only when
+#: its shipped weights also carry the record of beating the best classical method on every real stack of
+#: benchmarks/bench_real.py (:data:`REAL_RECORD`), not just on our synthetic ones, where every
+#: model looks better than it is. StackMFF-V2's do not (weights/stackmff_v2.md), so "auto" stays
+#: classical and V2 is one choice away (method="stackmff-v2").
+AUTO_ORDER: tuple[str, ...] = ("stackmff-v2",)
+#: Key in a shipped checkpoint's ``meta``: ``{"beats_best_classical": bool, "sets": [...], ...}``, written
+#: from bench_real's table when the weights are shipped.
+REAL_RECORD = "real_benchmark"
 
 
 def model_names() -> list[str]:
@@ -72,10 +77,28 @@ def shipped_weights(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def beats_classical_on_real(name: str) -> bool:
+    """Whether the shipped weights of ``name`` are recorded as beating the best classical method on
+    every real benchmark stack (their ``meta[REAL_RECORD]``)."""
+    path = shipped_weights(name)
+    return path is not None and _real_record(str(path), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _real_record(path: str, _mtime_ns: int) -> bool:
+    """Read once per file version: "auto" is resolved on every fuse() call of a batch."""
+    try:
+        meta = torch.load(path, map_location="cpu", weights_only=True).get("meta") or {}
+    except Exception:  # unreadable weights are never the default; loading them by name says why
+        return False
+    return bool((meta.get(REAL_RECORD) or {}).get("beats_best_classical"))
+
+
 def best_shipped_model() -> str | None:
-    """The model "auto" uses: the first in AUTO_ORDER whose weights are shipped (None: classical)."""
+    """The model "auto" uses: the first in AUTO_ORDER whose shipped weights beat classical fusion on
+    real stacks (None: classical)."""
     for name in AUTO_ORDER:
-        if shipped_weights(name) is not None:
+        if beats_classical_on_real(name):
             return name
     return None
 
