@@ -21,3 +21,9 @@ case "${1:-}" in
         --data "${REAL[@]}" --epochs 8 --seed 6 --checkpoint runs/candidate/v2.pt ;;
   *) echo "usage: $0 unsup-ft | unsup-scratch | candidate CHECKPOINT" >&2; exit 2 ;;
 esac
+# The candidate's first stage (the realism effects that helped in the ablation, benchmarks/RESULTS.md):
+#   OMP_NUM_THREADS=1 stackmff --quiet train --model stackmff-v2 --objective hybrid \
+#       --init-weights weights/stackmff_v2.pt --epochs 4 --steps 100 --batch-size 4 --crop 96 --n-min 3 \
+#       --n-max 24 --val-stacks 8 --pool-size 16 --refresh-every 4 --lr 3e-4 --lr-gamma 0.93 \
+#       --clean-fraction 0.3 --seed 7 --realism breathing,shift --realism-p 0.7 --checkpoint runs/realism_ft/v2.pt
+#   then: scripts/train_issue10.sh candidate runs/realism_ft/v2.pt
