@@ -12,6 +12,7 @@ import dataclasses
 import fnmatch
 import json
 import os
+import shutil
 import re
 import tempfile
 import warnings
@@ -456,11 +457,70 @@ def input_files(stack: FocalStack) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------- writing
+#: A temporary file of ours: ``.<final name>.<host>-<pid>.<anything>part<anything>``, so a later run can
+#: tell whose it is and whether that process still lives.
+_PART = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.(?:.*\.)?part(?:\..*)?$")
+#: Temporary files of another host (shared folders on a cluster) are only swept when this old: their
+#: writer cannot be asked whether it lives, and no single result takes a day to write.
+STALE_PART_SECONDS = 24 * 3600
+
+
+def _host() -> str:
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
+
+
+def part_prefix(path: Path) -> str:
+    """Start of the name of our temporary file for ``path`` (see :func:`sweep_stale_parts`)."""
+    return f".{path.name}.{_host()}-{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def sweep_stale_parts(folder: PathLike) -> list[Path]:
+    """Remove temporary files that a killed run of ours left in ``folder``: those whose process on
+    this host is gone, or, from another host, older than :data:`STALE_PART_SECONDS`. Files that are
+    not ours (other names) and those of live writers are never touched."""
+    import time
+
+    folder = Path(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    host, now = _host(), time.time()
+    for entry in entries:
+        m = _PART.match(entry.name)
+        if m is None:
+            continue
+        try:
+            old = now - entry.stat().st_mtime > STALE_PART_SECONDS
+        except OSError:
+            continue
+        if (m["host"] == host and not _alive(int(m["pid"]))) or old:
+            try:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                removed.append(entry)
+            except OSError:
+                pass
+    return removed
+
+
 def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` then rename onto ``path``, so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + "".join(path.suffixes[-1:]), dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=part_prefix(path), suffix=".part" + "".join(path.suffixes[-1:]), dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -579,6 +639,7 @@ def save_result(
     """Write a fusion result: TIFFs with metadata, 8-bit PNG previews, and a JSON summary."""
     paths = result_paths(outdir, name)
     check_output_safe(paths.values(), inputs)
+    sweep_stale_parts(outdir)
     unit, z_step, pixel = result.unit, result.z_step, result.pixel_size
     written: dict[str, Path] = {}
     aif = result.all_in_focus

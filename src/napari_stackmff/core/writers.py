@@ -33,7 +33,7 @@ import torch
 from .errors import OutputError, StackMFFError
 from .fusion import prepare
 from .pipeline import ProgressFn, check_cancel, iter_fused_tiles, plan_tile, sub_progress
-from .io import check_output_safe, input_files
+from .io import check_output_safe, input_files, part_prefix, sweep_stale_parts
 from .stack import FocalStack
 from .tiling import chunk_shape
 
@@ -263,7 +263,7 @@ def _tiff_paths(path: Path, specs: dict[str, _Spec]) -> dict[str, Path]:
 
 
 def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.part")
+    return path.with_name(part_prefix(path) + "part")
 
 
 def _remove(path: Path) -> None:
@@ -319,6 +319,7 @@ def fuse_to_disk(
         if p.exists() and not overwrite:
             raise OutputError(f"{p}: already exists; choose another output or pass overwrite=True.")
     out.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_parts(out.parent)  # what a killed earlier run left behind
     tmps = {k: _tmp(p) for k, p in finals.items()}
     for p in tmps.values():
         _remove(p)
