@@ -283,7 +283,7 @@ def test_save_result_failure_midway_keeps_previous_outputs_whole(tmp_path, make_
 
     monkeypatch.setattr(sio, "write_png", broken_png)
     with pytest.raises(OSError):
-        save_result(r, tmp_path, "x")
+        save_result(r, tmp_path, "x", overwrite=True)
     assert written["all_in_focus_png"].read_bytes() == before["all_in_focus_png"]
     _no_temp_files(tmp_path)
 

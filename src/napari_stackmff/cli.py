@@ -48,12 +48,12 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
     from .core.batch import beside_inputs
     from .core.fusion import EstimateMessage, fuse
-    from .core.io import input_files, load_stack, save_result
+    from .core.io import input_files, load_stack, save_result, stack_name
 
     lazy = {"auto": None, "on": True, "off": False}[args.lazy]
     stack = load_stack(args.input, lazy=lazy, include=args.include)
     near = beside_inputs(args.output, args.input, input_files(stack))
-    name = Path(args.input).name.split(".")[0] or "stack"
+    name = stack_name(args.input)
     bar = tqdm(total=stack.n_slices * stack.n_times, desc=f"fusing {name}", unit="step", disable=args.quiet)
 
     def progress(done: int, total: int, message: str) -> None:
@@ -68,7 +68,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         from .core.writers import fuse_to_disk
 
         out = Path(args.output) / (f"{name}.ome.zarr" if args.stream == "zarr" else f"{name}_fused.tif")
-        res = fuse_to_disk(stack, out, progress=progress, overwrite=True, **_settings(args))
+        res = fuse_to_disk(stack, out, progress=progress, overwrite=args.overwrite, **_settings(args))
         bar.close()
         print(f"fused {stack.n_slices} slices of {args.input} with {res.method} in {res.timings['total_s']:.2f} s "
               f"({res.tile}-px tiles, streamed)")
@@ -80,7 +80,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         return 0
     result = fuse(stack, progress=progress, **_settings(args))
     bar.close()
-    written = save_result(result, args.output, name, inputs=input_files(stack))
+    written = save_result(result, args.output, name, inputs=input_files(stack), overwrite=args.overwrite)
     print(f"fused {stack.n_slices} slices of {args.input} with {result.method} in {result.timings['total_s']:.2f} s")
     for key, path in written.items():
         print(f"  {key:18s} {path}")
@@ -129,7 +129,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     stack_path = write_stack(out / "sample_stack.ome.tif", sample.to_stack(z_scale=SAMPLE_Z_STEP_UM * (
         len(sample.focus_positions) - 1), unit="um"))
     result = fuse(stack_path, method=args.method, device=args.device)
-    written = save_result(result, out / "results", "sample_stack", inputs=[stack_path])
+    written = save_result(result, out / "results", "sample_stack", inputs=[stack_path], overwrite=True)  # the demo's own
     err = focus_error(result.focus_map, sample.focus_index, texture_mask(sample.aif, quantile=0.5))
     print(f"sample stack ({sample.slices.shape[0]} slices of {sample.slices.shape[1]}x{sample.slices.shape[2]}, "
           f"16-bit, z-step {result.z_step:g} {result.unit}) written to {stack_path.resolve()}")
@@ -240,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", choices=("zarr", "tiff"), default=None,
                    help="write the results tile by tile to one OME-Zarr or BigTIFFs, never holding them "
                         "in memory (for images larger than RAM)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing results of this stack in the output folder (the whole set)")
     p.set_defaults(func=cmd_fuse)
 
     p = sub.add_parser("batch", help="fuse every stack under a folder (root/scene/1.png... or TIFFs)")

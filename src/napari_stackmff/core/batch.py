@@ -13,12 +13,14 @@ import hashlib
 import json
 import time
 import traceback
+import dataclasses
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .errors import StackMFFError
-from .io import IMAGE_SUFFIXES, TIFF_SUFFIXES, list_slice_files, recorded_outputs, result_paths
+from .io import IMAGE_SUFFIXES, TIFF_SUFFIXES, list_slice_files, recorded_outputs, result_paths, stack_name
 
 
 @dataclass(frozen=True)
@@ -82,10 +84,28 @@ def survey(root: str | Path, *, exclude: Iterable[str | Path] = (),
             if p.name in ours:
                 results.append(p)
             else:
-                jobs.append(StackJob(p.name.split(".")[0], p))
+                jobs.append(StackJob(stack_name(p), p))
     if not jobs:
         raise StackMFFError(f"{root}: found no stacks (sub-folders of slices or TIFF files).")
-    return jobs, results
+    return unique_names(jobs), results
+
+
+def unique_names(jobs: list[StackJob]) -> list[StackJob]:
+    """Give stacks that would share a result name their own: a folder keeps its name, a file that
+    collides takes its ending too (folder ``a`` and ``a.tif`` -> ``a`` and ``a_tif``). Names depend
+    only on the stacks' own names, so re-runs find their earlier results."""
+    count = Counter(j.name for j in jobs)
+    out = []
+    for j in jobs:
+        if count[j.name] > 1 and j.source.is_file():
+            ending = j.source.name[len(j.name):].lstrip(".").replace(".", "_").lower()
+            j = dataclasses.replace(j, name=f"{j.name}_{ending}")
+        out.append(j)
+    names = Counter(j.name for j in out)
+    clash = [n for n, c in names.items() if c > 1]
+    if clash:  # e.g. files "a.tif" and "a.TIF"
+        raise StackMFFError(f"{clash[0]!r}: several stacks would write results under this name; rename one.")
+    return out
 
 
 def _holds_images(folder: Path) -> bool:
@@ -119,6 +139,15 @@ def fingerprint(files: Iterable[Path], settings: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+def recorded_source(job: StackJob, outdir: Path) -> str | None:
+    """The stack whose results sit under ``job.name`` in ``outdir`` (None: no results, or not ours)."""
+    try:
+        source = json.loads(result_paths(outdir, job.name)["info"].read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return source if isinstance(source, str) else None
+
+
 def is_done(job: StackJob, outdir: Path, fp: str) -> bool:
     info = result_paths(outdir, job.name)["info"]
     if not info.exists():
@@ -139,7 +168,9 @@ def fuse_job(job: StackJob, outdir: Path, settings: dict[str, Any], fp: str) -> 
 
     stack = load_stack(job.source, include=job.include if job.source.is_dir() else None)
     result = fuse(stack, **settings)
-    return save_result(result, outdir, job.name, inputs=job.input_files(),
+    # A batch re-fuses its own stacks whose inputs or settings changed; results of another stack under
+    # this name (an earlier batch over another folder) are the user's, not ours to replace.
+    return save_result(result, outdir, job.name, inputs=job.input_files(), overwrite=True,
                        extra_info={"fingerprint": fp, "source": str(job.source), "settings": settings})
 
 
@@ -154,6 +185,10 @@ def process_job(job: StackJob, outdir: str | Path, settings: dict[str, Any], ove
         fp = fingerprint(job.input_files(), settings)
         if not overwrite and is_done(job, outdir, fp):
             return "skipped", ""
+        other = recorded_source(job, outdir)
+        if not overwrite and other is not None and Path(other).resolve() != job.source.resolve():
+            return "failed", (f"{result_paths(outdir, job.name)['info']}: holds the results of {other}, another "
+                              f"stack named {job.name!r}; pass --overwrite to replace them, or use another -o.")
         fuse_job(job, outdir, settings, fp)
         return "done", ""
     except StackMFFError as exc:

@@ -599,6 +599,25 @@ def _json_default(o: Any) -> Any:
     raise TypeError(type(o))
 
 
+#: Endings of stack files that result names leave out, longest first (``a.ome.tif`` -> ``a``), and only
+#: those: ``a.v2.tif`` -> ``a.v2``, not ``a`` (the old rule cut at the first dot, so ``a.tif`` and
+#: ``a.v2.tif`` wrote the same files).
+STACK_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr")
+
+
+def stack_name(source: PathLike) -> str:
+    """The name results of a stack file or folder are written under: its full name less the stack
+    ending (:data:`STACK_SUFFIXES`, or an image file's suffix)."""
+    p = Path(source)
+    low = p.name.lower()
+    for suffix in STACK_SUFFIXES:
+        if low.endswith(suffix) and len(low) > len(suffix):
+            return p.name[: -len(suffix)]
+    if p.suffix.lower() in IMAGE_SUFFIXES and p.stem:
+        return p.stem
+    return p.name or "stack"
+
+
 def result_paths(outdir: PathLike, name: str) -> dict[str, Path]:
     """Where :func:`save_result` puts each output for a stack called ``name``."""
     outdir = Path(outdir)
@@ -635,10 +654,22 @@ def save_result(
     *,
     inputs: Sequence[PathLike] = (),
     extra_info: dict | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
-    """Write a fusion result: TIFFs with metadata, 8-bit PNG previews, and a JSON summary."""
+    """Write a fusion result: TIFFs with metadata, 8-bit PNG previews, and a JSON summary.
+
+    A result set is replaced as a whole: existing results of ``name`` are refused unless
+    ``overwrite``, and then every file the old ``_fusion.json`` listed that the new run does not
+    write (say a height map, when the z-step is no longer known) is removed once the new set is
+    complete, so no stale file sits next to newer results.
+    """
     paths = result_paths(outdir, name)
     check_output_safe(paths.values(), inputs)
+    existing = [p for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        raise OutputError(f"{existing[0]}: results named {name!r} already exist here; pass --overwrite "
+                          "(overwrite=True) to replace them, or choose another output.")
+    old_set = _listed_outputs(paths["info"])
     sweep_stale_parts(outdir)
     unit, z_step, pixel = result.unit, result.z_step, result.pixel_size
     written: dict[str, Path] = {}
@@ -690,4 +721,18 @@ def save_result(
     }
     info.update(extra_info or {})
     written["info"] = write_json(paths["info"], info)
+    keep = {p.name for p in written.values()}
+    for stale in old_set - keep:
+        (Path(outdir) / stale).unlink(missing_ok=True)
     return written
+
+
+def _listed_outputs(info: Path) -> set[str]:
+    """File names an earlier ``_fusion.json`` lists as its result set (empty when none or not ours)."""
+    try:
+        outputs = json.loads(info.read_text()).get("outputs")
+    except (OSError, ValueError, AttributeError):
+        return set()
+    if not isinstance(outputs, dict):
+        return set()
+    return {Path(str(n)).name for n in outputs.values() if Path(str(n)).name == str(n)}  # plain names only
