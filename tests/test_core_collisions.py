@@ -87,3 +87,19 @@ def test_streamed_fuse_refuses_to_overwrite(tmp_path: Path, capsys) -> None:
     assert main(cmd) == 2 and "already exists" in capsys.readouterr().err
     assert (out / "s_fused.tif").read_bytes() == before
     assert main([*cmd, "--overwrite"]) == 0
+
+
+def test_batch_refuses_an_output_inside_a_stack_and_accepts_one_in_root(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "root"
+    for i, name in enumerate(("st01", "st02")):
+        write_png_slices(root / name, make_synth(10 + i, 4, 48, "natural", "plane", "uint8").slices)
+    slices = sorted(p.name for p in (root / "st01").iterdir())
+    for out in (root / "st01", root / "st01" / "sub"):
+        capsys.readouterr()
+        assert main(["-q", "batch", str(root), "-o", str(out), "--method", "variance"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "st01" in err[0] and "holds slices" in err[0]
+    assert sorted(p.name for p in (root / "st01").iterdir()) == slices  # nothing written into the stack
+    for expected in ((2, 0, 0), (0, 2, 0)):  # a results folder in ROOT: both fused, then it is no stack
+        assert main(["-q", "batch", str(root), "-o", str(root / "results"), "--method", "variance"]) == 0
+        assert summary_counts(capsys.readouterr().out) == expected

@@ -69,6 +69,7 @@ def survey(root: str | Path, *, exclude: Iterable[str | Path] = (),
     if not root.is_dir():
         raise StackMFFError(f"{root}: not a folder; batch takes a folder of stacks (root/scene/1.png, or TIFFs).")
     skip = {Path(e).resolve() for e in exclude}
+    _refuse_output_in_a_stack(root, skip)
     ours = recorded_outputs(root)
     jobs: list[StackJob] = []
     results: list[Path] = []
@@ -88,6 +89,20 @@ def survey(root: str | Path, *, exclude: Iterable[str | Path] = (),
     if not jobs:
         raise StackMFFError(f"{root}: found no stacks (sub-folders of slices or TIFF files).")
     return unique_names(jobs), results
+
+
+def _refuse_output_in_a_stack(root: Path, outputs: set[Path]) -> None:
+    """An output folder that is (or is inside) one of ROOT's slice folders would hide that stack and
+    mix results into its slices: refuse it. ROOT itself, or a new or results-only folder in it, is fine."""
+    top = root.resolve()
+    for out in outputs:
+        if out == top or top not in out.parents:
+            continue
+        child = top / out.relative_to(top).parts[0]
+        if child.is_dir() and _holds_images(child) and list_slice_files(child, warn=False):
+            where = "is the stack folder" if out == child else f"is inside the stack folder {child}"
+            raise StackMFFError(f"{out}: {where} (it holds slices); write the results to another folder (a new "
+                                "one in ROOT is fine).")
 
 
 def unique_names(jobs: list[StackJob]) -> list[StackJob]:
