@@ -92,7 +92,7 @@ def test_time_series_equals_per_timepoint_fusion(make_synth):
     a = make_synth(10, 6, 96, "natural", "objects", "uint16")
     b = make_synth(11, 6, 96, "tissue", "plane", "uint16")
     data = np.stack([a.slices, b.slices])  # (T=2, Z, Y, X)
-    result = fuse(data, method="laplacian", device="cpu")
+    result = fuse(data, method="laplacian", device="cpu", axes="TZYX")
     assert result.all_in_focus.shape == (2, 96, 96)
     assert result.focus_map.shape == (2, 96, 96)
     assert result.confidence.shape == (2, 96, 96)

@@ -103,3 +103,26 @@ def test_batch_refuses_an_output_inside_a_stack_and_accepts_one_in_root(tmp_path
     for expected in ((2, 0, 0), (0, 2, 0)):  # a results folder in ROOT: both fused, then it is no stack
         assert main(["-q", "batch", str(root), "-o", str(root / "results"), "--method", "variance"]) == 0
         assert summary_counts(capsys.readouterr().out) == expected
+
+
+def test_array_axes_are_read_only_when_one_reading_fits() -> None:
+    """(8, 64, 64, 2) is 8 slices of two channels, not 8 time points of 64 64×2 "images"; arrays
+    that fit several readings are refused with the readings listed, and axes= settles them."""
+    import pytest
+
+    from napari_stackmff.core import fuse
+    from napari_stackmff.core.errors import StackError
+
+    s = make_synth(12, 6, 64, "natural", "plane", "uint8")
+    two = np.stack([s.slices, s.slices // 2], -1)  # (6, 64, 64, 2)
+    r = fuse(two, method="variance", device="cpu")
+    assert r.all_in_focus.shape == (64, 64, 2) and r.focus_map.shape == (64, 64)
+    series = np.stack([s.slices, s.slices])  # (2, 6, 64, 64): two time points, or two channels?
+    with pytest.raises(StackError) as err:
+        fuse(series, method="variance", device="cpu")
+    assert "TZYX (a time series) or CZYX (channels first)" in str(err.value) and "axes=" in str(err.value)
+    assert fuse(series, method="variance", device="cpu", axes="TZYX").focus_map.shape == (2, 64, 64)
+    by_channel = fuse(series, method="variance", device="cpu", axes="CZYX")
+    assert by_channel.all_in_focus.shape == (64, 64, 2) and by_channel.focus_map.shape == (64, 64)
+    with pytest.raises(StackError, match="files and stacks carry their own axes"):
+        fuse(s.to_stack(), method="variance", axes="TZYX")

@@ -233,7 +233,7 @@ def test_save_result_without_z_has_no_height_map(tmp_path, make_synth):
 def test_save_result_time_series(tmp_path, make_synth):
     a = make_synth(10, 6, 96, "natural", "objects", "uint16")
     b = make_synth(11, 6, 96, "tissue", "plane", "uint16")
-    result = fuse(np.stack([a.slices, b.slices]), method="variance", device="cpu")
+    result = fuse(np.stack([a.slices, b.slices]), method="variance", device="cpu", axes="TZYX")
     written = save_result(result, tmp_path, "ts")
     np.testing.assert_array_equal(tifffile.imread(written["all_in_focus"]), result.all_in_focus)
     np.testing.assert_array_equal(tifffile.imread(written["focus_map"]), result.focus_map)
@@ -298,7 +298,7 @@ def test_read_errors_are_stackmff_errors(tmp_path):
 def test_save_result_single_timepoint_series(tmp_path):
     """A (T=1, Z, Y, X) series keeps its T axis; the previews must still be 2-D images."""
     data = np.random.default_rng(0).integers(0, 255, (1, 5, 32, 40)).astype(np.uint8)
-    result = fuse(data, method="variance", device="cpu")
+    result = fuse(data, method="variance", device="cpu", axes="TZYX")
     assert result.all_in_focus.shape == (1, 32, 40)
     written = save_result(result, tmp_path, "t1")
     np.testing.assert_array_equal(tifffile.imread(written["all_in_focus"]).reshape(1, 32, 40), result.all_in_focus)

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .core.stack import FocalStack
+from .core.stack import FocalStack, moveaxis_last
 
 LayerDataTuple = tuple[Any, dict, str]
 
@@ -133,7 +133,7 @@ def layer_to_stack(
     stack_axes = layer_axes
     if "C" in layer_axes and not rgb:
         c = layer_axes.index("C")
-        data = np.moveaxis(data, c, -1) if isinstance(data, np.ndarray) else _moveaxis_lazy(data, c)
+        data = moveaxis_last(data, c)
         stack_axes = layer_axes.replace("C", "") + "C"
     stack = FocalStack(
         data=data,
@@ -146,16 +146,6 @@ def layer_to_stack(
         source=source,
     )
     return stack
-
-
-def _moveaxis_lazy(data: Any, axis: int) -> Any:
-    """Channel axis to the end for dask/zarr-like data without loading it (dask has moveaxis)."""
-    try:
-        import dask.array as da
-
-        return da.moveaxis(da.asarray(data), axis, -1)
-    except ImportError:  # pragma: no cover - dask is optional
-        return np.moveaxis(np.asarray(data), axis, -1)
 
 
 def drop_axes(values: Sequence[float], layer_axes_no_rgb: str, drop: str) -> list[float]:

@@ -51,7 +51,8 @@ def resolve_method(method: str) -> str:
 
 
 #: Settings of fuse()/fuse_to_disk() that every method takes (the rest are per method, below).
-COMMON_SETTINGS = ("channel", "z_step", "denoise", "tile", "memory_budget", "lazy", "include", "progress", "cancel")
+COMMON_SETTINGS = ("channel", "z_step", "denoise", "tile", "memory_budget", "lazy", "include", "axes", "progress",
+                   "cancel")
 
 
 def model_options() -> tuple[str, ...]:
@@ -92,13 +93,14 @@ class FusionPlan:
 
 def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto", *, channel: int | None = None,
             window: int | None = None, weights: str | None = None, z_step: float | None = None,
-            denoise: bool = True, lazy: bool | str | None = None, include: Any = None, **options: Any) -> FusionPlan:
+            denoise: bool = True, lazy: bool | str | None = None, include: Any = None, axes: str | None = None,
+            **options: Any) -> FusionPlan:
     """Load the stack, check the settings and build the per-time-point tile engine."""
     from .io import load_stack
 
     method = resolve_method(method)
     check_options(method, options, window=window, weights=weights)
-    stack = load_stack(stack, z_step=z_step, lazy=lazy, include=include)
+    stack = load_stack(stack, z_step=z_step, lazy=lazy, include=include, axes=axes)
     dev = resolve_device(device)
     if channel is not None and not -stack.n_channels <= channel < stack.n_channels:
         raise StackMFFError(f"channel {channel} does not exist: the stack has {stack.n_channels} channel(s).")
@@ -176,6 +178,9 @@ def fuse(
     include
         For a slice folder: which files are the slices (a glob or a list of names) instead of the
         folder's naming pattern.
+    axes
+        For an array whose shape fits several readings, which one: ``"TZYX"`` (time series),
+        ``"CZYX"`` / ``"ZYXC"`` (channels), ``"TCZYX"``, ``"TZYXC"``. Unneeded otherwise.
     options
         Model options: ``readout``, ``compat`` (the published inference), ``half`` (fp16/bf16
         autocast), ``channels_last``, ``compile`` (torch.compile), ``prefetch``, ``feather``

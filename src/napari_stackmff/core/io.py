@@ -377,6 +377,7 @@ def load_stack(
     unit: str | None = None,
     lazy: bool | str | None = None,
     include: Include = None,
+    axes: str | None = None,
 ) -> FocalStack:
     """Load a focal stack from a folder of slices, a TIFF, a list of image files or an array.
 
@@ -400,7 +401,15 @@ def load_stack(
     include
         For a folder: which files are the slices, instead of the naming pattern: a glob
         (``"*.jpg"``) or a list of file names (read in that order).
+    axes
+        For an array: its axes when its shape fits several readings (see
+        :func:`napari_stackmff.core.stack.as_focal_stack`), e.g. ``"TZYX"`` or ``"CZYX"``.
     """
+    is_array = hasattr(source, "shape") and hasattr(source, "dtype") and not isinstance(source, FocalStack)
+    if axes is not None and not (is_array or (isinstance(source, (list, tuple)) and source
+                                               and all(hasattr(s, "shape") for s in source))):
+        what = source.source if isinstance(source, FocalStack) else source
+        raise StackError(f"{what}: axes= describes an array; files and stacks carry their own axes.")
     if include is not None and (not isinstance(source, (str, os.PathLike)) or Path(source).is_file()):
         what = source if isinstance(source, (str, os.PathLike)) else f"a {type(source).__name__}"
         raise StackError(f"{what}: include (--include) chooses files in a slice folder; this is not a folder.")
@@ -417,11 +426,11 @@ def load_stack(
         stack = dataclasses.replace(source) if (z_step is not None or unit) else source
     elif isinstance(source, (list, tuple)):
         if source and all(hasattr(s, "shape") for s in source):
-            stack = as_focal_stack(np.stack([np.asarray(s) for s in source]))
+            stack = as_focal_stack(np.stack([np.asarray(s) for s in source]), axes=axes)
         else:
             stack = read_slices(source)
     elif hasattr(source, "shape") and hasattr(source, "dtype"):
-        stack = as_focal_stack(source)
+        stack = as_focal_stack(source, axes=axes)
     else:
         path = Path(source)
         if not path.exists():

@@ -240,31 +240,46 @@ def as_focal_stack(
     rgb: bool | None = None,
     source: str | None = None,
 ) -> FocalStack:
-    """Wrap an array as a FocalStack, guessing the axes of 3-D and 4-D arrays.
+    """Wrap an array as a FocalStack; the axes are read from its shape only when one reading fits.
 
-    (Z, Y, X) is a gray stack; (Z, Y, X, 3|4) an RGB(A) stack; other 4-D arrays are treated as
-    (T, Z, Y, X). Pass ``axes`` to say otherwise.
+    (Z, Y, X) is a gray stack. A 4-D or 5-D array may be a time series, channels first or channels
+    last: each reading (:data:`ARRAY_READINGS`) fits when it gives images of at least
+    :data:`MIN_SIDE_GUESS` px, at most :data:`MAX_CHANNELS_GUESS` channels and 2 slices. One fit is
+    used; several raise one error listing them, and ``axes`` (any reading, e.g. ``"CZYX"``) says
+    which. (Z, Y, X, 3) stays an RGB stack: no other reading fits it.
     """
     if isinstance(data, FocalStack):
         return data
     if not hasattr(data, "shape") or not hasattr(data, "dtype"):
         data = np.asarray(data)
-    ndim = len(data.shape)
+    shape = tuple(data.shape)
+    ndim = len(shape)
     where = f"{source}: " if source else ""
     if axes is None:
         if ndim == 2:
             raise StackError(
-                f"{where}got a single 2-D image {tuple(data.shape)}; a focal stack is (Z, Y, X) or "
+                f"{where}got a single 2-D image {shape}; a focal stack is (Z, Y, X) or "
                 "(Z, Y, X, C). Pass all the slices (a folder, a multi-page TIFF or a 3-D array)."
             )
         if ndim == 3:
             axes = "ZYX"
-        elif ndim == 4:
-            axes = "ZYXC" if data.shape[-1] in (3, 4) else "TZYX"
-        elif ndim == 5:
-            axes = "TZYXC"
+        elif ndim in ARRAY_READINGS:
+            fits = [a for a in ARRAY_READINGS[ndim] if _reading_fits(a, shape)]
+            if len(fits) != 1:
+                said = {"ZYXC": "channels last", "TZYX": "a time series", "CZYX": "channels first",
+                        "TZYXC": "a time series, channels last", "TCZYX": "a time series, channels first"}
+                options = " or ".join(f"{a} ({said[a]})" for a in (fits or ARRAY_READINGS[ndim]))
+                why = "reads as" if fits else "fits none of the readings"
+                raise StackError(f"{where}a {shape} array {why} {options}; pass axes= (e.g. "
+                                 f"axes={(fits or ARRAY_READINGS[ndim])[0]!r}) to say which.")
+            axes = fits[0]
         else:
-            raise StackError(f"{where}cannot interpret an array of shape {tuple(data.shape)} as a focal stack.")
+            raise StackError(f"{where}cannot interpret an array of shape {shape} as a focal stack.")
+    axes = axes.upper()
+    if "C" in axes and not axes.endswith("C") and len(axes) == ndim:  # channels first: a view with C last
+        c = axes.index("C")
+        data = moveaxis_last(data, c)
+        axes = axes.replace("C", "") + "C"
     if rgb is None:
         rgb = axes.endswith("C") and data.shape[-1] in (3, 4) and np.dtype(data.dtype).kind in "uf"
     if z_positions is None and z_step is not None:
@@ -273,6 +288,34 @@ def as_focal_stack(
     if isinstance(data, np.ndarray) and data.dtype.kind == "f":
         check_finite(data, source)
     return FocalStack(data=data, axes=axes, z_positions=z_positions, unit=unit, rgb=bool(rgb), source=source)
+
+
+#: How 4-D and 5-D arrays may be read (our axes letters), most common first.
+ARRAY_READINGS = {4: ("ZYXC", "TZYX", "CZYX"), 5: ("TZYXC", "TCZYX")}
+#: A reading must give images at least this wide and high: narrower "images" are a misread axis
+#: (a (8, 64, 64, 2) array as a time series would fuse to (8, 64, 2)).
+MIN_SIDE_GUESS = 8
+#: ... and at most this many channels (beyond it, the axis is more likely Z, Y or X).
+MAX_CHANNELS_GUESS = 8
+
+
+def _reading_fits(axes: str, shape: tuple[int, ...]) -> bool:
+    size = dict(zip(axes, shape))
+    return (size["Y"] >= MIN_SIDE_GUESS and size["X"] >= MIN_SIDE_GUESS and size["Z"] >= 2
+            and size.get("C", 1) <= MAX_CHANNELS_GUESS)
+
+
+def moveaxis_last(data: Any, axis: int) -> Any:
+    """``axis`` to the end without loading the data: a numpy view, or dask for dask/zarr-like data
+    (numpy when dask, an optional dependency, is missing)."""
+    if isinstance(data, np.ndarray):
+        return np.moveaxis(data, axis, -1)
+    try:
+        import dask.array as da
+
+        return da.moveaxis(da.asarray(data), axis, -1)
+    except ImportError:  # pragma: no cover - dask is optional
+        return np.moveaxis(np.asarray(data), axis, -1)
 
 
 def check_finite(data: np.ndarray, source: str | None = None, at: str = "") -> None:
