@@ -106,8 +106,12 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
         raise StackMFFError(f"channel {channel} does not exist: the stack has {stack.n_channels} channel(s).")
     win = classical.DEFAULT_WINDOW if window is None else int(window)
     if method in classical.CLASSICAL_METHODS:
-        if win < 1:
+        h, w = stack.yx_shape
+        if win < 1 or win % 2 == 0:
             raise StackMFFError(f"window must be a positive odd number of pixels, got {win}.")
+        if win > min(h, w):  # a box wider than the image measures nothing local (and its padding is huge)
+            raise StackMFFError(f"window {win} is larger than the {w}x{h} image; use at most "
+                                f"{min(h, w) - (1 - min(h, w) % 2)} pixels (default {classical.DEFAULT_WINDOW}).")
         def make_engine(t: int) -> TileEngine:
             return ClassicalEngine(stack, t, method, dev, channel=channel, window=win, denoise=denoise)
     else:

@@ -426,6 +426,11 @@ def load_stack(
         stack = dataclasses.replace(source) if (z_step is not None or unit) else source
     elif isinstance(source, (list, tuple)):
         if source and all(hasattr(s, "shape") for s in source):
+            shapes = [tuple(s.shape) for s in source]
+            odd = next((i for i, sh in enumerate(shapes) if sh != shapes[0]), None)
+            if odd is not None:
+                raise StackError(f"slice {odd} of the list is {shapes[odd]}, slice 0 is {shapes[0]}: the slices of "
+                                 "a stack must all have one shape.")
             stack = as_focal_stack(np.stack([np.asarray(s) for s in source]), axes=axes)
         else:
             stack = read_slices(source)
@@ -672,6 +677,8 @@ def save_result(
     write (say a height map, when the z-step is no longer known) is removed once the new set is
     complete, so no stale file sits next to newer results.
     """
+    if Path(outdir).exists() and not Path(outdir).is_dir():
+        raise OutputError(f"{outdir}: is a file, not a folder; -o names the folder the results go to.")
     paths = result_paths(outdir, name)
     check_output_safe(paths.values(), inputs)
     existing = [p for p in paths.values() if p.exists()]

@@ -584,7 +584,16 @@ def train(
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_gamma)
     start_epoch, best, history, bad_epochs = 0, math.inf, [], 0
     if cfg.resume and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated, not a checkpoint, or holding code (refused by weights_only)
+            why = ("not a torch file, or it holds more than tensors" if "weights only" in str(exc).lower()
+                   else (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120])
+            raise StackMFFError(f"{ckpt}: cannot resume from it ({why}); start a new checkpoint or drop "
+                                "--resume.") from None
+        if not isinstance(state, dict) or not {"state_dict", "optimizer", "epoch"} <= set(state):
+            raise StackMFFError(f"{ckpt}: is not a training checkpoint of ours (weights only?); pass it as "
+                                "--init-weights to fine-tune from it, without --resume.")
         if state.get("model") != cfg.model:
             raise StackMFFError(f"{ckpt}: holds a {state.get('model')!r} checkpoint, not {cfg.model!r}.")
         model.load_state_dict(state["state_dict"])

@@ -318,6 +318,8 @@ def fuse_to_disk(
     for p in finals.values():
         if p.exists() and not overwrite:
             raise OutputError(f"{p}: already exists; choose another output or pass overwrite=True.")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise OutputError(f"{out.parent}: is a file, not a folder; the results go into a folder.")
     out.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_parts(out.parent)  # what a killed earlier run left behind
     tmps = {k: _tmp(p) for k, p in finals.items()}
