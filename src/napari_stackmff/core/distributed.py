@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -42,11 +43,41 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+#: Seconds between a local worker's checks that the batch process that started it still runs. A
+#: killed batch (SIGKILL, SIGTERM: no chance to clean up) leaves its workers orphaned; they exit
+#: within this long instead of fusing on and writing results nobody waits for.
+PARENT_CHECK_S = 0.5
+_watching: int | None = None
+
+
+def _watch_parent(pid: int) -> None:
+    """Exit this worker process as soon as process ``pid`` is gone (once per process)."""
+    global _watching
+    if _watching == pid:
+        return
+    _watching = pid
+
+    def loop() -> None:
+        while True:
+            time.sleep(PARENT_CHECK_S)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(1)  # temporary files are swept by the next run (core.io.sweep_stale_parts)
+            except PermissionError:  # pid taken by another user's process: ours is gone
+                os._exit(1)
+
+    threading.Thread(target=loop, name="stackmff-parent-watch", daemon=True).start()
+
+
 def _task(job: StackJob, outdir: str, settings: dict[str, Any], overwrite: bool, threads: int,
-          parent_pid: int) -> tuple[str, str, dict]:
-    """One stack on a worker; threads are set only in a worker process of its own (never the caller's)."""
+          parent_pid: int, local: bool = True) -> tuple[str, str, dict]:
+    """One stack on a worker; threads are set only in a worker process of its own (never the caller's).
+    ``local``: the worker runs on this machine, so it can watch the batch process and die with it."""
     if os.getpid() != parent_pid:
         _init_worker(threads)
+        if local:
+            _watch_parent(parent_pid)
     status, error = process_job(job, outdir, settings, overwrite)
     return status, error, worker_info()
 
@@ -105,13 +136,31 @@ def run_batch_parallel(
     if address is not None:
         _run_dask(jobs, outdir, overwrite, workers, threads, me, address, settings, finished)
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(start_method)) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(start_method))
+        try:
             futures = {pool.submit(_task, job, outdir, settings, overwrite, threads, me): job for job in jobs}
             for fut in as_completed(futures):
                 finished(futures[fut], fut.result)
+        except BaseException:  # Ctrl-C (or any error here): drop the queue, stop the stacks in flight now
+            _stop_pool(pool)
+            bar.close()
+            raise
+        pool.shutdown(wait=True)
     bar.close()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel every queued stack and end the workers at once. A stack in flight is discarded: its
+    files are written to temporary names and renamed only when whole, so nothing half-written
+    remains under a result name, and the next run redoes it."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # the executor has no public handle
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        proc.terminate()
+    for proc in processes:
+        proc.join(timeout=5)
 
 
 def _run_dask(jobs: list[StackJob], outdir: str, overwrite: bool, workers: int, threads: int, me: int,
@@ -131,11 +180,17 @@ def _run_dask(jobs: list[StackJob], outdir: str, overwrite: bool, workers: int, 
         if cluster is not None:
             cluster.close()
         raise StackMFFError(f"cannot reach the Dask scheduler at {address!r} ({exc}).") from None
+    futures: dict = {}
     try:
-        futures = {client.submit(_task, job, outdir, settings, overwrite, threads, me, pure=False): job
-                   for job in jobs}
+        # Workers of a cluster we started live on this machine and watch this process; a remote
+        # cluster's workers do not (this pid means nothing there).
+        futures = {client.submit(_task, job, outdir, settings, overwrite, threads, me, cluster is not None,
+                                 pure=False): job for job in jobs}
         for fut in dask_completed(futures):
             finished(futures[fut], fut.result)
+    except BaseException:  # Ctrl-C: nothing queued may start after we return
+        client.cancel(list(futures))
+        raise
     finally:
         if own_client:
             client.close()
