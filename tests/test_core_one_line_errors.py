@@ -67,3 +67,13 @@ def test_weights_with_a_classical_method_are_refused(stack_tif: Path, tmp_path: 
     assert main(["-q", "fuse", str(stack_tif), "-o", str(tmp_path / "o"), "--method", "wavelet", "--weights",
                  "x.pt"]) == 2
     _one_line(capsys, "does not take 'weights'")
+
+
+def test_results_too_big_for_memory_are_refused_up_front() -> None:
+    """A huge input read tile by tile still returns whole images: say so before any work, with the
+    way out (streaming to disk), instead of a MemoryError part way."""
+    from napari_stackmff.core.errors import StackMFFError
+
+    huge = np.broadcast_to(np.zeros((1, 1, 1), np.uint16), (3, 400_000, 400_000))  # no memory behind it
+    with pytest.raises(StackMFFError, match=r"results need \d+\.\d GiB.*--stream"):
+        fuse(huge, method="variance")

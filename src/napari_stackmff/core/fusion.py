@@ -124,6 +124,32 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
     return FusionPlan(stack=stack, method=method, device=dev, make_engine=make_engine)
 
 
+#: Share of the memory available now that fuse()'s result arrays may take: the rest is for the tiles
+#: in flight, the height map and the caller's own copies.
+RESULT_MEMORY_SHARE = 0.8
+
+
+def result_bytes(stack: Any) -> int:
+    """Bytes of fuse()'s result arrays: the all-in-focus image plus the float32 focus, confidence
+    and height maps, for every time point."""
+    h, w = stack.yx_shape
+    per_pixel = np.dtype(stack.dtype).itemsize * stack.n_channels + 3 * 4
+    return int(stack.n_times * h * w * per_pixel)
+
+
+def check_result_fits(stack: Any) -> None:
+    """Refuse up front, with the way out, a fusion whose results cannot fit in memory (a huge lazy or
+    Dask input read tile by tile still returns whole images), instead of a MemoryError part way."""
+    import psutil
+
+    need, free = result_bytes(stack), psutil.virtual_memory().available
+    if need > RESULT_MEMORY_SHARE * free:
+        gib = 1024 ** 3
+        raise StackMFFError(f"{stack.source or 'the stack'}: its results need {need / gib:.1f} GiB in memory, more "
+                            f"than this machine has free ({free / gib:.1f} GiB); write them to disk tile by tile "
+                            "instead: fuse_to_disk(...) or 'stackmff fuse --stream zarr|tiff'.")
+
+
 def fuse(
     stack: Any,
     method: str = "auto",
@@ -200,6 +226,7 @@ def fuse(
     timings: dict[str, float] = {"load_s": time.perf_counter() - t0, "focus_s": 0.0, "gather_s": 0.0}
     n, T = stack.n_slices, stack.n_times
     h, w = stack.yx_shape
+    check_result_fits(stack)
     aif = np.empty((T, h, w) + ((stack.n_channels,) if stack.has_channels else ()), dtype=stack.dtype)
     focus = np.empty((T, h, w), dtype=np.float32)
     conf = np.empty((T, h, w), dtype=np.float32)
