@@ -25,6 +25,9 @@ def _add_fuse_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, default=None, help=f"focus-measure window in pixels (default {DEFAULT_WINDOW})")
     p.add_argument("--weights", type=Path, default=None, help="checkpoint for a model method (ours or the official one)")
     p.add_argument("--z-step", type=float, default=None, help="slice spacing, when the files do not carry it")
+    p.add_argument("--align", choices=("translation", "similarity", "homography"), default=None,
+                   help="register the slices onto the middle one before fusing (drift, shake, focus breathing); "
+                        "the transforms go into the _fusion.json")
     p.add_argument("--tile", type=int, default=None,
                    help="tile side in pixels (default: the largest that fits in memory)")
     p.add_argument("--include", default=None, metavar="GLOB",
@@ -35,7 +38,7 @@ def _add_fuse_options(p: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> dict:
     s = {"method": args.method, "device": args.device, "channel": args.channel, "window": args.window,
          "weights": str(args.weights) if args.weights else None, "z_step": args.z_step,
-         "tile": getattr(args, "tile", None)}
+         "tile": getattr(args, "tile", None), "align": getattr(args, "align", None)}
     return {k: v for k, v in s.items() if v is not None}
 
 
@@ -51,6 +54,8 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     from .core.io import input_files, load_stack, save_result, stack_name
 
     lazy = {"auto": None, "on": True, "off": False}[args.lazy]
+    if args.align and args.lazy == "auto":
+        lazy = False  # alignment resamples whole slices: the stack is read into memory
     stack = load_stack(args.input, lazy=lazy, include=args.include)
     near = beside_inputs(args.output, args.input, input_files(stack))
     name = stack_name(args.input)

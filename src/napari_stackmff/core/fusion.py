@@ -51,8 +51,8 @@ def resolve_method(method: str) -> str:
 
 
 #: Settings of fuse()/fuse_to_disk() that every method takes (the rest are per method, below).
-COMMON_SETTINGS = ("channel", "z_step", "denoise", "tile", "memory_budget", "lazy", "include", "axes", "progress",
-                   "cancel")
+COMMON_SETTINGS = ("channel", "z_step", "denoise", "tile", "memory_budget", "lazy", "include", "axes", "align",
+                   "progress", "cancel")
 
 
 def model_options() -> tuple[str, ...]:
@@ -89,18 +89,24 @@ class FusionPlan:
     method: str
     device: torch.device
     make_engine: Callable[[int], TileEngine]
+    alignment: list[dict] | None = None  # per time point, when align= was asked (core.align)
 
 
 def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto", *, channel: int | None = None,
             window: int | None = None, weights: str | None = None, z_step: float | None = None,
             denoise: bool = True, lazy: bool | str | None = None, include: Any = None, axes: str | None = None,
-            **options: Any) -> FusionPlan:
+            align: bool | str | None = None, **options: Any) -> FusionPlan:
     """Load the stack, check the settings and build the per-time-point tile engine."""
     from .io import load_stack
 
     method = resolve_method(method)
     check_options(method, options, window=window, weights=weights)
     stack = load_stack(stack, z_step=z_step, lazy=lazy, include=include, axes=axes)
+    alignment = None
+    if align:
+        from .align import align_stack
+
+        stack, alignment = align_stack(stack, align, source=stack.source or "the stack")
     dev = resolve_device(device)
     if channel is not None and not -stack.n_channels <= channel < stack.n_channels:
         raise StackMFFError(f"channel {channel} does not exist: the stack has {stack.n_channels} channel(s).")
@@ -121,7 +127,7 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
 
         def make_engine(t: int) -> TileEngine:
             return runner.engine(stack, t, channel=channel, denoise=denoise)
-    return FusionPlan(stack=stack, method=method, device=dev, make_engine=make_engine)
+    return FusionPlan(stack=stack, method=method, device=dev, make_engine=make_engine, alignment=alignment)
 
 
 #: Share of the memory available now that fuse()'s result arrays may take: the rest is for the tiles
@@ -208,6 +214,11 @@ def fuse(
     include
         For a slice folder: which files are the slices (a glob or a list of names) instead of the
         folder's naming pattern.
+    align
+        Register the slices before fusing (drift, shake, focus breathing): ``"translation"``,
+        ``"similarity"`` (scale, rotation, shift; ``True``) or ``"homography"``, each slice onto the
+        middle one (:mod:`napari_stackmff.core.align`); the transforms are in ``result.alignment``.
+        A stack that cannot be registered is fused unaligned with a warning. In-memory stacks only.
     axes
         For an array whose shape fits several readings, which one: ``"TZYX"`` (time series),
         ``"CZYX"`` / ``"ZYXC"`` (channels), ``"TCZYX"``, ``"TZYXC"``. Unneeded otherwise.
@@ -258,4 +269,5 @@ def fuse(
         timings=timings,
         z_positions=stack.z_positions,
         display_range=stack_display_range(stack),
+        alignment=plan.alignment,
     )

@@ -733,6 +733,7 @@ def save_result(
             "focus_map_png": "viridis from slice 0 (first) to the last slice, colour bar on the right",
         },
         "inputs": [str(Path(p).resolve()) for p in inputs],  # the exact slices, in stack order
+        **({"alignment": result.alignment} if result.alignment else {}),
         "outputs": {k: p.name for k, p in written.items()},
     }
     info.update(extra_info or {})

@@ -40,6 +40,7 @@ class FusionResult:
     timings: dict[str, float] = field(default_factory=dict)
     z_positions: np.ndarray | None = None
     display_range: tuple[float, float] | None = None
+    alignment: list[dict] | None = None  # per time point: motion, matrices (reference -> slice), shifts, scales
 
     @property
     def n_times(self) -> int:
