@@ -25,8 +25,8 @@ MOTIONS = ("translation", "similarity", "homography")
 #: Longer side of the copy that transforms are estimated on (px): the median shift error on synthetic
 #: stacks is already sub-pixel at this size (tests/test_align.py), and larger costs time for nothing.
 ESTIMATE_SIDE = 512
-#: Largest mean disagreement (px of the estimation copy) between a slice's chained transform and its
-#: direct registration to the reference before the alignment is distrusted.
+#: Largest mean disagreement (px of the estimation copy) between a two-step chain of neighbour
+#: registrations and the direct registration across it before the alignment is distrusted.
 CONSISTENCY_PX = 1.0
 #: Band-pass of the compared images: DoG sigmas in px of the estimation copy.
 BAND = (1.0, 4.0)
@@ -149,23 +149,23 @@ def estimate(images: np.ndarray, motion: str = "similarity", reference: int | No
         chain[i] = pair[i] @ chain[i - 1]
     for i in range(ref - 1, -1, -1):
         chain[i] = np.linalg.inv(pair[i + 1]) @ chain[i + 1]
-    # Check: each chained transform against a direct registration to the reference. Periodic
+    # Check: every two-step chain (i-2 -> i-1 -> i) against a direct registration of i-2 to i. Periodic
     # textures (bricks, gratings) let phase correlation lock one period off; the two routes then
-    # disagree, and the stack is better fused unaligned than wrongly aligned.
+    # disagree, and the stack is better fused unaligned than wrongly aligned. Slices two apart still
+    # share most of their focus, so real sweeps with strong blur changes pass (direct registration to
+    # a far reference slice did not: 6 of 9 real stacks were distrusted).
     yy, xx = np.mgrid[sh * 0.2:sh * 0.8:5j, sw * 0.2:sw * 0.8:5j]
     grid = np.stack([xx.ravel(), yy.ravel(), np.ones(xx.size)])
     worst = 0.0
-    for i in range(n):
-        if i == ref:
-            continue
+    for i in range(2, n):
         if motion == "translation":
-            direct = _shift_matrix(_translation(small[ref], small[i]))
+            direct = _shift_matrix(_translation(small[i - 2], small[i]))
         else:
-            src, dst = _local_shifts(small[ref], small[i])
+            src, dst = _local_shifts(small[i - 2], small[i])
             direct = _fit(src, dst, motion)
         if direct is None:
             continue
-        a, b = chain[i] @ grid, direct @ grid
+        a, b = (pair[i] @ pair[i - 1]) @ grid, direct @ grid
         worst = max(worst, float(np.linalg.norm(a[:2] / a[2] - b[:2] / b[2], axis=0).mean()))
     if worst > CONSISTENCY_PX:
         notes.append(f"chained and direct registrations disagree by {worst / f:.1f} px (repetitive texture?)")
