@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from skimage.transform import warp  # noqa: E402
 
 from napari_stackmff.core import fuse, synth  # noqa: E402
-from napari_stackmff.core.align import _matrix, warp_slice  # noqa: E402
+from napari_stackmff.core.align import similarity_matrix, warp_slice  # noqa: E402
 from napari_stackmff.core.metrics import psnr  # noqa: E402
 
 SCENES = ("cells", "natural", "text", "fibres")
@@ -43,7 +43,7 @@ def moved_stack(seed: int, size: int, scene: str) -> tuple[object, np.ndarray, l
             mats.append(np.eye(3))
             slices.append(s.slices[z])
             continue
-        m = _matrix(1 + 0.03 * (z - n // 2) / (n - 1), rng.uniform(-1, 1), rng.uniform(-8, 8, 2), c)
+        m = similarity_matrix(1 + 0.03 * (z - n // 2) / (n - 1), rng.uniform(-1, 1), rng.uniform(-8, 8, 2), c)
         mats.append(m)
         moved = warp(s.slices[z].astype(float), np.linalg.inv(m), order=3, mode="edge", preserve_range=True)
         slices.append(np.clip(np.rint(moved), 0, 255).astype(np.uint8))

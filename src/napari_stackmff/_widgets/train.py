@@ -17,20 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import napari
-from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
                             QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QProgressBar, QPushButton, QSpinBox,
                             QToolButton, QVBoxLayout, QWidget)
 
-from .._layerdata import guess_layer_axes, layer_to_stack
 from ..core.defaults import UNSUPERVISED_DEFAULTS
 from ..core.devices import available_devices
 from ..core.errors import StackMFFError
 from ..core.models import registry
 from . import _settings
-from ._layers import connect_layer_list, is_result
+from ._inputs import axes_choices, is_stack_layer, z_info
+from ._inputs import layer_stack as stack_of_layer
+from ._layers import connect_layer_list
 from ._layout import PathEdit, VerticalScroll
 from ._plot import LossPlot
 from ._worker import run_in_thread, user_message
@@ -42,20 +42,15 @@ LAYERS = "layers"
 SCRATCH, SHIPPED = "scratch", "shipped"
 
 
-def is_stack_layer(layer: Any) -> bool:
-    """Image layers the unsupervised objective can train on: at least 2 slices."""
-    if not isinstance(layer, Image) or is_result(layer):
-        return False
-    rgb = int(bool(layer.rgb))
-    return layer.data.ndim - rgb >= 3 and layer.data.shape[-3 - rgb] >= 2  # Z is the third axis from the end
+def _trainable(layer: Any) -> bool:
+    """Stacks the fusion widget would take, whose axes it can name."""
+    return is_stack_layer(layer) and bool(axes_choices(layer))
 
 
 def layer_stack(layer: Any) -> Any:
-    """The FocalStack of an image layer (axes from our metadata, else the likeliest reading)."""
-    meta = layer.metadata.get("stackmff") or {}
-    axes = guess_layer_axes(layer.data.ndim - (1 if layer.rgb else 0), layer.rgb, layer.metadata)
-    return layer_to_stack(layer.data, axes, rgb=layer.rgb, z_positions=meta.get("z_positions"),
-                          source=f"layer '{layer.name}'")
+    """The FocalStack of an image layer, with its likeliest axes (training needs no z spacing)."""
+    axes = axes_choices(layer)[0]
+    return stack_of_layer(layer, axes, z_info(layer, axes, 0.0, ""))
 
 
 def _spin(lo: int, hi: int, value: int, step: int = 1, suffix: str = "") -> QSpinBox:
@@ -364,7 +359,7 @@ class TrainingWidget(QWidget):
             return
         self.layer_list.clear()
         for layer in self.viewer.layers:
-            if is_stack_layer(layer):
+            if _trainable(layer):
                 item = QListWidgetItem(layer.name)
                 item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
                 item.setCheckState(ticked.get(layer.name, Qt.CheckState.Checked))
@@ -377,7 +372,7 @@ class TrainingWidget(QWidget):
     def checked_layers(self) -> list[Any]:
         names = {self.layer_list.item(i).text() for i in range(self.layer_list.count())
                  if self.layer_list.item(i).checkState() == Qt.CheckState.Checked}
-        return [layer for layer in self.viewer.layers if layer.name in names and is_stack_layer(layer)]
+        return [layer for layer in self.viewer.layers if layer.name in names and _trainable(layer)]
 
     def _browse_folder(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Training dataset folder", self.folder_edit.text())

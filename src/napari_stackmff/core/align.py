@@ -40,7 +40,7 @@ class Alignment:
     reference: int
     matrices: np.ndarray  # (N, 3, 3)
     notes: list[str] = field(default_factory=list)
-    consistent: bool = True  # chained and direct registrations agree (see estimate)
+    distrust: str | None = None  # why the transforms should not be used (see estimate), None when trusted
 
     def to_json(self) -> dict:
         return {"motion": self.motion, "reference": self.reference,
@@ -57,7 +57,7 @@ def _band(img: np.ndarray) -> np.ndarray:
 
 
 def _translation(ref: np.ndarray, mov: np.ndarray) -> np.ndarray:
-    """(dy, dx) such that mov(p) ~ ref(p - shift)... returned as the shift of ``mov`` against ``ref``."""
+    """(dy, dx): where content of ``ref`` at p is found in ``mov`` (at p + shift)."""
     from skimage.registration import phase_cross_correlation
 
     shift, _, _ = phase_cross_correlation(ref, mov, upsample_factor=20, normalization=None)
@@ -72,21 +72,19 @@ GRID, PATCH_SHARE = 5, 0.3
 
 def _local_shifts(ref: np.ndarray, mov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Patch centres (x, y) in ``ref`` and where they are in ``mov``, for textured patches."""
-    from skimage.registration import phase_cross_correlation
-
     h, w = ref.shape
     size = max(32, int(PATCH_SHARE * min(h, w)))
     src, dst = [], []
-    energy = [float(np.abs(ref).mean())]
+    energy = float(np.abs(ref).mean())
     for cy in np.linspace(size / 2, h - size / 2, GRID):
         for cx in np.linspace(size / 2, w - size / 2, GRID):
             y0, x0 = int(cy - size / 2), int(cx - size / 2)
             a, b = ref[y0:y0 + size, x0:x0 + size], mov[y0:y0 + size, x0:x0 + size]
-            if np.abs(a).mean() < 0.3 * energy[0]:  # flat patch: nothing to lock on to
+            if np.abs(a).mean() < 0.3 * energy:  # flat patch: nothing to lock on to
                 continue
-            shift, _, _ = phase_cross_correlation(a, b, upsample_factor=20, normalization=None)
+            dy, dx = _translation(a, b)
             src.append((cx, cy))
-            dst.append((cx - shift[1], cy - shift[0]))
+            dst.append((cx + dx, cy + dy))
     return np.asarray(src, float), np.asarray(dst, float)
 
 
@@ -95,18 +93,16 @@ def _fit(src: np.ndarray, dst: np.ndarray, motion: str) -> np.ndarray | None:
     from skimage.measure import ransac
     from skimage.transform import ProjectiveTransform, SimilarityTransform
 
-    model = SimilarityTransform if motion == "similarity" else ProjectiveTransform
-    need = 3 if motion == "similarity" else 5
-    if len(src) < need:
+    model, least = (SimilarityTransform, 2) if motion == "similarity" else (ProjectiveTransform, 4)
+    if len(src) <= least:  # at least one patch beyond the minimum, to have something to check against
         return None
-    fit, inliers = ransac((src, dst), model, min_samples=need - 1 if motion == "similarity" else 4,
-                          residual_threshold=1.0, max_trials=200, rng=0)
-    if fit is None or inliers is None or inliers.sum() < need:
+    fit, inliers = ransac((src, dst), model, min_samples=least, residual_threshold=1.0, max_trials=200, rng=0)
+    if fit is None or inliers is None or inliers.sum() <= least:
         return None
     return np.asarray(fit.params, float)
 
 
-def _matrix(scale: float, angle_deg: float, shift: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
+def similarity_matrix(scale: float, angle_deg: float, shift: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
     """Reference (x, y) -> slice (x, y): scale and rotate about ``centre`` (x, y), then shift (dy, dx)."""
     a = np.deg2rad(angle_deg)
     r = scale * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
@@ -117,9 +113,16 @@ def _matrix(scale: float, angle_deg: float, shift: np.ndarray, centre: tuple[flo
     return m
 
 
+def _register(a: np.ndarray, b: np.ndarray, motion: str) -> np.ndarray | None:
+    """The ``motion`` transform from ``a``'s coordinates to ``b``'s (None: too little texture to fit)."""
+    if motion == "translation":
+        return _shift_matrix(_translation(a, b))
+    return _fit(*_local_shifts(a, b), motion)
+
+
 def estimate(images: np.ndarray, motion: str = "similarity", reference: int | None = None) -> Alignment:
     """Transforms of each slice of ``images`` (N, H, W) against the reference slice (middle by default)."""
-    from skimage.transform import rescale, warp
+    from skimage.transform import rescale
 
     if motion not in MOTIONS:
         raise StackMFFError(f"align must be one of {', '.join(MOTIONS)} (or True for similarity), got {motion!r}.")
@@ -129,19 +132,13 @@ def estimate(images: np.ndarray, motion: str = "similarity", reference: int | No
     small = np.stack([_band(rescale(im.astype(np.float32), f, anti_aliasing=True) if f < 1 else im)
                       for im in images])
     sh, sw = small.shape[1:]
-    centre = ((sw - 1) / 2, (sh - 1) / 2)
     pair = [np.eye(3)]  # pair[i]: slice i-1 coordinates -> slice i coordinates (small scale)
     notes: list[str] = []
     for i in range(1, n):
-        a, b = small[i - 1], small[i]
-        if motion == "translation":
-            pair.append(_shift_matrix(_translation(a, b)))
-            continue
-        src, dst = _local_shifts(a, b)
-        m = _fit(src, dst, motion)
+        m = _register(small[i - 1], small[i], motion)
         if m is None:  # too little texture for a local fit: fall back to the global shift
             notes.append(f"slices {i - 1}-{i}: too little texture for a {motion} fit; translation only")
-            m = _shift_matrix(_translation(a, b))
+            m = _register(small[i - 1], small[i], "translation")
         pair.append(m)
     # Chain to the reference: ref -> i.
     chain = [np.eye(3) for _ in range(n)]
@@ -158,21 +155,17 @@ def estimate(images: np.ndarray, motion: str = "similarity", reference: int | No
     grid = np.stack([xx.ravel(), yy.ravel(), np.ones(xx.size)])
     worst = 0.0
     for i in range(2, n):
-        if motion == "translation":
-            direct = _shift_matrix(_translation(small[i - 2], small[i]))
-        else:
-            src, dst = _local_shifts(small[i - 2], small[i])
-            direct = _fit(src, dst, motion)
+        direct = _register(small[i - 2], small[i], motion)
         if direct is None:
             continue
         a, b = (pair[i] @ pair[i - 1]) @ grid, direct @ grid
         worst = max(worst, float(np.linalg.norm(a[:2] / a[2] - b[:2] / b[2], axis=0).mean()))
-    if worst > CONSISTENCY_PX:
-        notes.append(f"chained and direct registrations disagree by {worst / f:.1f} px (repetitive texture?)")
+    distrust = (f"chained and direct registrations disagree by {worst / f:.1f} px (repetitive texture?)"
+                if worst > CONSISTENCY_PX else None)
     up = np.diag([1 / f, 1 / f, 1.0])
     down = np.diag([f, f, 1.0])
     full = np.stack([up @ m @ down for m in chain])
-    return Alignment(motion, ref, full, notes, consistent=worst <= CONSISTENCY_PX)
+    return Alignment(motion, ref, full, notes, distrust)
 
 
 def _shift_matrix(shift: np.ndarray) -> np.ndarray:
@@ -182,7 +175,7 @@ def _shift_matrix(shift: np.ndarray) -> np.ndarray:
 
 
 def warp_slice(img: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Slice ``img`` resampled onto the reference grid (edges repeated), in its own dtype."""
+    """Slice ``img`` (H, W[, C]) resampled onto the reference grid (edges repeated), in its own dtype."""
     from skimage.transform import warp
 
     if np.allclose(matrix, np.eye(3)):
@@ -258,7 +251,7 @@ def align_stack(stack, align: bool | str | None, source: str = "the stack"):
     for t in range(stack.n_times):
         gray = np.stack([stack.focus_image(z, t) for z in range(stack.n_slices)])
         al = estimate(gray, motion)
-        why = _believable(al, (h, w)) if al.consistent else al.notes[-1]
+        why = al.distrust or _believable(al, (h, w))
         share = valid_share(al.matrices, (h, w)) if why is None else 0.0
         if why is None and share < MIN_VALID_SHARE:
             raise StackMFFError(f"{source}: after {motion} alignment only {share:.0%} of the image is covered by "
@@ -269,10 +262,6 @@ def align_stack(stack, align: bool | str | None, source: str = "the stack"):
             records.append({"motion": motion, "aligned": False, "why": why})
             continue
         for z in range(stack.n_slices):
-            sl = data[t, z]
-            if sl.ndim == 3:
-                out[t, z] = np.stack([warp_slice(sl[..., c], al.matrices[z]) for c in range(sl.shape[-1])], -1)
-            else:
-                out[t, z] = warp_slice(sl, al.matrices[z])
+            out[t, z] = warp_slice(data[t, z], al.matrices[z])  # channels are warped alike
         records.append({**al.to_json(), "aligned": True, "valid_share": round(share, 4)})
     return dataclasses.replace(stack, data=out if stack.has_time else out[0]), records

@@ -89,14 +89,23 @@ def recorded_outputs(folder: PathLike) -> set[str]:
     folder) are thereby never read back as slices or stacks."""
     names: set[str] = set()
     for info in Path(folder).glob("*_fusion.json"):
-        try:
-            outputs = json.loads(info.read_text()).get("outputs")
-        except (OSError, ValueError, AttributeError):
-            continue  # not ours, or unreadable: then it lists nothing
-        if isinstance(outputs, dict):
+        listed = listed_outputs(info)
+        if listed is not None:
             names.add(info.name)
-            names.update(Path(str(n)).name for n in outputs.values())
+            names.update(listed)
     return names
+
+
+def listed_outputs(info: PathLike) -> set[str] | None:
+    """File names (no folders) a ``_fusion.json`` lists as its result set (None: missing, unreadable
+    or not ours)."""
+    try:
+        outputs = json.loads(Path(info).read_text()).get("outputs")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(outputs, dict):
+        return None
+    return {Path(str(n)).name for n in outputs.values()}
 
 
 def _image_files(folder: Path) -> tuple[list[Path], list[str]]:
@@ -500,14 +509,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale_parts(folder: PathLike) -> list[Path]:
+_swept: set[Path] = set()
+
+
+def sweep_stale_parts(folder: PathLike, *, again: bool = False) -> list[Path]:
     """Remove temporary files that a killed run of ours left in ``folder``: those whose process on
     this host is gone, or, from another host, older than :data:`STALE_PART_SECONDS`. Files that are
-    not ours (other names) and those of live writers are never touched."""
+    not ours (other names) and those of live writers are never touched.
+
+    Once per folder per process unless ``again``: a batch writes thousands of results into one
+    folder, and what a killed earlier run left is there from the start."""
     import time
 
     folder = Path(folder)
     removed: list[Path] = []
+    key = folder.resolve()
+    if key in _swept and not again:
+        return removed
+    _swept.add(key)
     try:
         entries = list(folder.iterdir())
     except OSError:
@@ -685,7 +704,7 @@ def save_result(
     if existing and not overwrite:
         raise OutputError(f"{existing[0]}: results named {name!r} already exist here; pass --overwrite "
                           "(overwrite=True) to replace them, or choose another output.")
-    old_set = _listed_outputs(paths["info"])
+    old_set = listed_outputs(paths["info"]) or set()
     sweep_stale_parts(outdir)
     unit, z_step, pixel = result.unit, result.z_step, result.pixel_size
     written: dict[str, Path] = {}
@@ -742,14 +761,3 @@ def save_result(
     for stale in old_set - keep:
         (Path(outdir) / stale).unlink(missing_ok=True)
     return written
-
-
-def _listed_outputs(info: Path) -> set[str]:
-    """File names an earlier ``_fusion.json`` lists as its result set (empty when none or not ours)."""
-    try:
-        outputs = json.loads(info.read_text()).get("outputs")
-    except (OSError, ValueError, AttributeError):
-        return set()
-    if not isinstance(outputs, dict):
-        return set()
-    return {Path(str(n)).name for n in outputs.values() if Path(str(n)).name == str(n)}  # plain names only

@@ -136,7 +136,6 @@ def render_pool_item(seed: int | Sequence[int], size: int, n_range: tuple[int, i
     worker processes render exactly what the training process would."""
     from . import synth
 
-    torch.set_num_threads(1)  # a render worker is one core; many of them feed one trainer
     rng = np.random.default_rng(seed)
     # Gray only: the network sees luma, and blur is linear, so an RGB render adds cost, not signal.
     dense = max(n_range[1], min(24, max(n_range[1] + 8, 2 * n_range[1])))
@@ -175,7 +174,9 @@ class SyntheticPool:
 
             # forkserver/spawn: forking a process that holds torch's thread pools can deadlock.
             method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-            self.executor = ProcessPoolExecutor(workers, mp_context=mp.get_context(method))
+            # A render worker is one core (torch threads 1): many of them feed one trainer.
+            self.executor = ProcessPoolExecutor(workers, mp_context=mp.get_context(method),
+                                                initializer=torch.set_num_threads, initargs=(1,))
             futures = [self._submit() for _ in range(pool)]
             for i, fut in enumerate(futures):
                 if stop is not None and stop.is_set():
@@ -203,9 +204,8 @@ class SyntheticPool:
         return self.executor.submit(render_pool_item, self._next_seed(), *self.args)
 
     def _refresh(self) -> None:
-        slot = int(self.rng.integers(len(self.items)))
         if self.executor is None:
-            self.items[slot] = self._render()
+            self.items[int(self.rng.integers(len(self.items)))] = self._render()
             return
         ready = [f for f in self.pending if f.done()]
         for fut in ready:  # every finished render replaces one entry; the queue is topped up
