@@ -28,6 +28,9 @@ def _add_fuse_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--align", choices=("translation", "similarity", "homography"), default=None,
                    help="register the slices onto the middle one before fusing (drift, shake, focus breathing); "
                         "the transforms go into the _fusion.json")
+    p.add_argument("--blend", choices=("hard", "soft"), default=None,
+                   help="hard (default): each pixel copied from one slice; soft: slices mixed with edge-following "
+                        "weights, fewer seams and halos at depth edges, but not pixel-faithful")
     p.add_argument("--tile", type=int, default=None,
                    help="tile side in pixels (default: the largest that fits in memory)")
     p.add_argument("--include", default=None, metavar="GLOB",
@@ -38,7 +41,8 @@ def _add_fuse_options(p: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> dict:
     s = {"method": args.method, "device": args.device, "channel": args.channel, "window": args.window,
          "weights": str(args.weights) if args.weights else None, "z_step": args.z_step,
-         "tile": getattr(args, "tile", None), "align": getattr(args, "align", None)}
+         "tile": getattr(args, "tile", None), "align": getattr(args, "align", None),
+         "blend": getattr(args, "blend", None)}
     return {k: v for k, v in s.items() if v is not None}
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import classical
+from .blend import SoftBlend, resolve_blend, soft_blend_for
 from .devices import resolve_device
 from .errors import StackMFFError
 from .pipeline import (  # noqa: F401  (re-exported: the pipeline's names used to live here)
@@ -52,7 +53,7 @@ def resolve_method(method: str) -> str:
 
 #: Settings of fuse()/fuse_to_disk() that every method takes (the rest are per method, below).
 COMMON_SETTINGS = ("channel", "z_step", "denoise", "tile", "memory_budget", "lazy", "include", "axes", "align",
-                   "progress", "cancel")
+                   "blend", "progress", "cancel")
 
 
 def model_options() -> tuple[str, ...]:
@@ -90,16 +91,18 @@ class FusionPlan:
     device: torch.device
     make_engine: Callable[[int], TileEngine]
     alignment: list[dict] | None = None  # per time point, when align= was asked (core.align)
+    blend: SoftBlend | None = None  # the soft blend's settings; None: hard selection (core.blend)
 
 
 def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto", *, channel: int | None = None,
             window: int | None = None, weights: str | None = None, z_step: float | None = None,
             denoise: bool = True, lazy: bool | str | None = None, include: Any = None, axes: str | None = None,
-            align: bool | str | None = None, **options: Any) -> FusionPlan:
+            align: bool | str | None = None, blend: str | None = None, **options: Any) -> FusionPlan:
     """Load the stack, check the settings and build the per-time-point tile engine."""
     from .io import load_stack
 
     method = resolve_method(method)
+    blend = resolve_blend(blend)
     check_options(method, options, window=window, weights=weights)
     stack = load_stack(stack, z_step=z_step, lazy=lazy, include=include, axes=axes)
     alignment = None
@@ -127,7 +130,9 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
 
         def make_engine(t: int) -> TileEngine:
             return runner.engine(stack, t, channel=channel, denoise=denoise)
-    return FusionPlan(stack=stack, method=method, device=dev, make_engine=make_engine, alignment=alignment)
+    soft = soft_blend_for(stack, channel) if blend == "soft" else None
+    return FusionPlan(stack=stack, method=method, device=dev, make_engine=make_engine, alignment=alignment,
+                      blend=soft)
 
 
 #: Share of the memory available now that fuse()'s result arrays may take: the rest is for the tiles
@@ -219,6 +224,11 @@ def fuse(
         ``"similarity"`` (scale, rotation, shift; ``True``) or ``"homography"``, each slice onto the
         middle one (:mod:`napari_stackmff.core.align`); the transforms are in ``result.alignment``.
         A stack that cannot be registered is fused unaligned with a warning. In-memory stacks only.
+    blend
+        ``"hard"`` (default): every output pixel is copied from the slice the focus map names
+        (pixel-faithful). ``"soft"``: slices are mixed with edge-following weights (a guided filter of
+        the selection, :mod:`napari_stackmff.core.blend`), which removes seams and most halos at depth
+        edges; **not pixel-faithful** (values are mixes of slices). The focus maps are the same.
     axes
         For an array whose shape fits several readings, which one: ``"TZYX"`` (time series),
         ``"CZYX"`` / ``"ZYXC"`` (channels), ``"TCZYX"``, ``"TZYXC"``. Unneeded otherwise.
@@ -246,10 +256,10 @@ def fuse(
         check_cancel(cancel)
         sub = sub_progress(progress, t, T, f" (t={t})" if T > 1 else "")
         engine = plan.make_engine(t)
-        side, overlap = plan_tile(stack, engine, plan.device, tile, memory_budget)
+        side, overlap = plan_tile(stack, engine, plan.device, tile, memory_budget, blend=plan.blend)
         n_tiles = count_tiles(h, w, side, overlap)
         for out in iter_fused_tiles(stack, engine, t, side, overlap, progress=sub, cancel=cancel,
-                                    timings=timings):
+                                    timings=timings, blend=plan.blend):
             aif[(t, *out.write)] = out.all_in_focus
             focus[(t, *out.write)] = out.focus
             conf[(t, *out.write)] = out.confidence
@@ -270,4 +280,5 @@ def fuse(
         z_positions=stack.z_positions,
         display_range=stack_display_range(stack),
         alignment=plan.alignment,
+        blend="hard" if plan.blend is None else "soft",
     )

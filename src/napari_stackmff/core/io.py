@@ -739,6 +739,7 @@ def save_result(
                                        unit=unit)
     info = {
         "method": result.method,
+        "blend": result.blend,  # "soft": pixels are mixes of slices, not copies
         "n_slices": result.n_slices,
         "shape": list(aif.shape),
         "dtype": str(aif.dtype),

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from . import classical
+from .blend import SoftBlend, soft_blend_window
 from .errors import StackMFFError
 from .prefetch import prefetch
 from .stack import FocalStack
@@ -381,21 +382,27 @@ class TileOutput:
 
 
 def plan_tile(stack: FocalStack, engine: TileEngine, device: torch.device, tile: int | None = None,
-              budget: int | None = None) -> tuple[int, int]:
-    """(tile side, overlap) for this engine: the user's tile, or the largest that fits the budget."""
+              budget: int | None = None, blend: SoftBlend | None = None) -> tuple[int, int]:
+    """(tile side, overlap) for this engine: the user's tile, or the largest that fits the budget.
+
+    A soft blend widens the margin by its filter's reach, so tiles still meet without seams.
+    """
     h, w = stack.yx_shape
     if engine.single_tile:
         return max(h, w), 0
-    overlap = round_overlap(engine.overlap)
+    reach = blend.support if blend is not None else 0
+    overlap = round_overlap(engine.overlap + reach)
     if tile is None:
         gather_bytes = stack.dtype.itemsize * stack.n_channels * 2 + 12  # gathered + focus/conf out
+        if blend is not None:
+            gather_bytes += blend.bytes_per_pixel(stack.n_channels) + 8 * (stack.n_channels + 1)
         budget = memory_budget(str(device)) if budget is None else int(budget)
         tile = auto_tile_side(engine.bytes_per_pixel() + gather_bytes, budget, overlap=overlap)
         tile = balance_tile(h, w, tile, overlap)
     tile = int(tile)
     if tile < max(h, w) and tile - 2 * overlap < 64:
         # A small tile asked for: models may give up some margin, exact methods may not.
-        overlap = max(round_overlap(engine.min_overlap), (tile - 64) // 2 // 16 * 16)
+        overlap = max(round_overlap(engine.min_overlap + reach), (tile - 64) // 2 // 16 * 16)
         if tile - 2 * overlap < 16:
             raise StackMFFError(f"tile {tile} is too small for this method's {overlap} px overlap; use tile >= "
                                 f"{2 * overlap + 32} (or leave it to choose from memory).")
@@ -448,12 +455,14 @@ class TileFeather:
 
 def iter_fused_tiles(stack: FocalStack, engine: TileEngine, t: int, tile: int, overlap: int, *,
                      progress: ProgressFn | None = None, cancel: threading.Event | None = None,
-                     timings: dict[str, float] | None = None) -> Iterator[TileOutput]:
+                     timings: dict[str, float] | None = None, blend: SoftBlend | None = None
+                     ) -> Iterator[TileOutput]:
     """Fuse one time point tile by tile (row-major); only one tile's data is in memory at a time.
 
     An engine that estimates the run time (a model, after its first tile) reports it through
     ``progress`` and in ``timings["estimate_s"]``. Tiles of engines with ``feather`` are
-    cross-faded (:class:`TileFeather`).
+    cross-faded (:class:`TileFeather`). With ``blend`` the pixels are the soft blend
+    (:mod:`core.blend`) instead of the hard gather; the focus and confidence maps are the same.
     """
     h, w = stack.yx_shape
     tiles = list(iter_tiles(h, w, tile, overlap))
@@ -467,6 +476,7 @@ def iter_fused_tiles(stack: FocalStack, engine: TileEngine, t: int, tile: int, o
             sub = sub_progress(progress, i, len(tiles), f" (tile {i + 1}/{len(tiles)})" if len(tiles) > 1 else "")
             t1 = time.perf_counter()
             maps = engine.maps(tl.read, sub, cancel)
+            read_index = maps.index.cpu().numpy() if blend is not None else None
             if feather is None:
                 index = maps.index[tl.crop].cpu().numpy()
                 focus = maps.focus[tl.crop].float().cpu().numpy()
@@ -478,7 +488,12 @@ def iter_fused_tiles(stack: FocalStack, engine: TileEngine, t: int, tile: int, o
             if engine.estimate_s is not None:
                 timings["estimate_s"] = engine.estimate_s
             t2 = time.perf_counter()
-            aif = gather_window(stack, index, t, tl.write)
+            if read_index is None:
+                aif = gather_window(stack, index, t, tl.write)
+            else:
+                read_index[tl.crop] = index  # the written part follows the (feathered) output map
+                guide = gather_window(stack, read_index, t, tl.read)
+                aif = soft_blend_window(stack, read_index, t, tl.read, tl.crop, guide, blend)
             timings["focus_s"] = timings.get("focus_s", 0.0) + t2 - t1
             timings["gather_s"] = timings.get("gather_s", 0.0) + time.perf_counter() - t2
             yield TileOutput(write=tl.write, all_in_focus=aif, focus=focus, confidence=conf)

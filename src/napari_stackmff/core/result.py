@@ -14,7 +14,8 @@ class FusionResult:
     Attributes
     ----------
     all_in_focus
-        (T?, Y, X, C?) with the input's dtype and channels; each pixel copied from one slice.
+        (T?, Y, X, C?) with the input's dtype and channels; each pixel copied from one slice
+        (``blend="soft"``: a weighted mix of slices, see :mod:`napari_stackmff.core.blend`).
     focus_map
         float32 (T?, Y, X): the in-focus slice index, sub-slice where the method resolves it.
     confidence
@@ -41,6 +42,7 @@ class FusionResult:
     z_positions: np.ndarray | None = None
     display_range: tuple[float, float] | None = None
     alignment: list[dict] | None = None  # per time point: motion, matrices (reference -> slice), shifts, scales
+    blend: str = "hard"  # "soft": all_in_focus mixes slices (core.blend), not pixel-faithful
 
     @property
     def n_times(self) -> int:

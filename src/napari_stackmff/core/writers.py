@@ -307,12 +307,13 @@ def fuse_to_disk(
     stack = plan.stack
     n, T = stack.n_slices, stack.n_times
     engine0 = plan.make_engine(0)
-    side, overlap = plan_tile(stack, engine0, plan.device, tile, memory_budget)
+    side, overlap = plan_tile(stack, engine0, plan.device, tile, memory_budget, blend=plan.blend)
     if fmt == "tiff" and side < max(stack.yx_shape):
         side = -(-side // 32) * 32  # tile - 2*overlap must stay a multiple of 16
     specs = _specs(stack, side, overlap, fmt, with_height=stack.z_positions is not None)
     info = {"method": plan.method, "n_slices": n, "z_step": stack.z_step, "unit": stack.unit,
-            "source": stack.source, "tile": side, "overlap": overlap}
+            "source": stack.source, "tile": side, "overlap": overlap,
+            "blend": "hard" if plan.blend is None else "soft"}
     finals = {"all_in_focus": out} if fmt == "zarr" else _tiff_paths(out, specs)
     check_output_safe(finals.values(), input_files(stack))
     for p in finals.values():
@@ -337,7 +338,7 @@ def fuse_to_disk(
             engine = engine0 if t == 0 else plan.make_engine(t)
             sub = sub_progress(progress, t, T, f" (t={t})" if T > 1 else "")
             for tl in iter_fused_tiles(stack, engine, t, side, overlap, progress=sub, cancel=cancel,
-                                       timings=timings):
+                                       timings=timings, blend=plan.blend):
                 tw = time.perf_counter()
                 sink.write("all_in_focus", t, tl.write, tl.all_in_focus)
                 sink.write("focus_map", t, tl.write, tl.focus)

@@ -1,0 +1,123 @@
+"""Soft, edge-aware blending of the slices: the halo-free alternative to hard selection.
+
+Hard selection (the default) copies every pixel from the one slice the focus map names, so every
+output value exists in the stack. At depth edges that stitches pixels from two slices along a line
+the focus map draws a few pixels off the true edge, and the blurred foreground that spills over the
+background in one slice shows as a glow or a dark ring ("halo"). The soft blend instead gives every
+slice a weight map: the one-hot selection of that slice, smoothed by a guided filter (He, Sun & Tang,
+2010) whose guide is the hard all-in-focus image. The filter keeps the weights' steps where the guide
+has edges and averages them where it is flat, so the change of slice snaps onto real image edges and
+isolated wrong picks fade; the output is the weight-normalised sum of the slices. It is **not
+pixel-faithful**: values are mixes of slices (rounded back to the input dtype).
+
+The filter is linear in its input, so the weights are computed one slice at a time, only inside the
+box around that slice's pixels (plus the filter's reach): memory stays O(tile) for any number of
+slices, and slices no pixel uses are never read. Its reach is :attr:`SoftBlend.support` px, which the
+tile margin covers, so tiled and whole-image soft blends agree (to float rounding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .classical import box_mean
+from .errors import StackMFFError
+from .stack import FocalStack, dtype_scale, to_focus_image
+
+BLENDS = ("hard", "soft")
+#: Guided-filter radius (px) and regularisation (on the guide scaled to [0, 1]), from
+#: benchmarks/bench_halo.py on synthetic occlusion stacks (RESULTS.md, issue 12): radius 2 is the largest
+#: that beats hard selection in PSNR on mildly noisy stacks too (+0.28 dB; radius 4: -0.09, 8: -1.0 dB,
+#: wider mixes blurred slices across depth edges) while cutting halos by 22-43%; on noisy stacks wider
+#: radii gain more (r 8: +2.3 dB, halos -78%) by averaging noise. eps hardly matters (1e-4 to 1e-1: 0.1 dB).
+SOFT_RADIUS = 2
+SOFT_EPS = 1e-3
+
+
+def resolve_blend(blend: str | None) -> str:
+    """``blend=`` -> "hard" or "soft" (None means hard, the pixel-faithful default)."""
+    b = "hard" if blend is None else str(blend).lower()
+    if b not in BLENDS:
+        raise StackMFFError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}.")
+    return b
+
+
+@dataclass(frozen=True)
+class SoftBlend:
+    """Settings of the soft blend of one run: filter size and the guide's value range."""
+
+    radius: int = SOFT_RADIUS
+    eps: float = SOFT_EPS
+    guide_range: tuple[float, float] = (0.0, 1.0)  # focus-image values mapped to [0, 1] for the guide
+    channel: int | None = None
+
+    @property
+    def support(self) -> int:
+        """Pixels an index change can reach in the output: two box filters of radius ``radius``."""
+        return 2 * self.radius
+
+    #: Working float32 maps per tile pixel (guide statistics, one slice's filter, sums): for tile sizing.
+    def bytes_per_pixel(self, n_channels: int) -> float:
+        return 4.0 * (12 + 2 * n_channels)
+
+
+def soft_blend_for(stack: FocalStack, channel: int | None = None, radius: int = SOFT_RADIUS,
+                   eps: float = SOFT_EPS) -> SoftBlend:
+    """The soft blend of ``stack``: its guide is scaled by the stack's own value range (so dim 16-bit
+    data, using a few percent of the dtype's range, gets edge-following weights like 8-bit data)."""
+    from .preview import stack_display_range
+
+    rng = stack_display_range(stack)
+    scale = dtype_scale(stack.dtype)
+    lo, hi = (0.0, 1.0) if rng is None else (rng[0] / scale, rng[1] / scale)
+    return SoftBlend(radius=int(radius), eps=float(eps), guide_range=(float(lo), float(max(hi, lo + 1e-6))),
+                     channel=channel)
+
+
+def _box(x: torch.Tensor, k: int) -> torch.Tensor:
+    return box_mean(x[None, None].contiguous(), k)[0, 0]
+
+
+def soft_blend_window(stack: FocalStack, index: np.ndarray, t: int, read: tuple[slice, slice],
+                      crop: tuple[slice, slice], guide: np.ndarray, blend: SoftBlend) -> np.ndarray:
+    """Soft all-in-focus pixels of a tile's write window.
+
+    ``index`` is the integer focus map on the whole read window ``read``, ``guide`` the hard
+    all-in-focus image there (the stack's dtype), ``crop`` the written part inside the read window.
+    """
+    k = 2 * blend.radius + 1
+    lo, hi = blend.guide_range
+    g = to_focus_image(guide, rgb=stack.rgb, channel=blend.channel, dtype=stack.dtype)
+    I = torch.from_numpy((g - np.float32(lo)) * np.float32(1.0 / (hi - lo)))
+    mean_I = _box(I, k)
+    var_I = (_box(I * I, k) - mean_I * mean_I).clamp_min(0) + blend.eps
+    h, w = index.shape
+    chans = (stack.n_channels,) if stack.has_channels else ()
+    num = np.zeros((h, w) + chans, np.float64)
+    den = np.zeros((h, w), np.float64)
+    reach = blend.support
+    y0, x0 = read[0].start or 0, read[1].start or 0
+    for z in np.unique(index):
+        mask = index == z
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        ya, yb = max(0, rows[0] - reach), min(h, rows[-1] + 1 + reach)
+        xa, xb = max(0, cols[0] - reach), min(w, cols[-1] + 1 + reach)
+        sub = (slice(ya, yb), slice(xa, xb))
+        p = torch.from_numpy(mask[sub].astype(np.float32))
+        Is, mI, vI = I[sub], mean_I[sub], var_I[sub]
+        a = (_box(Is * p, k) - mI * _box(p, k)) / vI
+        b = _box(p, k) - a * mI
+        q = (_box(a.contiguous(), k) * Is + _box(b.contiguous(), k)).clamp_min(0).numpy()
+        pixels = stack.read_window(int(z), t, (slice(y0 + ya, y0 + yb), slice(x0 + xa, x0 + xb)))
+        den[sub] += q
+        num[sub] += (q[..., None] if chans else q) * pixels
+    cy, cx = crop
+    den_c = np.maximum(den[cy, cx], 1e-12)
+    out = num[cy, cx] / (den_c[..., None] if chans else den_c)
+    if stack.dtype.kind in "ui":
+        info = np.iinfo(stack.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(stack.dtype)
