@@ -50,6 +50,17 @@ def moved_stack(seed: int, size: int, scene: str) -> tuple[object, np.ndarray, l
     return s, np.stack(slices), mats
 
 
+def in_reference_frame(r, shape: tuple[int, int]) -> np.ndarray:
+    """The fused image on the uncropped reference grid (an aligned result is cropped to what every
+    slice covers, ``alignment[0]["crop"]``; the inner region scored lies inside that crop)."""
+    crop = (r.alignment or [{}])[0].get("crop")
+    if crop is None:
+        return r.all_in_focus
+    full = np.zeros(shape, r.all_in_focus.dtype)
+    full[crop["y"][0]:crop["y"][1], crop["x"][0]:crop["x"][1]] = r.all_in_focus
+    return full
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stacks", type=int, default=8)
@@ -77,7 +88,7 @@ def main() -> None:
                 r = fuse(data, method="wavelet", align=align)
             dt = time.perf_counter() - t0
             row = rows.setdefault(name, {"psnr": [], "err": [], "s": [], "distrusted": 0})
-            row["psnr"].append(psnr(r.all_in_focus[inner], s.aif[inner]))
+            row["psnr"].append(psnr(in_reference_frame(r, s.aif.shape)[inner], s.aif[inner]))
             row["s"].append(dt)
             if align:
                 rec = r.alignment[0]

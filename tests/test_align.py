@@ -12,7 +12,7 @@ import pytest
 import tifffile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_align import moved_stack  # noqa: E402
+from bench_align import in_reference_frame, moved_stack  # noqa: E402
 
 from napari_stackmff.cli import main  # noqa: E402
 from napari_stackmff.core import fuse  # noqa: E402
@@ -36,7 +36,10 @@ def test_similarity_registers_shift_rotation_and_breathing(scene: str, seed: int
     rec = r.alignment[0]
     assert rec["aligned"] and rec["motion"] == "similarity" and rec["reference"] == 4
     assert _grid_error(np.asarray(rec["matrices"]), mats, 192) < 0.3
-    assert psnr(r.all_in_focus[INNER], s.aif[INNER]) > psnr(plain.all_in_focus[INNER], s.aif[INNER]) + 5
+    crop = rec["crop"]
+    assert 0.75 < crop["share"] < 1 and r.all_in_focus.shape == (crop["y"][1] - crop["y"][0], crop["x"][1] - crop["x"][0])
+    aligned = in_reference_frame(r, s.aif.shape)
+    assert psnr(aligned[INNER], s.aif[INNER]) > psnr(plain.all_in_focus[INNER], s.aif[INNER]) + 5
 
 
 def test_unmoved_stack_stays_put_and_bad_settings_are_one_line() -> None:
@@ -71,3 +74,51 @@ def test_cli_writes_the_transforms_also_for_a_memory_mapped_stack(tmp_path: Path
     assert main(["-q", "fuse", str(src), "-o", str(tmp_path / "o2"), "--method", "variance", "--align",
                  "translation", "--lazy", "on"]) == 0
     assert json.loads((tmp_path / "o2" / "m_fusion.json").read_text())["alignment"][0]["motion"] == "translation"
+
+
+class _Recorded:
+    """An on-disk-like array that records how many pixels each read returns."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data, self.shape, self.dtype, self.ndim = data, data.shape, data.dtype, data.ndim
+        self.reads: list[int] = []
+
+    def __getitem__(self, key):
+        out = np.asarray(self.data[key])
+        self.reads.append(out.size)
+        return out
+
+
+def test_lazy_stack_is_aligned_window_by_window(tmp_path: Path) -> None:
+    """A lazy stack is never warped whole: the alignment is estimated from one slice at a time and
+    each tile reads only the source region of its window; the result matches the in-memory one."""
+    from napari_stackmff.core.align import AlignedArray
+    from napari_stackmff.core.stack import FocalStack
+
+    _, moved, _ = moved_stack(103, 256, "cells")
+    eager = fuse(moved, method="variance", align="similarity")
+    lazy_data = _Recorded(moved)
+    lazy = fuse(FocalStack(lazy_data), method="variance", align="similarity", tile=192)
+    assert lazy.timings["tiles"] > 1
+    assert lazy.alignment[0]["crop"] == eager.alignment[0]["crop"]
+    diff = np.abs(lazy.all_in_focus.astype(int) - eager.all_in_focus.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.01
+    slice_px = moved.shape[1] * moved.shape[2]
+    assert max(lazy_data.reads) <= slice_px  # never more than one slice at a time
+    assert sum(r < 0.7 * slice_px for r in lazy_data.reads) > moved.shape[0]  # windows, not whole slices
+    from napari_stackmff.core.align import align_stack
+
+    st, _ = align_stack(FocalStack(_Recorded(moved)), "translation")
+    assert isinstance(st.data, AlignedArray)
+    assert st.data[3, 10:20, 5:9].shape == (10, 4) and st.data[2].shape == st.data.shape[1:]
+
+
+def test_crop_box_is_the_rectangle_every_slice_covers() -> None:
+    """Two slices 40 px apart share the top-left 88 px square: under the 50% that align_stack accepts."""
+    from napari_stackmff.core.align import MIN_VALID_SHARE, crop_box, similarity_matrix
+
+    c = (63.5, 63.5)
+    mats = [np.eye(3), similarity_matrix(1.0, 0.0, np.array([40.0, 40.0]), c)]
+    y0, y1, x0, x1 = crop_box([np.stack(mats)], (128, 128))
+    assert (y1 - y0) * (x1 - x0) / 128**2 < MIN_VALID_SHARE
+    assert (y0, x0) == (0, 0) and 86 <= y1 <= 89 and 86 <= x1 <= 89

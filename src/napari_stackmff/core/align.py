@@ -16,6 +16,7 @@ Motion models (scikit-image does the work):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -120,17 +121,23 @@ def _register(a: np.ndarray, b: np.ndarray, motion: str) -> np.ndarray | None:
     return _fit(*_local_shifts(a, b), motion)
 
 
-def estimate(images: np.ndarray, motion: str = "similarity", reference: int | None = None) -> Alignment:
-    """Transforms of each slice of ``images`` (N, H, W) against the reference slice (middle by default)."""
+def estimate(images: Sequence[np.ndarray] | Iterable[np.ndarray], motion: str = "similarity",
+             reference: int | None = None) -> Alignment:
+    """Transforms of each slice of ``images`` ((N, H, W), or any iterable of (H, W) slices, e.g. read one
+    at a time from disk) against the reference slice (middle by default). Each slice is downscaled as
+    soon as it is read, so memory is one full slice plus the small copies."""
     from skimage.transform import rescale
 
     if motion not in MOTIONS:
         raise StackMFFError(f"align must be one of {', '.join(MOTIONS)} (or True for similarity), got {motion!r}.")
-    n, h, w = images.shape
+    small_list, f = [], 1.0
+    for im in images:
+        h, w = im.shape
+        f = min(1.0, ESTIMATE_SIDE / max(h, w))
+        small_list.append(_band(rescale(im.astype(np.float32), f, anti_aliasing=True) if f < 1 else im))
+    small = np.stack(small_list)
+    n = len(small)
     ref = n // 2 if reference is None else int(reference)
-    f = min(1.0, ESTIMATE_SIDE / max(h, w))
-    small = np.stack([_band(rescale(im.astype(np.float32), f, anti_aliasing=True) if f < 1 else im)
-                      for im in images])
     sh, sw = small.shape[1:]
     pair = [np.eye(3)]  # pair[i]: slice i-1 coordinates -> slice i coordinates (small scale)
     notes: list[str] = []
@@ -174,23 +181,121 @@ def _shift_matrix(shift: np.ndarray) -> np.ndarray:
     return m
 
 
+#: Margin (px) read around a window's source region before resampling: covers the cubic spline's
+#: support and lets its prefilter (an IIR filter, pole 0.27) decay to < 1e-4 before the window.
+WARP_MARGIN = 8
+
+
+def warp_window(read: Any, matrix: np.ndarray, shape: tuple[int, int], ys: slice, xs: slice,
+                offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Pixels of one slice resampled onto the reference grid, for the output window (ys, xs) only.
+
+    ``read(y_slice, x_slice)`` returns the slice's original pixels (H, W[, C]) in a window, so a lazy
+    slice is read only around the source of this window. Cubic spline, edges repeated beyond the
+    slice; ``offset`` (y, x) is where output (0, 0) lies on the reference grid (the crop's corner).
+    """
+    from scipy.ndimage import map_coordinates
+
+    h, w = shape
+    oy = np.arange(*ys.indices(10**9)[:2], ys.step or 1, dtype=np.float64) + offset[0]
+    ox = np.arange(*xs.indices(10**9)[:2], xs.step or 1, dtype=np.float64) + offset[1]
+    if np.allclose(matrix, np.eye(3)):
+        return np.asarray(read(slice(int(oy[0]), int(oy[-1]) + 1, ys.step), slice(int(ox[0]), int(ox[-1]) + 1, xs.step)))
+    gx, gy = np.meshgrid(ox, oy)
+    q = matrix @ np.stack([gx.ravel(), gy.ravel(), np.ones(gx.size)])
+    sx, sy = (q[0] / q[2]).reshape(gx.shape), (q[1] / q[2]).reshape(gx.shape)
+    y0 = int(np.clip(np.floor(sy.min()) - WARP_MARGIN, 0, h - 1))
+    y1 = int(np.clip(np.ceil(sy.max()) + WARP_MARGIN + 1, y0 + 1, h))
+    x0 = int(np.clip(np.floor(sx.min()) - WARP_MARGIN, 0, w - 1))
+    x1 = int(np.clip(np.ceil(sx.max()) + WARP_MARGIN + 1, x0 + 1, w))
+    src = np.asarray(read(slice(y0, y1), slice(x0, x1)))
+    coords = np.stack([sy - y0, sx - x0])
+    chans = [src] if src.ndim == 2 else [src[..., c] for c in range(src.shape[-1])]
+    out = [map_coordinates(c.astype(np.float32), coords, order=3, mode="nearest") for c in chans]
+    res = out[0] if src.ndim == 2 else np.stack(out, -1)
+    if src.dtype.kind in "ui":
+        info = np.iinfo(src.dtype)
+        res = np.clip(np.rint(res), info.min, info.max)
+    return res.astype(src.dtype)
+
+
 def warp_slice(img: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """Slice ``img`` (H, W[, C]) resampled onto the reference grid (edges repeated), in its own dtype."""
-    from skimage.transform import warp
+    h, w = img.shape[:2]
+    return warp_window(lambda ys, xs: img[ys, xs], matrix, (h, w), slice(0, h), slice(0, w))
 
-    if np.allclose(matrix, np.eye(3)):
-        return img
-    out = warp(img.astype(np.float32), matrix, order=3, mode="edge", preserve_range=True)
-    if img.dtype.kind in "ui":
-        info = np.iinfo(img.dtype)
-        out = np.clip(np.rint(out), info.min, info.max)
-    return out.astype(img.dtype)
+
+class AlignedArray:
+    """A lazy stack (T?, Z, Y, X, C?) seen through per-slice transforms and a crop box.
+
+    Indexing warps only the window asked for, reading only the source region around it from the
+    underlying (memory-mapped, zarr, dask) data: tiled fusion of an aligned lazy stack stays bounded
+    in memory. ``matrices[t]`` is (Z, 3, 3) or None for a time point fused unaligned.
+    """
+
+    def __init__(self, data: Any, has_time: bool, matrices: list[np.ndarray | None], box: tuple[int, int, int, int],
+                 yx_axis: int) -> None:
+        self.data, self.has_time, self.matrices, self.box, self.yx_axis = data, has_time, matrices, box, yx_axis
+        y0, y1, x0, x1 = box
+        shape = list(data.shape)
+        shape[yx_axis:yx_axis + 2] = [y1 - y0, x1 - x0]
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(data.dtype)
+        self.ndim = len(shape)
+        self._src_yx = tuple(data.shape[yx_axis:yx_axis + 2])
+
+    def _plane(self, t: int, z: int, ys: slice, xs: slice, rest: tuple) -> np.ndarray:
+        lead = (t, z) if self.has_time else (z,)
+        m = self.matrices[t]
+        read = lambda a, b: self.data[(*lead, a, b, *rest)]  # noqa: E731
+        return warp_window(read, np.eye(3) if m is None else m[z], self._src_yx, ys, xs, (self.box[0], self.box[2]))
+
+    def __getitem__(self, key: Any) -> Any:
+        key = key if isinstance(key, tuple) else (key,)
+        n_lead = self.yx_axis
+        if len(key) < n_lead and all(isinstance(k, (int, np.integer)) for k in key):
+            return _Fixed(self, tuple(int(k) for k in key))  # data[t] / data[z]: stay lazy
+        key = key + (slice(None),) * (self.ndim - len(key))
+        lead, (ys, xs), rest = key[:n_lead], key[n_lead:n_lead + 2], key[n_lead + 2:]
+        h, w = self.shape[n_lead:n_lead + 2]
+        ys = slice(*ys.indices(h)) if isinstance(ys, slice) else slice(int(ys), int(ys) + 1)
+        xs = slice(*xs.indices(w)) if isinstance(xs, slice) else slice(int(xs), int(xs) + 1)
+        ranges = [range(*k.indices(self.shape[i])) if isinstance(k, slice) else [int(k)] for i, k in enumerate(lead)]
+        ts = ranges[0] if self.has_time else [0]
+        zs = ranges[-1]
+        planes = np.stack([np.stack([self._plane(t, z, ys, xs, rest) for z in zs]) for t in ts])
+        if not self.has_time:
+            planes = planes[0]
+        drop = tuple(i for i, k in enumerate(lead) if not isinstance(k, slice))
+        yx_ints = tuple(n_lead + j for j, k in enumerate(key[n_lead:n_lead + 2]) if not isinstance(k, slice))
+        return planes.squeeze(axis=drop + yx_ints) if drop or yx_ints else planes
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = self[(slice(None),) * self.ndim]
+        return a if dtype is None else a.astype(dtype)
+
+
+class _Fixed:
+    """``AlignedArray[t]`` (or ``[z]``): the leading indices fixed, still lazy."""
+
+    def __init__(self, parent: AlignedArray, lead: tuple[int, ...]) -> None:
+        self.parent, self.lead = parent, lead
+        self.shape = parent.shape[len(lead):]
+        self.dtype, self.ndim = parent.dtype, len(self.shape)
+
+    def __getitem__(self, key: Any) -> Any:
+        key = key if isinstance(key, tuple) else (key,)
+        return self.parent[self.lead + key]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = self[(slice(None),) * self.ndim]
+        return a if dtype is None else a.astype(dtype)
 
 
 #: Alignments that move a slice this far are not believed (too little texture, or a different scene):
 #: the stack is fused unaligned, with a warning. Real sweeps breathe 2.5-8.5% (../shared/data README).
 MAX_SHIFT_SHARE, SCALE_RANGE = 0.25, (0.8, 1.25)
-#: Refuse an alignment after which less than this share of the image is covered by every slice.
+#: Refuse an alignment whose crop (the rectangle every slice covers) keeps less than this share of the image.
 MIN_VALID_SHARE = 0.5
 
 
@@ -205,18 +310,51 @@ def resolve_motion(align: bool | str | None) -> str | None:
     raise StackMFFError(f"align must be one of {', '.join(MOTIONS)}, True or None, got {align!r}.")
 
 
-def valid_share(matrices: np.ndarray, shape: tuple[int, int]) -> float:
-    """Share of the reference grid that every slice covers after warping."""
+def _covered(matrices: np.ndarray, shape: tuple[int, int], step: int) -> np.ndarray:
+    """(rows, cols) mask of reference-grid points (every ``step`` px) that every slice covers."""
     h, w = shape
-    step = max(1, min(h, w) // 64)
     yy, xx = np.mgrid[0:h:step, 0:w:step]
     pts = np.stack([xx.ravel(), yy.ravel(), np.ones(xx.size)])
     ok = np.ones(xx.size, bool)
     for m in matrices:
         q = m @ pts
         x, y = q[0] / q[2], q[1] / q[2]
-        ok &= (x >= -0.5) & (x <= w - 0.5) & (y >= -0.5) & (y <= h - 0.5)
-    return float(ok.mean())
+        ok &= (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
+    return ok.reshape(xx.shape)
+
+
+def valid_share(matrices: np.ndarray, shape: tuple[int, int]) -> float:
+    """Share of the reference grid that every slice covers after warping."""
+    return float(_covered(matrices, shape, max(1, min(shape) // 64)).mean())
+
+
+def crop_box(all_matrices: list[np.ndarray], shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): an axis-aligned rectangle that every slice of every time point covers.
+
+    Peels the border row or column with the largest uncovered share until none is left: for the
+    near-rectangular regions that shifts, small rotations and breathing leave, this finds the
+    largest such rectangle to within the sampling step (1/256 of the shorter side).
+    """
+    h, w = shape
+    step = max(1, min(h, w) // 256)
+    ok = np.ones((len(range(0, h, step)), len(range(0, w, step))), bool)
+    for m in all_matrices:
+        ok &= _covered(m, shape, step)
+    r0, r1, c0, c1 = 0, ok.shape[0], 0, ok.shape[1]
+    while r1 > r0 and c1 > c0:
+        sub = ok[r0:r1, c0:c1]
+        if sub.all():
+            break
+        bad = [(~sub[0]).mean(), (~sub[-1]).mean(), (~sub[:, 0]).mean(), (~sub[:, -1]).mean()]
+        side = int(np.argmax(bad))
+        r0, r1, c0, c1 = (r0 + (side == 0), r1 - (side == 1), c0 + (side == 2), c1 - (side == 3))
+    if r1 <= r0 or c1 <= c0:
+        return 0, 0, 0, 0
+    # Grid rows r0..r1-1 are covered: pixels from row r0*step to (r1-1)*step inclusive (inner bound).
+    y0, x0 = r0 * step, c0 * step
+    y1 = min(h, (r1 - 1) * step + 1) if r1 < ok.shape[0] else h
+    x1 = min(w, (c1 - 1) * step + 1) if c1 < ok.shape[1] else w
+    return y0, y1, x0, x1
 
 
 def _believable(al: Alignment, shape: tuple[int, int]) -> str | None:
@@ -230,11 +368,19 @@ def _believable(al: Alignment, shape: tuple[int, int]) -> str | None:
     return None
 
 
-def align_stack(stack, align: bool | str | None, source: str = "the stack"):
-    """(stack with every slice on the reference slice's grid, alignments per time point as JSON).
+def _in_memory(data: Any) -> bool:
+    return isinstance(data, np.ndarray) and not isinstance(data, np.memmap)
 
-    The stack must be in memory (lazy stacks: load them, or align beforehand with the same call).
-    A stack that cannot be registered is returned as it was, with a warning, never silently wrong.
+
+def align_stack(stack, align: bool | str | None, source: str = "the stack"):
+    """(stack with every slice on the reference slice's grid, cropped to what every slice covers;
+    alignment records per time point as JSON), or (stack, None) when ``align`` is off.
+
+    In-memory stacks are warped once; lazy ones (memory-mapped, zarr, dask) become an
+    :class:`AlignedArray` that warps each window when fusion reads it, so memory stays one tile's
+    worth. Transforms are estimated on downscaled copies read one slice at a time. A time point that
+    cannot be registered is fused unaligned, with a warning, never silently wrong; an alignment
+    whose crop would keep less than :data:`MIN_VALID_SHARE` of the image is refused.
     """
     import dataclasses
     import warnings
@@ -242,26 +388,34 @@ def align_stack(stack, align: bool | str | None, source: str = "the stack"):
     motion = resolve_motion(align)
     if motion is None:
         return stack, None
-    if not isinstance(stack.data, np.ndarray):
-        raise StackMFFError(f"{source}: align needs the stack in memory; load it with lazy=False (--lazy off).")
     h, w = stack.yx_shape
-    data = stack.data if stack.has_time else stack.data[None]
-    out = np.empty_like(data)
-    records = []
+    matrices: list[np.ndarray | None] = []
+    records: list[dict] = []
     for t in range(stack.n_times):
-        gray = np.stack([stack.focus_image(z, t) for z in range(stack.n_slices)])
-        al = estimate(gray, motion)
+        al = estimate((stack.focus_image(z, t) for z in range(stack.n_slices)), motion)
         why = al.distrust or _believable(al, (h, w))
-        share = valid_share(al.matrices, (h, w)) if why is None else 0.0
-        if why is None and share < MIN_VALID_SHARE:
-            raise StackMFFError(f"{source}: after {motion} alignment only {share:.0%} of the image is covered by "
-                                f"every slice (at least {MIN_VALID_SHARE:.0%} needed); the slices hardly overlap.")
         if why is not None:
             warnings.warn(f"{source}: could not register the slices ({why}); fused unaligned.", stacklevel=2)
-            out[t] = data[t]
+            matrices.append(None)
             records.append({"motion": motion, "aligned": False, "why": why})
             continue
-        for z in range(stack.n_slices):
-            out[t, z] = warp_slice(data[t, z], al.matrices[z])  # channels are warped alike
-        records.append({**al.to_json(), "aligned": True, "valid_share": round(share, 4)})
-    return dataclasses.replace(stack, data=out if stack.has_time else out[0]), records
+        matrices.append(al.matrices)
+        records.append({**al.to_json(), "aligned": True})
+    used = [m for m in matrices if m is not None]
+    if not used:
+        return stack, records
+    box = crop_box(used, (h, w))
+    share = (box[1] - box[0]) * (box[3] - box[2]) / float(h * w)
+    if share < MIN_VALID_SHARE:
+        raise StackMFFError(f"{source}: after {motion} alignment the slices share only {share:.0%} of the image "
+                            f"(at least {MIN_VALID_SHARE:.0%} needed): they move too far, or are not of one scene.")
+    for r in records:
+        r["crop"] = {"y": [box[0], box[1]], "x": [box[2], box[3]], "share": round(share, 4)}
+    yx_axis = stack.axes.index("Y")
+    view = AlignedArray(stack.data, stack.has_time, matrices, box, yx_axis)
+    data = view if not _in_memory(stack.data) else np.asarray(view)
+    events = None
+    if stack.events is not None:  # event frames follow their slices
+        ev = AlignedArray(stack.events, stack.has_time, matrices, box, yx_axis)
+        events = ev if not _in_memory(stack.events) else np.asarray(ev).astype(np.asarray(stack.events[:1]).dtype)
+    return dataclasses.replace(stack, data=data, events=events), records
