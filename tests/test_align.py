@@ -122,3 +122,27 @@ def test_crop_box_is_the_rectangle_every_slice_covers() -> None:
     y0, y1, x0, x1 = crop_box([np.stack(mats)], (128, 128))
     assert (y1 - y0) * (x1 - x0) / 128**2 < MIN_VALID_SHARE
     assert (y0, x0) == (0, 0) and 86 <= y1 <= 89 and 86 <= x1 <= 89
+
+
+def test_cli_align_writes_the_aligned_stack_and_refuses_to_overwrite(tmp_path: Path, capsys) -> None:
+    from napari_stackmff.core import load_stack
+
+    s, moved, _ = moved_stack(104, 192, "natural")
+    src = tmp_path / "m.tif"
+    tifffile.imwrite(src, moved, photometric="minisblack", metadata={"axes": "ZYX"})
+    assert main(["-q", "align", str(src), "-o", str(tmp_path / "al")]) == 0
+    out = capsys.readouterr().out
+    assert "similarity onto slice 4" in out and "kept" in out
+    info = json.loads((tmp_path / "al" / "m_alignment.json").read_text())
+    crop = info["alignment"][0]["crop"]
+    aligned = load_stack(tmp_path / "al" / "m_aligned.ome.tif")
+    assert aligned.shape == (8, crop["y"][1] - crop["y"][0], crop["x"][1] - crop["x"][0])
+    # The aligned stack fuses as well as aligning inside fuse does, and re-aligning it finds ~nothing.
+    a = fuse(aligned, method="wavelet")
+    b = fuse(moved, method="wavelet", align=True)
+    assert psnr(a.all_in_focus, b.all_in_focus) > 40
+    again = fuse(aligned, method="wavelet", align="similarity").alignment[0]
+    assert max(abs(v) for xy in again["shift_px"] for v in xy) < 0.6  # the residual of a 0.2-px registration
+    assert max(abs(v - 1) for v in again["scale"]) < 0.003
+    assert main(["-q", "align", str(src), "-o", str(tmp_path / "al")]) == 2
+    assert "already exists" in capsys.readouterr().err

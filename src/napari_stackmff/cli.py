@@ -1,4 +1,4 @@
-"""The `stackmff` command: fuse, batch, demo, synth, train, methods — all thin over the core.
+"""The `stackmff` command: fuse, align, batch, demo, synth, train, methods — all thin over the core.
 
 Problems with the user's input print one line naming the file and the problem (exit code 2);
 a batch with failed stacks finishes the others and exits 1.
@@ -58,8 +58,6 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     from .core.io import input_files, load_stack, save_result, stack_name
 
     lazy = {"auto": None, "on": True, "off": False}[args.lazy]
-    if args.align and args.lazy == "auto":
-        lazy = False  # alignment resamples whole slices: the stack is read into memory
     stack = load_stack(args.input, lazy=lazy, include=args.include)
     near = beside_inputs(args.output, args.input, input_files(stack))
     name = stack_name(args.input)
@@ -96,6 +94,44 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     if near is not None:
         warnings.warn(f"{near}: the results sit next to the input stack (a later `stackmff batch` there skips them, "
                       f"as {written['info'].name} lists them); another -o keeps data and results apart.")
+    return 0
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    """Register the slices of one stack and write the aligned stack (cropped to what every slice
+    covers) as an OME-TIFF, with the transforms in a JSON beside it."""
+    import numpy as np
+
+    from .core.align import align_stack
+    from .core.errors import OutputError
+    from .core.io import check_output_safe, input_files, load_stack, stack_name, write_json, write_stack
+
+    lazy = {"auto": None, "on": True, "off": False}[args.lazy]
+    stack = load_stack(args.input, lazy=lazy, include=args.include)
+    name = stack_name(args.input)
+    out = Path(args.output)
+    tif, info = out / f"{name}_aligned.ome.tif", out / f"{name}_alignment.json"
+    check_output_safe([tif, info], input_files(stack))
+    for p in (tif, info):
+        if p.exists() and not args.overwrite:
+            raise OutputError(f"{p}: already exists; choose another -o or pass --overwrite.")
+    aligned, records = align_stack(stack, args.motion, source=str(args.input))
+    out.mkdir(parents=True, exist_ok=True)
+    write_stack(tif, aligned)
+    write_json(info, {"source": str(Path(args.input).resolve()), "inputs": [str(p) for p in input_files(stack)],
+                      "shape": list(aligned.shape), "alignment": records})
+    for t, rec in enumerate(records or []):
+        when = f" t={t}" if len(records) > 1 else ""
+        if not rec["aligned"]:
+            print(f"{args.input}{when}: not registered ({rec['why']}); written unaligned")
+            continue
+        scale = rec["scale"]
+        shift = max(float(np.hypot(*xy)) for xy in rec["shift_px"])
+        crop = rec["crop"]
+        print(f"{args.input}{when}: {rec['motion']} onto slice {rec['reference']}, scale {min(scale):.4f}-"
+              f"{max(scale):.4f}, largest shift {shift:.1f} px, kept {crop['share']:.0%} "
+              f"(y {crop['y'][0]}:{crop['y'][1]}, x {crop['x'][0]}:{crop['x'][1]})")
+    print(f"  aligned stack      {tif}\n  transforms         {info}")
     return 0
 
 
@@ -252,6 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing results of this stack in the output folder (the whole set)")
     p.set_defaults(func=cmd_fuse)
+
+    p = sub.add_parser("align", help="register the slices of one stack (drift, shake, focus breathing) and write "
+                                     "the aligned stack")
+    p.add_argument("input", type=Path, help="the stack: a folder of numbered slices or a multi-page TIFF")
+    p.add_argument("-o", "--output", required=True, type=Path, help="folder for <name>_aligned.ome.tif and "
+                                                                     "<name>_alignment.json")
+    p.add_argument("--motion", choices=("translation", "similarity", "homography"), default="similarity",
+                   help="motion model (default similarity: shift, rotation and scale, for focus breathing)")
+    p.add_argument("--include", default=None, metavar="GLOB", help="which files of a slice folder are the slices")
+    p.add_argument("--lazy", choices=("auto", "on", "off"), default="auto",
+                   help="read a TIFF from disk slice by slice instead of loading it")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier aligned stack of the same name")
+    p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("batch", help="fuse every stack under a folder (root/scene/1.png... or TIFFs)")
     p.add_argument("root", type=Path,
