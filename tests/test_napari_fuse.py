@@ -269,3 +269,33 @@ def test_surface_opens_oblique_in_3d_once(make_napari_viewer, qtbot, isolated_se
     widget2.run()
     wait_idle(qtbot, widget2)
     assert 25.0 <= _elevation_deg(viewer2) <= 35.0
+
+
+def test_aligned_soft_fusion_overlays_the_input(make_napari_viewer, qtbot, isolated_settings):
+    """Align + soft blend from the widget: the cropped result sits exactly over its place in the input
+    (translate moved by the crop), the transforms are shown and kept in the layer metadata, and the
+    pixels are those of core.fuse with the same settings."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_align import moved_stack
+
+    _, moved, _ = moved_stack(105, 160, "cells")
+    viewer = make_napari_viewer()
+    viewer.add_image(moved, name="moved", scale=(1.0, 0.5, 0.5), translate=(0, 3, 4))
+    widget = _widget(viewer, qtbot)
+    widget.select_method("wavelet")
+    widget.align_combo.setCurrentIndex(widget.align_combo.findData("similarity"))
+    widget.blend_combo.setCurrentIndex(widget.blend_combo.findData("soft"))
+    widget.run()
+    wait_idle(qtbot, widget)
+    expected = fuse(moved, method="wavelet", align="similarity", blend="soft")
+    crop = expected.alignment[0]["crop"]
+    aif = viewer.layers["moved all-in-focus"]
+    np.testing.assert_array_equal(aif.data, expected.all_in_focus)
+    np.testing.assert_allclose(aif.translate, [3 + 0.5 * crop["y"][0], 4 + 0.5 * crop["x"][0]])
+    np.testing.assert_allclose(viewer.layers["moved focus map"].translate, aif.translate)
+    info = aif.metadata["stackmff"]
+    assert info["blend"] == "soft" and info["alignment"][0]["aligned"]
+    assert widget.align_info.isVisibleTo(widget) and "similarity onto slice 4" in widget.align_info.text()

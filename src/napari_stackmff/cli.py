@@ -79,6 +79,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         bar.close()
         print(f"fused {stack.n_slices} slices of {args.input} with {res.method} in {res.timings['total_s']:.2f} s "
               f"({res.tile}-px tiles, streamed)")
+        _print_alignment(args, res.alignment)
         for key, path in res.outputs.items():
             print(f"  {key:18s} {path}")
         if near is not None:
@@ -89,6 +90,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     bar.close()
     written = save_result(result, args.output, name, inputs=input_files(stack), overwrite=args.overwrite)
     print(f"fused {stack.n_slices} slices of {args.input} with {result.method} in {result.timings['total_s']:.2f} s")
+    _print_alignment(args, result.alignment)
     for key, path in written.items():
         print(f"  {key:18s} {path}")
     if near is not None:
@@ -97,12 +99,17 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_alignment(args: argparse.Namespace, records: list[dict] | None) -> None:
+    from .core.align import summary
+
+    for line in summary(records).splitlines():
+        print(f"  aligned: {line}")
+
+
 def cmd_align(args: argparse.Namespace) -> int:
     """Register the slices of one stack and write the aligned stack (cropped to what every slice
     covers) as an OME-TIFF, with the transforms in a JSON beside it."""
-    import numpy as np
-
-    from .core.align import align_stack
+    from .core.align import align_stack, summary
     from .core.errors import OutputError
     from .core.io import check_output_safe, input_files, load_stack, stack_name, write_json, write_stack
 
@@ -120,17 +127,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     write_stack(tif, aligned)
     write_json(info, {"source": str(Path(args.input).resolve()), "inputs": [str(p) for p in input_files(stack)],
                       "shape": list(aligned.shape), "alignment": records})
-    for t, rec in enumerate(records or []):
-        when = f" t={t}" if len(records) > 1 else ""
-        if not rec["aligned"]:
-            print(f"{args.input}{when}: not registered ({rec['why']}); written unaligned")
-            continue
-        scale = rec["scale"]
-        shift = max(float(np.hypot(*xy)) for xy in rec["shift_px"])
-        crop = rec["crop"]
-        print(f"{args.input}{when}: {rec['motion']} onto slice {rec['reference']}, scale {min(scale):.4f}-"
-              f"{max(scale):.4f}, largest shift {shift:.1f} px, kept {crop['share']:.0%} "
-              f"(y {crop['y'][0]}:{crop['y'][1]}, x {crop['x'][0]}:{crop['x'][1]})")
+    for line in summary(records).splitlines():
+        print(f"{args.input}: {line}")
     print(f"  aligned stack      {tif}\n  transforms         {info}")
     return 0
 

@@ -15,6 +15,7 @@ import numpy as np
 from napari.layers import Layer
 
 from .._layerdata import drop_axes, height_surface, to_layer_order
+from ..core.align import crop_offset
 from ..core.fusion import FusionResult
 from ._layers import remove_result, upsert_result
 
@@ -32,11 +33,17 @@ class OutputOptions:
     surface_min_confidence: float = 0.0
 
 
-def _geometry(layer: Layer, dims: str, drop: str) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "scale": drop_axes(layer.scale, dims, drop),
-        "translate": drop_axes(layer.translate, dims, drop),
-    }
+def _geometry(layer: Layer, dims: str, drop: str, offset: tuple[int, int] = (0, 0)) -> dict[str, Any]:
+    """Scale, translate, units and labels of ``layer`` without the axes in ``drop``; ``offset`` (y, x)
+    pixels moves a cropped result (aligned stacks are cropped) back over its place in the input."""
+    kept = [a for a in dims if a not in drop]
+    scale = drop_axes(layer.scale, dims, drop)
+    translate = list(drop_axes(layer.translate, dims, drop))
+    for a, px in zip("YX", offset):
+        if a in kept and px:
+            i = kept.index(a)
+            translate[i] = float(translate[i]) + px * float(scale[i])
+    kwargs: dict[str, Any] = {"scale": scale, "translate": translate}
     try:
         kwargs["units"] = [str(u) for u, a in zip(layer.units, dims) if a not in drop]
         kwargs["axis_labels"] = [str(lab) for lab, a in zip(layer.axis_labels, dims) if a not in drop]
@@ -70,12 +77,14 @@ def show_result(viewer: napari.Viewer, source: Layer, source_id: str, axes: str,
     out: dict[str, Layer] = {}
     values, limits, unit = focus_values(result, z_positions)
     info = {"method": result.method, "n_slices": result.n_slices, "units": unit, "z_step": result.z_step,
-            "timings_s": dict(result.timings)}
+            "timings_s": dict(result.timings), "blend": result.blend,
+            **({"alignment": result.alignment} if result.alignment else {})}
+    off = crop_offset(result.alignment)
     if options.confidence:
         out["confidence"] = upsert_result(
             viewer, source_id, "confidence", "image", result.confidence, name=f"{name} confidence",
             colormap=CONFIDENCE_COLORMAP, contrast_limits=(0.0, 1.0), metadata={"stackmff": info},
-            **_geometry(source, dims, "ZC"))
+            **_geometry(source, dims, "ZC", off))
     else:
         remove_result(viewer, source_id, "confidence")
     if options.surface and result.n_times == 1:
@@ -84,19 +93,19 @@ def show_result(viewer: napari.Viewer, source: Layer, source_id: str, axes: str,
         out["surface"] = upsert_result(
             viewer, source_id, "surface", "surface", (verts, faces, vals), name=f"{name} height surface",
             colormap=FOCUS_COLORMAP, contrast_limits=limits, metadata={"stackmff": info},
-            **_geometry(source, dims, "TC"))
+            **_geometry(source, dims, "TC", off))
     else:
         remove_result(viewer, source_id, "surface")
     out["focus_map"] = upsert_result(
         viewer, source_id, "focus_map", "image", values, name=f"{name} focus map", colormap=FOCUS_COLORMAP,
-        contrast_limits=limits, metadata={"stackmff": info}, **_geometry(source, dims, "ZC"))
+        contrast_limits=limits, metadata={"stackmff": info}, **_geometry(source, dims, "ZC", off))
     aif_kwargs: dict[str, Any] = {"rgb": bool(source.rgb)}
     if not source.rgb:
         aif_kwargs.update(contrast_limits=tuple(source.contrast_limits), colormap=source.colormap,
                           gamma=source.gamma)
     out["all_in_focus"] = upsert_result(
         viewer, source_id, "all_in_focus", "image", to_layer_order(result.all_in_focus, axes, bool(source.rgb)),
-        name=f"{name} all-in-focus", metadata={"stackmff": info}, **aif_kwargs, **_geometry(source, dims, "Z"))
+        name=f"{name} all-in-focus", metadata={"stackmff": info}, **aif_kwargs, **_geometry(source, dims, "Z", off))
     return out
 
 

@@ -19,6 +19,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                             QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
+from ..core.align import summary
 from ..core.classical import CLASSICAL_METHODS, DEFAULT_WINDOW
 from ..core.devices import available_devices
 from ..core.errors import StackMFFError
@@ -35,6 +36,10 @@ from ._outputs import OutputOptions, oblique_view, show_result
 from ._worker import run_in_thread, user_message
 
 GROUP = "fusion"
+#: (shown text, fuse(align=...)) and (shown text, fuse(blend=...)).
+ALIGN_CHOICES = (("off", None), ("shift (drift, shake)", "translation"),
+                 ("shift + scale + rotation (breathing)", "similarity"), ("homography (tilt)", "homography"))
+BLEND_CHOICES = (("hard (pixel-faithful)", "hard"), ("soft (fewer halos, not pixel-faithful)", "soft"))
 
 
 @dataclass
@@ -53,6 +58,8 @@ class FusionJob:
     window: int | None
     tile: int | None
     denoise: bool
+    align: str | None
+    blend: str
     outputs: OutputOptions
     cancel: threading.Event
 
@@ -65,8 +72,9 @@ def run_job(job: FusionJob, emit: Any) -> FusionResult:
         options: dict[str, Any] = {"window": job.window}
     else:
         options = {"weights": job.weights, "tile": job.tile}
-    return fuse(job.stack, job.method, job.device, channel=job.channel, denoise=job.denoise,
-                progress=lambda done, total, msg: emit((job, done, total, msg)), cancel=job.cancel, **options)
+    return fuse(job.stack, job.method, job.device, channel=job.channel, denoise=job.denoise, align=job.align,
+                blend=job.blend, progress=lambda done, total, msg: emit((job, done, total, msg)), cancel=job.cancel,
+                **options)
 
 
 class FusionWidget(QWidget):
@@ -163,11 +171,29 @@ class FusionWidget(QWidget):
         self.window_spin.setToolTip("Classical methods: neighbourhood over which sharpness is averaged.")
         self.denoise_check = QCheckBox("Clean up focus map")
         self.denoise_check.setToolTip("Fill flat areas from their surroundings and smooth with a 3×3 median.")
+        self.align_combo = QComboBox()
+        self.align_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        for text, value in ALIGN_CHOICES:
+            self.align_combo.addItem(text, value)
+        self.align_combo.setToolTip(
+            "Register the slices onto the middle one before fusing: drift and shake (shift), focus breathing "
+            "(scale). The result is cropped to the part every slice covers; the transforms are shown below "
+            "and kept in the layers' metadata.")
+        self.blend_combo = QComboBox()
+        self.blend_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        for text, value in BLEND_CHOICES:
+            self.blend_combo.addItem(text, value)
+        self.blend_combo.setToolTip(
+            "hard: every pixel copied from one slice (pixel-faithful, for measurements). soft: slices mixed "
+            "with weights that follow image edges: fewer seams and halos at depth edges, but values are "
+            "mixes, not measurements.")
         form.addRow("Method", self.method_combo)
         form.addRow("Weights", self.methods.weights_row)
         form.addRow("Device", self.device_combo)
         form.addRow("Tile", self.tile_spin)
         form.addRow("Window", self.window_spin)
+        form.addRow("Align", self.align_combo)
+        form.addRow("Blend", self.blend_combo)
         form.addRow(self.denoise_check)
         panel.addWidget(meth)
 
@@ -201,9 +227,14 @@ class FusionWidget(QWidget):
         self.progress_bar.setValue(0)
         self.status = QLabel("Choose a focal stack and press Fuse.")
         self.status.setWordWrap(True)
+        self.align_info = QLabel()
+        self.align_info.setWordWrap(True)
+        self.align_info.setStyleSheet("color: gray;")
+        self.align_info.setVisible(False)
         root.addWidget(self.run_button)
         root.addWidget(self.progress_bar)
         root.addWidget(self.status)
+        root.addWidget(self.align_info)
         root.addStretch(1)
 
         self.layer_combo.currentIndexChanged.connect(self._on_layer_changed)
@@ -212,7 +243,7 @@ class FusionWidget(QWidget):
         self.z_step.valueChanged.connect(self._update_z_hint)
         self.z_unit.currentIndexChanged.connect(self._update_z_hint)
         self.run_button.clicked.connect(self._on_run_clicked)
-        for w in (self.device_combo, self.z_unit):
+        for w in (self.device_combo, self.z_unit, self.align_combo, self.blend_combo):
             w.currentIndexChanged.connect(self._save_settings)
         for w in (self.tile_spin, self.window_spin, self.surface_conf):
             w.valueChanged.connect(self._save_settings)
@@ -232,6 +263,8 @@ class FusionWidget(QWidget):
         self.tile_spin.setValue(load(GROUP, "tile", 0))
         self.window_spin.setValue(load(GROUP, "window", DEFAULT_WINDOW))
         self.denoise_check.setChecked(load(GROUP, "denoise", True))
+        self._select_data(self.align_combo, load(GROUP, "align", "off"))
+        self._select_data(self.blend_combo, load(GROUP, "blend", "hard"))
         self.confidence_check.setChecked(load(GROUP, "confidence", False))
         self.surface_check.setChecked(load(GROUP, "surface", True))
         self.surface_conf.setValue(load(GROUP, "surface_min_confidence", 0.3))
@@ -247,12 +280,19 @@ class FusionWidget(QWidget):
             "z_unit": self.z_unit.currentText(), "tile": self.tile_spin.value(), "window": self.window_spin.value(),
             "denoise": self.denoise_check.isChecked(), "confidence": self.confidence_check.isChecked(),
             "surface": self.surface_check.isChecked(), "surface_min_confidence": self.surface_conf.value(),
-            "weights_file": self.methods.custom_weights,
+            "weights_file": self.methods.custom_weights, "align": self.align_combo.currentData() or "off",
+            "blend": self.blend_combo.currentData(),
         })
 
     @staticmethod
     def _select_text(combo: QComboBox, text: str) -> None:
         i = combo.findText(text)
+        if i >= 0:
+            combo.setCurrentIndex(i)
+
+    @staticmethod
+    def _select_data(combo: QComboBox, value: str) -> None:
+        i = combo.findData(None if value == "off" else value)
         if i >= 0:
             combo.setCurrentIndex(i)
 
@@ -338,7 +378,8 @@ class FusionWidget(QWidget):
             layer=layer, source_id=source_key(layer), axes=axes, stack=stack, z=z, method=method, weights=weights,
             device=self.device_combo.currentText(), channel=self.channel_combo.currentData(),
             window=self.window_spin.value(), tile=self.tile_spin.value() or None,
-            denoise=self.denoise_check.isChecked(),
+            denoise=self.denoise_check.isChecked(), align=self.align_combo.currentData(),
+            blend=self.blend_combo.currentData(),
             outputs=OutputOptions(confidence=self.confidence_check.isChecked(), surface=self.surface_check.isChecked(),
                                   surface_min_confidence=self.surface_conf.value()),
             cancel=threading.Event())
@@ -356,6 +397,7 @@ class FusionWidget(QWidget):
         self.run_button.setText("Cancel")
         self.progress_bar.setRange(0, 0)
         self.status.setText(f"{self._doing(job)}…")
+        self.align_info.setVisible(False)
         self._pbar = napari_progress(total=0, desc=f"Fusing {job.layer.name}")
         self.job = job
         self.worker = run_in_thread(run_job, job, on_message=self._on_progress, on_returned=self._on_returned,
@@ -402,6 +444,8 @@ class FusionWidget(QWidget):
         took = result.timings.get("total_s", 0.0)
         note = " (3-D surface: single time points only)" if job.outputs.surface and result.n_times > 1 else ""
         self.status.setText(f"Done: {job.layer.name} fused with {result.method} in {took:.1f} s{note}.")
+        self.align_info.setText("Aligned: " + summary(result.alignment) if result.alignment else "")
+        self.align_info.setVisible(bool(result.alignment))
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(1)
         self.progress_bar.setFormat("done")

@@ -419,3 +419,27 @@ def align_stack(stack, align: bool | str | None, source: str = "the stack"):
         ev = AlignedArray(stack.events, stack.has_time, matrices, box, yx_axis)
         events = ev if not _in_memory(stack.events) else np.asarray(ev).astype(np.asarray(stack.events[:1]).dtype)
     return dataclasses.replace(stack, data=data, events=events), records
+
+
+def summary(records: list[dict] | None) -> str:
+    """One line per time point saying what alignment did (for the CLI and the widget)."""
+    lines = []
+    for t, rec in enumerate(records or []):
+        when = f"t={t}: " if len(records or []) > 1 else ""
+        if not rec["aligned"]:
+            lines.append(f"{when}not registered ({rec['why']}); fused unaligned")
+            continue
+        scale, crop = rec["scale"], rec["crop"]
+        shift = max(float(np.hypot(*xy)) for xy in rec["shift_px"])
+        lines.append(f"{when}{rec['motion']} onto slice {rec['reference']}: scale {min(scale):.4f}-{max(scale):.4f}, "
+                     f"largest shift {shift:.1f} px, kept {crop['share']:.0%} of the image "
+                     f"(y {crop['y'][0]}:{crop['y'][1]}, x {crop['x'][0]}:{crop['x'][1]})")
+    return "\n".join(lines)
+
+
+def crop_offset(records: list[dict] | None) -> tuple[int, int]:
+    """(y, x) pixel where a result cropped by alignment starts on the input's grid ((0, 0): not cropped)."""
+    for rec in records or []:
+        if "crop" in rec:
+            return int(rec["crop"]["y"][0]), int(rec["crop"]["x"][0])
+    return 0, 0

@@ -54,6 +54,7 @@ class DiskResult:
     tile: int
     overlap: int
     timings: dict[str, float] = field(default_factory=dict)
+    alignment: list[dict] | None = None  # per time point, when align= was asked (core.align)
 
 
 @dataclass(frozen=True)
@@ -313,7 +314,8 @@ def fuse_to_disk(
     specs = _specs(stack, side, overlap, fmt, with_height=stack.z_positions is not None)
     info = {"method": plan.method, "n_slices": n, "z_step": stack.z_step, "unit": stack.unit,
             "source": stack.source, "tile": side, "overlap": overlap,
-            "blend": "hard" if plan.blend is None else "soft"}
+            "blend": "hard" if plan.blend is None else "soft",
+            **({"alignment": plan.alignment} if plan.alignment else {})}
     finals = {"all_in_focus": out} if fmt == "zarr" else _tiff_paths(out, specs)
     check_output_safe(finals.values(), input_files(stack))
     for p in finals.values():
@@ -364,4 +366,4 @@ def fuse_to_disk(
     outputs = {"all_in_focus": out, **{m: out / m for m in MAPS if m in specs}} if fmt == "zarr" else finals
     timings["total_s"] = time.perf_counter() - t0
     return DiskResult(path=out, format=fmt, outputs=outputs, shape=specs["all_in_focus"].shape, method=plan.method,
-                      n_slices=n, tile=side, overlap=overlap, timings=timings)
+                      n_slices=n, tile=side, overlap=overlap, timings=timings, alignment=plan.alignment)
