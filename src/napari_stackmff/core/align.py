@@ -114,11 +114,26 @@ def similarity_matrix(scale: float, angle_deg: float, shift: np.ndarray, centre:
     return m
 
 
+#: Passes of re-measuring the patches' shifts after warping by the estimate so far: within a patch,
+#: scale and rotation smear the correlation peak; once warped, the residual is a near-pure shift. One pass
+#: cut the pair error on the synthetic stacks of bench_align.py from 0.10-0.45 px to 0.01-0.26 px.
+REFINE_PASSES = 1
+
+
 def _register(a: np.ndarray, b: np.ndarray, motion: str) -> np.ndarray | None:
     """The ``motion`` transform from ``a``'s coordinates to ``b``'s (None: too little texture to fit)."""
+    from skimage.transform import warp
+
     if motion == "translation":
         return _shift_matrix(_translation(a, b))
-    return _fit(*_local_shifts(a, b), motion)
+    m = _fit(*_local_shifts(a, b), motion)
+    for _ in range(REFINE_PASSES if m is not None else 0):
+        on_a = warp(b, m, order=3, mode="edge", preserve_range=True).astype(np.float32)  # b on a's grid
+        residual = _fit(*_local_shifts(a, on_a), motion)
+        if residual is None:
+            break
+        m = m @ residual
+    return m
 
 
 def estimate(images: Sequence[np.ndarray] | Iterable[np.ndarray], motion: str = "similarity",
@@ -161,18 +176,61 @@ def estimate(images: Sequence[np.ndarray] | Iterable[np.ndarray], motion: str = 
     yy, xx = np.mgrid[sh * 0.2:sh * 0.8:5j, sw * 0.2:sw * 0.8:5j]
     grid = np.stack([xx.ravel(), yy.ravel(), np.ones(xx.size)])
     worst = 0.0
+    measured = [(i - 1, i, pair[i]) for i in range(1, n)]
     for i in range(2, n):
         direct = _register(small[i - 2], small[i], motion)
         if direct is None:
             continue
+        measured.append((i - 2, i, direct))
         a, b = (pair[i] @ pair[i - 1]) @ grid, direct @ grid
         worst = max(worst, float(np.linalg.norm(a[:2] / a[2] - b[:2] / b[2], axis=0).mean()))
     distrust = (f"chained and direct registrations disagree by {worst / f:.1f} px (repetitive texture?)"
                 if worst > CONSISTENCY_PX else None)
+    if motion != "homography" and distrust is None:
+        # Every slice from all measured pairs at once, not from one chain: chained errors add up along the
+        # chain (0.4 px at the ends of 8-slice stacks), the least-squares solution averages them.
+        chain = _solve_similarities(measured, n, ref)
     up = np.diag([1 / f, 1 / f, 1.0])
     down = np.diag([f, f, 1.0])
     full = np.stack([up @ m @ down for m in chain])
     return Alignment(motion, ref, full, notes, distrust)
+
+
+def _solve_similarities(measured: list[tuple[int, int, np.ndarray]], n: int, ref: int) -> list[np.ndarray]:
+    """Per-slice similarities (reference -> slice) that best agree with the measured pair transforms.
+
+    A similarity is z -> a z + b on complex coordinates (a: scale and rotation, b: shift), so a pair
+    measurement T_j = T_ij o T_i reads a_j = a_ij a_i and b_j = a_ij b_i + b_ij: linear in the unknowns
+    (a_k, b_k), solved by least squares with the reference fixed at a = 1, b = 0.
+    """
+    unknown = [k for k in range(n) if k != ref]
+    col = {k: c for c, k in enumerate(unknown)}
+    rows_a, rhs_a, rows_b, rhs_b = [], [], [], []
+    for i, j, m in measured:
+        a_ij, b_ij = complex(m[0, 0], m[1, 0]), complex(m[0, 2], m[1, 2])
+        ra, rb = np.zeros(len(unknown), complex), np.zeros(len(unknown), complex)
+        ya, yb = 0j, b_ij
+        if j == ref:
+            ya -= 1.0
+        else:
+            ra[col[j]] += 1.0
+            rb[col[j]] += 1.0
+        if i == ref:
+            ya += a_ij
+        else:
+            ra[col[i]] -= a_ij
+            rb[col[i]] -= a_ij
+        rows_a.append(ra)
+        rhs_a.append(ya)
+        rows_b.append(rb)
+        rhs_b.append(yb)
+    a = np.linalg.lstsq(np.array(rows_a), np.array(rhs_a), rcond=None)[0]
+    b = np.linalg.lstsq(np.array(rows_b), np.array(rhs_b), rcond=None)[0]
+    out = []
+    for k in range(n):
+        ak, bk = (1.0 + 0j, 0j) if k == ref else (a[col[k]], b[col[k]])
+        out.append(np.array([[ak.real, -ak.imag, bk.real], [ak.imag, ak.real, bk.imag], [0.0, 0.0, 1.0]]))
+    return out
 
 
 def _shift_matrix(shift: np.ndarray) -> np.ndarray:
