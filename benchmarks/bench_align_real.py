@@ -5,8 +5,9 @@ Run:  OMP_NUM_THREADS=1 python benchmarks/bench_align_real.py [--max-side 768] [
 For every stack of bench_real.py (lytro pairs excepted: registered already), downscaled as there: the
 similarity alignment's breathing (scale of the first and last slice against the middle one), largest
 shift, whether it was trusted, seconds; and wavelet fusion without and with it, scored with the
-no-reference scores of bench_real.py. Fused images are written side by side (unaligned | aligned) to
-``--out`` for a person to look at: ghosts and doubled edges are what alignment should remove.
+no-reference scores of bench_real.py, on the crop every aligned slice covers (also for the unaligned
+fusion), and aligned + soft blend. Fused images are written side by side (unaligned | aligned | aligned
+soft) to ``--out`` for a person to look at: ghosts and doubled edges are what alignment should remove.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ def main() -> None:
     p.add_argument("--max-side", type=int, default=768)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "align_real")
     args = p.parse_args()
-    print(f"similarity alignment, wavelet fusion; max side {args.max_side}\n")
-    print("| stack | scale first / last | max shift px | trusted | align s | Q4 before / after | "
-          "sharp before / after |\n|---|---|---|---|---|---|---|")
+    print(f"similarity alignment, wavelet fusion; max side {args.max_side}; scores on the aligned crop for both\n")
+    print("| stack | scale first / last | max shift px | trusted | kept | align s | Q4 before / after / +soft | "
+          "sharp before / after |\n|---|---|---|---|---|---|---|---|")
     for rs in real_sets():
         if rs.name == "lytro_pairs":
             continue
@@ -55,20 +56,29 @@ def main() -> None:
             moved, records = align_stack(stack, "similarity")
         dt = time.perf_counter() - t0
         aligned = fuse(moved, method="wavelet")
+        soft = fuse(moved, method="wavelet", blend="soft")
         rec = records[0]
-        # Each fused image is scored against the slices it was made from (aligned ones for the aligned).
-        a, b = score(plain.all_in_focus, sources), score(aligned.all_in_focus, np.asarray(moved.data))
+        crop = rec.get("crop")
+        box = (slice(*crop["y"]), slice(*crop["x"])) if crop else (slice(None), slice(None))
+        # Each fused image is scored against the slices it was made from (aligned ones for the aligned),
+        # on the same region: the crop that every aligned slice covers.
+        a = score(plain.all_in_focus[box], sources[(slice(None), *box)])
+        b = score(aligned.all_in_focus, np.asarray(moved.data))
+        c = score(soft.all_in_focus, np.asarray(moved.data))
         if rec["aligned"]:
             scales = f"{rec['scale'][0]:.4f} / {rec['scale'][-1]:.4f}"
             shift = f"{max(np.hypot(*xy) for xy in rec['shift_px']):.1f}"
         else:
             scales, shift = "—", "—"
-        print(f"| {rs.name} ({stack.n_slices}) | {scales} | {shift} | {'yes' if rec['aligned'] else 'no'} | "
-              f"{dt:.1f} | {a['Q4']:.4f} / {b['Q4']:.4f} | {a['sharp']:.4f} / {b['sharp']:.4f} |", flush=True)
+        kept = f"{crop['share']:.0%}" if crop else "—"
+        print(f"| {rs.name} ({stack.n_slices}) | {scales} | {shift} | {'yes' if rec['aligned'] else 'no'} | {kept} | "
+              f"{dt:.1f} | {a['Q4']:.4f} / {b['Q4']:.4f} / {c['Q4']:.4f} | {a['sharp']:.4f} / {b['sharp']:.4f} |",
+              flush=True)
         drange = stack_display_range(stack)
-        pair = np.concatenate([to_uint8_preview(plain.all_in_focus, drange),
-                               to_uint8_preview(aligned.all_in_focus, drange)], axis=1)
-        write_png(args.out / f"{rs.name}_unaligned_aligned.png", pair)
+        left = to_uint8_preview(plain.all_in_focus[box], drange)
+        pair = np.concatenate([left, to_uint8_preview(aligned.all_in_focus, drange),
+                               to_uint8_preview(soft.all_in_focus, drange)], axis=1)
+        write_png(args.out / f"{rs.name}_unaligned_aligned_soft.png", pair)
 
 
 if __name__ == "__main__":

@@ -146,3 +146,17 @@ def test_cli_align_writes_the_aligned_stack_and_refuses_to_overwrite(tmp_path: P
     assert max(abs(v - 1) for v in again["scale"]) < 0.003
     assert main(["-q", "align", str(src), "-o", str(tmp_path / "al")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_time_series_of_rgb_slices_aligns_each_time_point_with_one_crop() -> None:
+    s, moved, mats = moved_stack(106 + 1, 160, "cells")
+    rgb = np.stack([moved, moved[:, :, ::-1] // 2 + 60, 255 - moved], -1)  # three different channels
+    series = np.stack([rgb, rgb[:, ::-1]])  # t=1: the same scene flipped
+    r = fuse(series, method="wavelet", align="similarity", blend="soft", axes="TZYXC")
+    assert len(r.alignment) == 2 and all(rec["aligned"] for rec in r.alignment)
+    assert r.alignment[0]["crop"] == r.alignment[1]["crop"]  # one crop for the whole series
+    assert r.all_in_focus.shape[0] == 2 and r.all_in_focus.shape[-1] == 3 and r.all_in_focus.dtype == np.uint8
+    single = fuse(rgb, method="wavelet", align="similarity", blend="soft")
+    crop0 = single.alignment[0]["crop"]
+    assert crop0["share"] >= r.alignment[0]["crop"]["share"]
+    np.testing.assert_allclose(np.asarray(r.alignment[0]["matrices"]), np.asarray(single.alignment[0]["matrices"]))
