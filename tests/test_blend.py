@@ -95,16 +95,18 @@ def test_blend_through_cli_and_parallel_batch(make_synth, tmp_path, capsys) -> N
     info = json.loads((tmp_path / "one" / "s0_fusion.json").read_text())
     assert info["blend"] == "soft"
     jobs = discover_stacks(root)
-    seq = run_batch(jobs, tmp_path / "seq", method="wavelet", blend="soft")
-    par = run_batch_parallel(jobs, tmp_path / "par", quiet=True, workers=2, method="wavelet", blend="soft")
+    settings = {"method": "wavelet", "blend": "soft", "align": "similarity"}  # both options through both paths
+    seq = run_batch(jobs, tmp_path / "seq", **settings)
+    par = run_batch_parallel(jobs, tmp_path / "par", quiet=True, workers=2, **settings)
     assert len(seq.done) == len(par.done) == 2
     for i in range(2):
         a = tifffile.imread(tmp_path / "seq" / f"s{i}_all_in_focus.tif")
         b = tifffile.imread(tmp_path / "par" / f"s{i}_all_in_focus.tif")
         np.testing.assert_array_equal(a, b)
-        assert json.loads((tmp_path / "par" / f"s{i}_fusion.json").read_text())["blend"] == "soft"
+        info = json.loads((tmp_path / "par" / f"s{i}_fusion.json").read_text())
+        assert info["blend"] == "soft" and info["alignment"][0]["motion"] == "similarity"
     one = tifffile.imread(tmp_path / "one" / "s0_all_in_focus.tif")
-    np.testing.assert_array_equal(one, tifffile.imread(tmp_path / "seq" / "s0_all_in_focus.tif"))
+    assert one.shape == (96, 96)  # no alignment asked: not cropped
 
 
 def test_unknown_blend_is_one_line() -> None:
