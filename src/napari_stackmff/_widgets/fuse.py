@@ -37,9 +37,11 @@ from ._worker import run_in_thread, user_message
 
 GROUP = "fusion"
 #: (shown text, fuse(align=...)) and (shown text, fuse(blend=...)).
-ALIGN_CHOICES = (("off", None), ("shift (drift, shake)", "translation"),
-                 ("shift + scale + rotation (breathing)", "similarity"), ("homography (tilt)", "homography"))
-BLEND_CHOICES = (("hard (pixel-faithful)", "hard"), ("soft (fewer halos, not pixel-faithful)", "soft"))
+#: Short texts: the dock's width is shared with the training widget (tests/test_napari_screenshots.py);
+#: the tooltips say more.
+ALIGN_CHOICES = (("off", None), ("shift", "translation"), ("shift + scale", "similarity"),
+                 ("homography", "homography"))
+BLEND_CHOICES = (("hard (exact pixels)", "hard"), ("soft (fewer halos)", "soft"))
 
 
 @dataclass
@@ -176,8 +178,8 @@ class FusionWidget(QWidget):
         for text, value in ALIGN_CHOICES:
             self.align_combo.addItem(text, value)
         self.align_combo.setToolTip(
-            "Register the slices onto the middle one before fusing: drift and shake (shift), focus breathing "
-            "(scale). The result is cropped to the part every slice covers; the transforms are shown below "
+            "Register the slices onto the middle one before fusing: drift and shake (shift); focus breathing "
+            "(shift + scale, with rotation); tilted views (homography). The result is cropped to the part every slice covers; the transforms are shown below "
             "and kept in the layers' metadata.")
         self.blend_combo = QComboBox()
         self.blend_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
