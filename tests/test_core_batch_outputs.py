@@ -124,3 +124,41 @@ def test_beside_inputs(tmp_path):
     assert beside_inputs(tmp_path / "out", folder, files) is None
     assert beside_inputs(tmp_path, tmp_path / "s.tif", [tmp_path / "s.tif"]) == tmp_path.resolve()
     assert beside_inputs(tmp_path / "out", tmp_path / "s.tif", [tmp_path / "s.tif"]) is None
+
+
+def test_batch_reads_the_pair_layout(tmp_path, make_synth, capsys):
+    """root/A/1.png + root/B/1.png (the published datasets' layout) fuse as pairs, matched by name; a name
+    missing from B is left out with a warning, and a re-run skips the finished pairs."""
+    import warnings
+
+    from PIL import Image
+
+    from napari_stackmff.cli import main
+    from napari_stackmff.core.batch import discover_stacks, run_batch
+    from napari_stackmff.core.fusion import fuse
+
+    root = tmp_path / "pairs"
+    for letter in "AB":
+        (root / letter).mkdir(parents=True)
+    stacks = {}
+    for k in (1, 2, 10):
+        s = make_synth(seed=30 + k, n=2, size=64)
+        stacks[k] = s
+        for letter, sl in zip("AB", s.slices):
+            Image.fromarray(sl).save(root / letter / f"{k}.png")
+    Image.fromarray(stacks[1].slices[0]).save(root / "A" / "lonely.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        jobs = discover_stacks(root)
+    assert [j.name for j in jobs] == ["1", "2", "10"]
+    assert any("lonely" in str(w.message) for w in caught)
+    assert [p.parent.name for p in jobs[0].input_files()] == ["A", "B"]
+    summary = run_batch(jobs, tmp_path / "out", method="wavelet")
+    assert sorted(summary.done) == ["1", "10", "2"]
+    import tifffile
+
+    got = tifffile.imread(tmp_path / "out" / "10_all_in_focus.tif")
+    np.testing.assert_array_equal(got, fuse(stacks[10].slices, method="wavelet").all_in_focus)
+    for _ in range(2):
+        assert main(["-q", "batch", str(root), "-o", str(tmp_path / "cli"), "--method", "wavelet"]) == 0
+    assert "0 fused, 3 skipped" in capsys.readouterr().out

@@ -230,7 +230,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       pool_refresh_every=args.refresh_every, noise=not args.no_noise,
                       clean_fraction=args.clean_fraction, objective=args.objective, max_side=args.max_side,
                       realism=[e for e in args.realism.split(",") if e], realism_p=args.realism_p,
-                      render_workers=args.render_workers, **s)
+                      render_workers=args.render_workers, variant=args.variant, shuffle=args.shuffle,
+                      invalid=args.invalid, **s)
     bar = tqdm(total=cfg.epochs * cfg.steps_per_epoch, desc=f"training {args.model}", unit="batch",
                disable=args.quiet)
 
@@ -300,9 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier aligned stack of the same name")
     p.set_defaults(func=cmd_align)
 
-    p = sub.add_parser("batch", help="fuse every stack under a folder (root/scene/1.png... or TIFFs)")
+    p = sub.add_parser("batch", help="fuse every stack under a folder (root/scene/1.png..., TIFFs, or pairs "
+                                     "root/A/1.png + root/B/1.png)")
     p.add_argument("root", type=Path,
-                   help="folder holding the stacks: one sub-folder of slices per stack (root/scene/1.png...) "
+                   help="folder holding the stacks: one sub-folder of slices per stack (root/scene/1.png...), "
+                        "pairs in A/ and B/ matched by name (root/A/1.png + root/B/1.png), "
                         "and/or multi-page TIFF files")
     _add_fuse_options(p)
     p.add_argument("--overwrite", action="store_true", help="redo stacks that are already finished")
@@ -358,6 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--render-workers", type=int, default=0,
                    help="processes rendering synthetic stacks, so a GPU never waits for data (default 0: in "
                         "the training loop, exactly reproducible)")
+    p.add_argument("--variant", default=None, help="a model size other than the default, e.g. narrow "
+                                                   "(StackMFF-V3 with every width halved, trainable on a CPU)")
+    p.add_argument("--shuffle", type=float, default=0.0,
+                   help="chance that a synthetic training stack's slices are shuffled (the label follows; "
+                        "for order-free models such as stackmff-v3)")
+    p.add_argument("--invalid", type=float, default=0.0,
+                   help="chance that a batch gets 1-3 invalid slices (blank, saturated, duplicated, another "
+                        "scene, noise, shifted)")
     p.add_argument("--init-weights", default=None, metavar="PATH",
                    help="start from these weights (fine-tuning); 'none' = from scratch (default: from scratch; "
                         "unsupervised: our shipped weights)")
@@ -365,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hybrid (default): depth regression + two-hot cross-entropy + an image term against "
                         "the all-in-focus truth, read out by argmax; depth: the published objective alone; "
                         "unsupervised: no labels needed (Fusion2Void-style: an inpainter must restore dropped "
-                        "patches of the slices from the fused image), read out by argmax")
+                        "patches of the slices from the fused image), read out by argmax; classify: "
+                        "StackMFF-V3's N-way classification of the in-focus slice (+ the image term)")
     p.add_argument("--max-side", type=int, default=MAX_SIDE,
                    help=f"unsupervised: downscale stacks to this longer side when loading (default {MAX_SIDE})")
     p.add_argument("--device", default="auto")

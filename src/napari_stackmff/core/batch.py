@@ -31,11 +31,21 @@ class StackJob:
     name: str
     source: Path
     include: str | None = None
+    files: tuple[Path, ...] = ()  # the sources of one pair (or group) of a pair layout, in order
 
     def input_files(self) -> list[Path]:
+        if self.files:
+            return list(self.files)
         if self.source.is_dir():
             return list_slice_files(self.source, warn=False, include=self.include)
         return [self.source]
+
+    def load(self) -> Any:
+        from .io import load_stack
+
+        if self.files:
+            return load_stack(list(self.files))
+        return load_stack(self.source, include=self.include if self.source.is_dir() else None)
 
 
 @dataclass
@@ -60,7 +70,8 @@ def survey(root: str | Path, *, exclude: Iterable[str | Path] = (),
            include: str | None = None) -> tuple[list[StackJob], list[Path]]:
     """(stacks under ``root``, our own earlier results there that look like stacks but are not).
 
-    Stacks are each sub-folder of slices (root/scene/1.png...) and each TIFF file. Results are
+    Stacks are each sub-folder of slices (root/scene/1.png...) and each TIFF file, or, in the pair
+    layout of the published datasets (root/A/1.png, root/B/1.png...), each name in A and B. Results are
     the TIFFs a ``<name>_fusion.json`` in ``root`` lists, and sub-folders holding nothing but
     listed results (the output folder of an earlier batch). ``exclude``: further paths that are
     not stacks (e.g. this run's output folder). ``include`` is passed to every folder stack.
@@ -69,6 +80,9 @@ def survey(root: str | Path, *, exclude: Iterable[str | Path] = (),
     if not root.is_dir():
         raise StackMFFError(f"{root}: not a folder; batch takes a folder of stacks (root/scene/1.png, or TIFFs).")
     skip = {Path(e).resolve() for e in exclude}
+    pairs = pair_jobs(root)
+    if pairs:
+        return pairs, []
     _refuse_output_in_a_stack(root, skip)
     ours = recorded_outputs(root)
     jobs: list[StackJob] = []
@@ -89,6 +103,44 @@ def survey(root: str | Path, *, exclude: Iterable[str | Path] = (),
     if not jobs:
         raise StackMFFError(f"{root}: found no stacks (sub-folders of slices or TIFF files).")
     return unique_names(jobs), results
+
+
+#: Folder names of the pair layout of the published multi-focus datasets: root/A/1.png + root/B/1.png
+#: fuse into one result "1"; further sources as root/C/1.png... (multi-focus groups).
+PAIR_FOLDERS = ("A", "B", "C", "D", "E", "F", "G", "H")
+
+
+def pair_jobs(root: Path) -> list[StackJob]:
+    """One job per image name found in every source folder of a pair layout (root/A, root/B[, root/C...]).
+
+    Empty when ``root`` is not such a layout (no A and B folders). Names present in only some folders
+    are left out with a warning naming them.
+    """
+    import warnings
+
+    dirs = []
+    for letter in PAIR_FOLDERS:
+        d = next((q for q in (root / letter, root / letter.lower()) if q.is_dir()), None)
+        if d is None:
+            break
+        dirs.append(d)
+    if len(dirs) < 2:
+        return []
+    listings = [{q.stem: q for q in sorted(d.iterdir()) if q.suffix.lower() in IMAGE_SUFFIXES
+                 and not q.name.startswith(".")} for d in dirs]
+    common = set(listings[0]).intersection(*listings[1:])
+    lonely = sorted(set().union(*listings) - common)
+    if lonely:
+        warnings.warn(f"{root}: {len(lonely)} image name(s) are not in every one of "
+                      f"{', '.join(d.name for d in dirs)} and are left out: {', '.join(lonely[:5])}"
+                      f"{'...' if len(lonely) > 5 else ''}", stacklevel=2)
+    if not common:
+        raise StackMFFError(f"{root}: a pair layout ({', '.join(d.name + '/' for d in dirs)}) with no image name "
+                            "in all of its folders; pairs are matched by name (A/1.png with B/1.png).")
+    from .io import natural_key
+
+    return [StackJob(stem, listings[0][stem], files=tuple(lst[stem] for lst in listings))
+            for stem in sorted(common, key=lambda stem: natural_key(Path(stem)))]
 
 
 def _refuse_output_in_a_stack(root: Path, outputs: set[Path]) -> None:
@@ -179,9 +231,9 @@ def is_done(job: StackJob, outdir: Path, fp: str) -> bool:
 def fuse_job(job: StackJob, outdir: Path, settings: dict[str, Any], fp: str) -> dict[str, Path]:
     """Fuse one stack and write its outputs (used by local and distributed runs alike)."""
     from .fusion import fuse
-    from .io import load_stack, save_result
+    from .io import save_result
 
-    stack = load_stack(job.source, include=job.include if job.source.is_dir() else None)
+    stack = job.load()
     result = fuse(stack, **settings)
     # A batch re-fuses its own stacks whose inputs or settings changed; results of another stack under
     # this name (an earlier batch over another folder) are the user's, not ours to replace.
