@@ -299,3 +299,27 @@ def test_aligned_soft_fusion_overlays_the_input(make_napari_viewer, qtbot, isola
     info = aif.metadata["stackmff"]
     assert info["blend"] == "soft" and info["alignment"][0]["aligned"]
     assert widget.align_info.isVisibleTo(widget) and "similarity onto slice 4" in widget.align_info.text()
+
+
+def test_two_selected_images_fuse_as_a_pair(make_napari_viewer, qtbot, isolated_settings):
+    """Two single photos (A focused near, B far) selected in the layer list fuse as a pair: stacked into a
+    new layer in list order, and the all-in-focus result equals core.fuse on the same pair."""
+    s = synth.make_sample("cells", n=2, size=96, seed=3, dtype="uint8")
+    viewer = make_napari_viewer()
+    a = viewer.add_image(s.slices[0], name="A")
+    b = viewer.add_image(s.slices[1], name="B")
+    widget = _widget(viewer, qtbot)
+    widget.select_method("wavelet")
+    viewer.layers.selection = {a}
+    assert not widget.pair_button.isEnabled()  # one image is not a pair
+    viewer.layers.selection = {a, b}
+    assert widget.pair_button.isEnabled() and widget.pair_button.text() == "Fuse 2 selected images"
+    widget.pair_button.click()
+    wait_idle(qtbot, widget)
+    pair = viewer.layers["A + B"]
+    assert pair.data.shape == (2, 96, 96)
+    expected = fuse(s.slices, method="wavelet")
+    np.testing.assert_array_equal(viewer.layers["A + B all-in-focus"].data, expected.all_in_focus)
+    fmap = viewer.layers["A + B focus map"].data
+    assert fmap.min() >= 0 and fmap.max() <= 1  # a pair has slices 0 and 1 only
+    np.testing.assert_array_equal(fmap, expected.focus_map)

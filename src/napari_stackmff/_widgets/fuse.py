@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import napari
+import numpy as np
 from napari.layers import Layer
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
@@ -145,6 +146,12 @@ class FusionWidget(QWidget):
         form.addRow("Z step", z_row)
         form.addRow("", self.z_hint)
         form.addRow("Events", self.event_combo)
+        self.pair_button = QPushButton("Fuse selected images")
+        self.pair_button.setToolTip(
+            "Select two or more single images of one size in the layer list (e.g. an A/B pair of photos "
+            "focused near and far): they are stacked into a new layer, in the list's order, and fused.")
+        self.pair_button.setEnabled(False)
+        form.addRow("", self.pair_button)
         # Only event-based models read event frames: without one in the registry, hide the row.
         self.event_label = form.labelForField(self.event_combo)
         has_event_models = any(registry.get_spec(m).uses_events for m in registry.model_names())
@@ -245,6 +252,8 @@ class FusionWidget(QWidget):
         self.z_step.valueChanged.connect(self._update_z_hint)
         self.z_unit.currentIndexChanged.connect(self._update_z_hint)
         self.run_button.clicked.connect(self._on_run_clicked)
+        self.pair_button.clicked.connect(self.fuse_selected_images)
+        self.viewer.layers.selection.events.changed.connect(self._on_selection_changed)
         for w in (self.device_combo, self.z_unit, self.align_combo, self.blend_combo):
             w.currentIndexChanged.connect(self._save_settings)
         for w in (self.tile_spin, self.window_spin, self.surface_conf):
@@ -349,6 +358,39 @@ class FusionWidget(QWidget):
         self.z_unit.setEnabled(self.z_step.value() > 0)
         z = self._z()
         self.z_hint.setText("" if z is None else z.text)
+
+    # ---------------------------------------------------------------------------- pairs
+    def selected_images(self) -> list[Layer]:
+        """The selected single images (2-D, gray or RGB) of one shape, in layer-list order; [] otherwise."""
+        chosen = [layer for layer in self.viewer.layers if layer in self.viewer.layers.selection]
+        images = [layer for layer in chosen if isinstance(layer, napari.layers.Image) and not is_result(layer)
+                  and not layer.multiscale and layer.ndim == 2]
+        if len(images) < 2 or len(images) != len(chosen):
+            return []
+        shapes = {(tuple(layer.data.shape), bool(layer.rgb)) for layer in images}
+        return images if len(shapes) == 1 else []
+
+    def _on_selection_changed(self, *_: Any) -> None:
+        images = self.selected_images()
+        self.pair_button.setEnabled(bool(images) and not self.running)
+        self.pair_button.setText(f"Fuse {len(images)} selected images" if images else "Fuse selected images")
+
+    def fuse_selected_images(self) -> None:
+        """Stack the selected images into a new layer (a pair or group of sources) and fuse it."""
+        images = self.selected_images()
+        if not images or self.running:
+            return
+        first = images[0]
+        data = np.stack([np.asarray(layer.data) for layer in images])
+        name = " + ".join(layer.name for layer in images)
+        kwargs: dict[str, Any] = {"rgb": bool(first.rgb), "scale": [1.0, *first.scale],
+                                  "translate": [0.0, *first.translate], "name": name}
+        if not first.rgb:
+            kwargs["contrast_limits"] = tuple(first.contrast_limits)
+        stack_layer = self.viewer.add_image(data, **kwargs)
+        self.layer_combo.refresh()
+        self.layer_combo.set_current_layer(stack_layer)
+        self.run()
 
     # ---------------------------------------------------------------------------- running
     @property
@@ -491,5 +533,6 @@ class FusionWidget(QWidget):
         try:
             self._disconnect()
             self.viewer.dims.events.ndisplay.disconnect(self._tilt_once)
+            self.viewer.layers.selection.events.changed.disconnect(self._on_selection_changed)
         except Exception:  # the viewer may be gone already
             pass
