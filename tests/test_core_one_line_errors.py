@@ -74,6 +74,7 @@ def test_results_too_big_for_memory_are_refused_up_front() -> None:
     way out (streaming to disk), instead of a MemoryError part way."""
     from napari_stackmff.core.errors import StackMFFError
 
-    huge = np.broadcast_to(np.zeros((1, 1, 1), np.uint16), (3, 400_000, 400_000))  # no memory behind it
+    row = (np.arange(400_000) % 7).astype(np.uint16)  # not blank (a blank stack is refused first)
+    huge = np.broadcast_to(row, (3, 400_000, 400_000))  # no memory behind it
     with pytest.raises(StackMFFError, match=r"results need \d+\.\d GiB.*--stream"):
         fuse(huge, method="variance")

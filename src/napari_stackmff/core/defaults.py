@@ -11,7 +11,7 @@ CLASSICAL_METHODS = ("variance", "laplacian", "tenengrad", "wavelet")
 DEFAULT_WINDOW = 9
 
 #: Training objectives (``core.train.OBJECTIVES`` holds their losses; a test keeps the two equal).
-TRAIN_OBJECTIVES = ("depth", "hybrid", "unsupervised")
+TRAIN_OBJECTIVES = ("depth", "hybrid", "classify", "unsupervised")
 #: Run settings of ``stackmff train --objective unsupervised`` where the user gives none: a short
 #: fine-tuning of the shipped weights on the user's own stacks, with a learning rate 10x below training
 #: from scratch. Measured: twice this budget (8 epochs) on 4 real stacks took 5 min 39 s on a shared

@@ -130,9 +130,30 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
 
         def make_engine(t: int) -> TileEngine:
             return runner.engine(stack, t, channel=channel, denoise=denoise)
+    refuse_blank(stack)  # after the settings and weights: their errors come first
     soft = soft_blend_for(stack, channel) if blend == "soft" else None
     return FusionPlan(stack=stack, method=method, device=dev, make_engine=make_engine, alignment=alignment,
                       blend=soft)
+
+
+#: Pixels per slice that :func:`refuse_blank` looks at (a strided grid): enough to see any texture.
+BLANK_SAMPLE = 65536
+
+
+def refuse_blank(stack: FocalStack) -> None:
+    """Refuse a stack in which every slice is one flat value (lens cap on, an empty file): there is no
+    focus to find, and any result would be that value presented as a fusion. Some blank slices are fine:
+    they never win a focus decision."""
+    h, w = stack.yx_shape
+    step = max(1, int(np.sqrt(h * w / BLANK_SAMPLE)))
+    window = (slice(0, h, step), slice(0, w, step))
+    for t in range(stack.n_times):
+        for z in range(stack.n_slices):
+            px = np.asarray(stack.read_window(z, t, window))
+            if px.size and px.min() != px.max():
+                return
+    raise StackMFFError(f"{stack.source or 'the stack'}: every slice is blank (one flat value); there is nothing "
+                        "in focus to fuse. Check the files (lens cap, exposure, an empty export).")
 
 
 #: Share of the memory available now that fuse()'s result arrays may take: the rest is for the tiles

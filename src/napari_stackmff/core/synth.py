@@ -436,3 +436,62 @@ def simulate_events(
     noise = rng.random(out.shape) < noise_rate
     out[noise] += rng.choice([-1.0, 1.0], size=int(noise.sum()))
     return out
+
+
+#: Kinds of invalid slices :func:`disorder` inserts: what real stacks contain (a frame taken with the lens
+#: cap on, an over-exposed frame, a repeated frame, a frame from elsewhere, a dark noisy frame, a jolt).
+INVALID_KINDS = ("blank", "saturated", "duplicate", "other_scene", "noise", "shift")
+
+
+def invalid_slice(kind: str, stack: np.ndarray, rng: np.random.Generator, top: float,
+                  other: np.ndarray | None = None) -> np.ndarray:
+    """One invalid slice shaped like ``stack``'s slices (any dtype, values in [0, top])."""
+    f = stack.astype(np.float32)
+    pick = f[int(rng.integers(len(f)))]
+    if kind == "blank":
+        out = np.full_like(pick, float(rng.uniform(0, 0.1)) * top)
+    elif kind == "saturated":
+        out = np.clip(pick * float(rng.uniform(3, 8)), 0, top)
+    elif kind == "duplicate":
+        out = pick
+    elif kind == "other_scene":
+        src = other.astype(np.float32) if other is not None else f[:, ::-1, ::-1]  # elsewhere: flipped
+        out = src[int(rng.integers(len(src)))]
+        if out.shape != pick.shape:
+            out = np.resize(out, pick.shape)
+    elif kind == "noise":
+        out = np.clip(0.2 * pick + rng.normal(0.3, 0.25, pick.shape).astype(np.float32) * top, 0, top)
+    elif kind == "shift":
+        dy, dx = (int(v) * int(rng.choice([-1, 1])) for v in rng.integers(3, 9, 2))
+        out = np.roll(pick, (dy, dx), axis=(0, 1))
+    else:
+        raise ValueError(f"unknown invalid slice kind {kind!r}; known: {', '.join(INVALID_KINDS)}")
+    return out.astype(stack.dtype)
+
+
+def disorder(stack: np.ndarray, label: np.ndarray, rng: np.random.Generator, *, shuffle: bool = True,
+             n_invalid: int = 0, kinds: Sequence[str] = INVALID_KINDS, other: np.ndarray | None = None,
+             top: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An untidy version of a stack, as real ones come: (stack, label, valid) with ``n_invalid`` invalid
+    slices inserted at random places and, with ``shuffle``, every slice moved to a random place.
+
+    ``label`` is the integer index of the in-focus slice per pixel; it follows the slices. ``valid``
+    marks, in the new order, the slices that were in the original stack. A duplicate keeps its
+    original as the label (they look the same: either is right when gathering).
+    """
+    n = len(stack)
+    if top is None:
+        top = float(np.iinfo(stack.dtype).max) if stack.dtype.kind in "ui" else 1.0
+    extra = [invalid_slice(str(rng.choice(list(kinds))), stack, rng, top, other) for _ in range(n_invalid)]
+    full = np.concatenate([stack, np.stack(extra)]) if extra else stack
+    order = rng.permutation(len(full)) if shuffle else np.concatenate(
+        [np.arange(n), np.arange(n, len(full))])
+    if not shuffle and extra:  # keep the valid ones in order, put the invalid ones anywhere
+        slots = np.sort(rng.choice(len(full), size=n, replace=False))
+        order = np.empty(len(full), int)
+        order[slots] = np.arange(n)
+        order[np.setdiff1d(np.arange(len(full)), slots)] = np.arange(n, len(full))
+    new_pos = np.empty(len(full), int)
+    new_pos[order] = np.arange(len(full))
+    valid = order < n
+    return full[order], new_pos[np.asarray(label, int)], valid

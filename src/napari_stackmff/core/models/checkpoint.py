@@ -19,7 +19,7 @@ from torch import nn
 
 from napari_stackmff.core.errors import WeightsError
 
-__all__ = ["load_state_dict"]
+__all__ = ["load_state_dict", "read_state_dict"]
 
 _REDOWNLOAD = "download or copy the weights file again"
 
@@ -79,6 +79,12 @@ def _extract_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], 
             "use a checkpoint saved from model.state_dict()."
         )
     return {k.removeprefix("module."): v for k, v in obj.items()}, recorded
+
+
+def read_state_dict(path: str | PathLike[str]) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file (any accepted layout), e.g. to tell which size of a model it holds."""
+    path = Path(path)
+    return _extract_state_dict(_read(path), path)[0]
 
 
 def load_state_dict(path: str | PathLike[str], model: nn.Module, *, model_name: str) -> dict[str, Any]:

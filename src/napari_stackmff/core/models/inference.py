@@ -84,18 +84,35 @@ def normalise_stack(x: np.ndarray | torch.Tensor, lo: float, hi: float) -> torch
     return ((x - lo) / max(hi - lo, 1e-6)).clamp_(0, 1)
 
 
-def focus_block(stack: FocalStack, t: int, channel: int | None, window: tuple[slice, slice]) -> np.ndarray:
-    """(N, h, w) float32 focus images of one window, read slice by slice with full (t, z, y, x) keys.
+def focus_block(stack: FocalStack, t: int, channel: int | None, window: tuple[slice, slice],
+                slices: Sequence[int] | None = None) -> np.ndarray:
+    """(N, h, w) float32 focus images of one window (of ``slices`` only, when given), read slice by
+    slice with full (t, z, y, x) keys.
 
     Unlike ``FocalStack.focus_stack`` this never indexes ``data[t]`` alone, which would load a whole
     time point of a zarr-backed stack.
     """
-    first = stack.focus_window(0, t, channel, window)
-    out = np.empty((stack.n_slices, *first.shape), dtype=np.float32)
+    zs = list(range(stack.n_slices)) if slices is None else list(slices)
+    first = stack.focus_window(zs[0], t, channel, window)
+    out = np.empty((len(zs), *first.shape), dtype=np.float32)
     out[0] = first
-    for z in range(1, stack.n_slices):
-        out[z] = stack.focus_window(z, t, channel, window)
+    for i, z in enumerate(zs[1:], 1):
+        out[i] = stack.focus_window(z, t, channel, window)
     return out
+
+
+def informative_slices(stack: FocalStack, t: int, channel: int | None, samples: int = 65536) -> list[int]:
+    """The slices that are not one flat value (blank, or saturated all over), from a strided sample.
+
+    Networks see the others only: a blank slice in the middle of a sweep broke StackMFF-V2's
+    slice-to-slice recurrence (17% of a synthetic stack's pixels were taken from two blank slices),
+    and no slice without any structure can be the sharpest anywhere.
+    """
+    h, w = stack.yx_shape
+    step = max(1, int(math.sqrt(h * w / samples)))
+    window = (slice(None, None, step), slice(None, None, step))
+    keep = [z for z in range(stack.n_slices) if np.ptp(stack.focus_window(z, t, channel, window)) > 0]
+    return keep or list(range(stack.n_slices))
 
 
 def stack_range(stack: FocalStack, t: int, channel: int | None, samples: int = 2_000_000) -> tuple[float, float]:
@@ -147,6 +164,49 @@ def readout(logits: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor
         focus = (lo * p_lo + idx * pmax + hi * p_hi) / (p_lo + pmax + p_hi)
     conf = ((pmax - 1.0 / n) / (1.0 - 1.0 / n)).clamp(0, 1)
     return focus, conf
+
+
+def order_free_maps(logits: torch.Tensor, *, denoise: bool, window: int = MODEL_FILL_WINDOW,
+                    fill_threshold: float = MODEL_FILL_THRESHOLD) -> FocusMaps:
+    """(N, H, W) logits of an order-free model -> focus maps, cleaned up on the probabilities.
+
+    The ordered path smooths the focus map itself (fill, 3x3 median), which averages slice numbers:
+    right when neighbouring numbers are neighbouring focus planes, wrong for a shuffled stack (the
+    mean of slices 3 and 7 is some unrelated slice 5). Here the same clean-up acts on each slice's
+    probability map instead (a 3x3 vote, then low-confidence pixels take the confidence-weighted
+    probabilities of their neighbours), and the winner is the argmax, so every index is a real vote.
+    """
+    from .. import classical
+    from ..pipeline import gaussian_radius
+
+    n = logits.shape[0]
+    prob = torch.softmax(logits.float(), dim=0)
+    conf = ((prob.max(0).values - 1.0 / n) / (1.0 - 1.0 / n)).clamp(0, 1)
+    if denoise:
+        prob = classical.box_mean(prob[:, None].contiguous(), 3)[:, 0]
+        if fill_threshold > 0:
+            rb = max(1, gaussian_radius(2.0 * window) // 3)
+
+            def blur(x: torch.Tensor) -> torch.Tensor:
+                for _ in range(3):
+                    x = classical.box_mean(x.contiguous(), 2 * rb + 1)
+                return x
+
+            w = (conf * conf)[None, None]
+            num, den = blur(prob[:, None] * w)[:, 0], blur(w)[0, 0]
+            filled = torch.where(den > 1e-12, num / den.clamp_min(1e-12), prob)
+            alpha = (conf / fill_threshold).clamp(0, 1)
+            prob = alpha * prob + (1 - alpha) * filled
+    pmax, idx = prob.max(dim=0)
+    # Sub-slice refinement from the two index neighbours: for an ordered stack they are the neighbouring
+    # focus planes; for a shuffled one they carry ~no probability and change nothing. It never moves
+    # the focus by more than half a slice, so round(focus) is always the winner.
+    lo, hi = (idx - 1).clamp(0, n - 1), (idx + 1).clamp(0, n - 1)
+    p_lo = prob.gather(0, lo[None])[0] * (lo != idx)
+    p_hi = prob.gather(0, hi[None])[0] * (hi != idx)
+    focus = (lo * p_lo + idx * pmax + hi * p_hi) / (p_lo + pmax + p_hi)
+    focus = torch.minimum(torch.maximum(focus, idx - 0.49), idx + 0.49)
+    return FocusMaps(focus=focus, index=idx, confidence=conf)
 
 
 _compiled: dict[int, Any] = {}
@@ -331,8 +391,13 @@ class ModelEngine:
         self.single_tile = runner.compat
         self.overlap = 0 if runner.compat else TILE_OVERLAP
         self.min_overlap = 0 if runner.compat else 16
-        self.feather = TILE_OVERLAP if runner.feather and not runner.compat else 0
+        # Cross-fading averages focus values: never for an order-free model, whose tiles may number a
+        # shuffled stack's slices in any order (its tiles are cut hard at the centre of the margin).
+        self.feather = TILE_OVERLAP if runner.feather and not runner.compat and not runner.spec.order_free else 0
         self.lo, self.hi = (0.0, 1.0) if runner.compat else stack_range(stack, t, channel)
+        # The slices the network sees (flat ones left out, see informative_slices); indices map back.
+        keep = list(range(stack.n_slices)) if runner.compat else informative_slices(stack, t, channel)
+        self.keep = None if len(keep) == stack.n_slices else keep
         self.estimate_s: float | None = None
         self._plan: list[int] = []  # voxels the network computes for each scheduled tile
         dev = runner.device
@@ -352,7 +417,7 @@ class ModelEngine:
                 b if ys.stop >= h else 0)
 
     def _load(self, window: tuple[slice, slice]) -> tuple[tuple[slice, slice], torch.Tensor, Any, Pads]:
-        x = normalise_stack(focus_block(self.stack, self.t, self.channel, window), self.lo, self.hi)
+        x = normalise_stack(focus_block(self.stack, self.t, self.channel, window, self.keep), self.lo, self.hi)
         pads = self._pads(window)
         if self._copy_stream is None:
             return window, x, None, pads
@@ -401,7 +466,8 @@ class ModelEngine:
         left, right, top, bottom = self._pads(window)
         h = window[0].stop - window[0].start + top + bottom
         w = window[1].stop - window[1].start + left + right
-        return self.stack.n_slices * (-(-h // 32) * 32) * (-(-w // 32) * 32)
+        n = self.stack.n_slices if self.keep is None else len(self.keep)
+        return n * (-(-h // 32) * 32) * (-(-w // 32) * 32)
 
     def _estimate(self, seconds: float, window: tuple[slice, slice]) -> EstimateMessage | None:
         """The first tile's time scaled to every tile of every time point (None: nothing to scale).
@@ -433,7 +499,15 @@ class ModelEngine:
             return out
         t0 = time.perf_counter()
         x, pads = self._input(window)
-        focus, conf = readout(r.logits(x, pads), r.readout)
+        if x.shape[0] == 1:  # one informative slice: it is the answer everywhere
+            logits = torch.zeros((1, *x.shape[-2:]), device=x.device)
+        else:
+            logits = r.logits(x, pads)
+        if r.spec.order_free:
+            maps = order_free_maps(logits, denoise=self.denoise)
+            focus = None
+        else:
+            focus, conf = readout(logits, r.readout)
         estimate = None
         if self._plan and self.t == 0 and self.estimate_s is None:
             if r.device.type == "cuda":
@@ -441,7 +515,22 @@ class ModelEngine:
             estimate = self._estimate(time.perf_counter() - t0, window)
         if progress is not None:
             progress(1, 1, estimate or f"{r.name}: tile")
+        if focus is None:
+            return self._original_numbers(maps)
         # Where the network is unsure (flat areas), take the focus of confident neighbours, as the
         # classical path does; then remove isolated outliers.
-        return finish_maps(focus, conf, self.stack.n_slices, window=MODEL_FILL_WINDOW,
-                           fill_threshold=MODEL_FILL_THRESHOLD, denoise=self.denoise)
+        return self._original_numbers(finish_maps(focus, conf, logits.shape[0], window=MODEL_FILL_WINDOW,
+                                                  fill_threshold=MODEL_FILL_THRESHOLD, denoise=self.denoise))
+
+    def _original_numbers(self, maps: FocusMaps) -> FocusMaps:
+        """Maps over the informative slices -> maps in the stack's own slice numbers."""
+        if self.keep is None:
+            return maps
+        keep = torch.tensor(self.keep, dtype=torch.float32, device=maps.focus.device)
+        lo = maps.focus.floor().long().clamp(0, len(self.keep) - 1)
+        hi = (lo + 1).clamp(max=len(self.keep) - 1)
+        frac = maps.focus - lo.float()
+        focus = keep[lo] + frac * (keep[hi] - keep[lo])  # sub-slice positions between kept slices
+        index = keep.long()[maps.index]
+        return FocusMaps(focus=torch.where(focus.round().long() == index, focus, index.float()), index=index,
+                         confidence=maps.confidence)

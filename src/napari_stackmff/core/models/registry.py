@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
-from .checkpoint import load_state_dict
+from .checkpoint import load_state_dict, read_state_dict
 
 
 @dataclass(frozen=True)
@@ -24,17 +24,36 @@ class ModelSpec:
     """What the rest of the code needs to know about a focus network."""
 
     name: str
-    build: Callable[[], nn.Module]
+    build: Callable[..., nn.Module]  # build(variant=None): the default size, or one of ``variants``
     weights_file: str  # file name inside weights/
     readout: str  # default readout, "softargmax" (depth regression); a checkpoint may name its own
     uses_events: bool = False
     description: str = ""
+    #: Order-free models (trained on shuffled slices) get focus maps that never average slice indices.
+    order_free: bool = False
+    #: Sizes other than the default, by name (``build(variant)``), and how to tell a weights file's size.
+    variants: tuple[str, ...] = ()
+    variant_of: Callable[[dict[str, torch.Tensor]], str | None] | None = None
 
 
-def _build_v2() -> nn.Module:
+def _build_v2(variant: str | None = None) -> nn.Module:
     from .v2 import StackMFFV2
 
     return StackMFFV2()
+
+
+def _build_v3(variant: str | None = None) -> nn.Module:
+    from .v3 import StackMFFV3
+
+    return StackMFFV3.narrow() if variant == "narrow" else StackMFFV3()
+
+
+def _v3_variant(state: dict[str, torch.Tensor]) -> str | None:
+    """The narrow variant's stem has 8 channels, the published size's 16."""
+    from .v3 import NARROW_WIDTHS
+
+    stem = state.get("encoder.stem.0.weight")
+    return "narrow" if stem is not None and stem.shape[0] == NARROW_WIDTHS[0] else None
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -44,6 +63,17 @@ MODELS: dict[str, ModelSpec] = {
         weights_file="stackmff_v2.pt",
         readout="softargmax",
         description="StackMFF-V2: focal-plane depth regression, 0.05M parameters.",
+    ),
+    "stackmff-v3": ModelSpec(
+        name="stackmff-v3",
+        build=_build_v3,
+        weights_file="stackmff_v3.pt",
+        readout="argmax",
+        description="StackMFF-V3: order-free focus classification over the slices (2.7M parameters; the narrow "
+                    "variant 0.7M).",
+        order_free=True,
+        variants=("narrow",),
+        variant_of=_v3_variant,
     ),
 }
 
@@ -133,7 +163,8 @@ def load_model(name: str, weights: str | Path | None = None, device: str | torch
     with _cache_lock:
         model = _cache.get(key)
         if model is None:
-            model = spec.build()
+            variant = spec.variant_of(read_state_dict(path)) if spec.variant_of is not None else None
+            model = spec.build(variant)
             meta = load_state_dict(path, model, model_name=name)
             model = model.to(device).eval()
             # The readout the weights were trained for (a classification-trained checkpoint wants argmax).
