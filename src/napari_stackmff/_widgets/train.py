@@ -92,6 +92,28 @@ def run_training(config: Any, stop: threading.Event, emit: Any, stacks: list | N
     return train(config, callback=emit, stop=stop, stacks=stacks)
 
 
+#: Order-free models learn from shuffled stacks with some invalid slices (rates as in the shipped V3 run).
+ORDER_FREE_SHUFFLE, ORDER_FREE_INVALID = 0.8, 0.3
+
+
+def _model_settings(model: str, init_path: Path | str | None, device: str) -> dict[str, Any]:
+    """The model's own training settings: its size (that of the weights it starts from; else the narrow
+    variant on a CPU, where the full size trains too slowly), and shuffled/invalid slices when order-free."""
+    from ..core.devices import resolve_device
+    from ..core.models.checkpoint import read_state_dict
+
+    spec = registry.get_spec(model)
+    out: dict[str, Any] = {}
+    if spec.variants:
+        if init_path is not None and spec.variant_of is not None:
+            out["variant"] = spec.variant_of(read_state_dict(init_path))
+        elif resolve_device(device).type == "cpu" and "narrow" in spec.variants:
+            out["variant"] = "narrow"
+    if spec.order_free:
+        out.update(shuffle=ORDER_FREE_SHUFFLE, invalid=ORDER_FREE_INVALID)
+    return out
+
+
 class TrainingWidget(QWidget):
     """Dock widget: train a focus model and make it available to the fusion widget."""
 
@@ -187,11 +209,14 @@ class TrainingWidget(QWidget):
         self.objective_combo = _combo()
         self.objective_combo.addItem("hybrid", "hybrid")  # short: the closed box shows it whole; tooltip explains
         self.objective_combo.addItem("depth (published)", "depth")
+        self.objective_combo.addItem("classify", "classify")
         self.objective_combo.addItem("unsupervised", "unsupervised")
         self.objective_combo.setToolTip(
             "hybrid: the published depth regression plus a cross-entropy on the in-focus slice and an image\n"
             "term against the all-in-focus truth (needs it: synthetic data, or an aif/ folder); the\n"
             "checkpoint is then read out by argmax. depth: the published objective only.\n"
+            "classify: StackMFF-V3's, which slice is in focus as an N-way choice (order-free models are\n"
+            "trained on shuffled slices with some invalid ones: blank, saturated, duplicated...).\n"
             "unsupervised: no labels (Fusion2Void-style: an inpainter restores dropped patches of the slices\n"
             "from the fused image); trains on your own stacks.")
         self.init_combo = _combo()
@@ -297,6 +322,11 @@ class TrainingWidget(QWidget):
             self.checkpoint_edit.setText(str(path.with_name(self._default_name(new))))
         self._model = new
         self._fill_init_combo()
+        order_free = registry.get_spec(new).order_free if new else False
+        if order_free and self.objective_combo.currentData() in ("depth", "hybrid"):
+            self.objective_combo.setCurrentIndex(self.objective_combo.findData("classify"))
+        elif not order_free and self.objective_combo.currentData() == "classify":
+            self.objective_combo.setCurrentIndex(self.objective_combo.findData("hybrid"))
 
     def _show_schedule(self, *_: Any) -> None:
         """Before a run the bars read 0 / Epochs and 0 / Steps per epoch, as the form says."""
@@ -424,6 +454,7 @@ class TrainingWidget(QWidget):
             device=self.device_combo.currentText(), checkpoint=str(Path(checkpoint).expanduser()),
             n_range=(self.n_min.value(), self.n_max.value()), val_stacks=self.val_spin.value(),
             pool_size=self.pool_spin.value(), objective=self.objective_combo.currentData())
+        values.update(_model_settings(values["model"], init_path, values["device"]))
         values.update(overrides)
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         return TrainConfig(**{k: v for k, v in values.items() if k in known})
