@@ -72,6 +72,20 @@ def test_auto_picks_a_model_only_once_it_beats_classical_on_real_stacks(tmp_path
     assert resolve_method("auto") == "stackmff-v2"
     monkeypatch.setattr(registry, "AUTO_ORDER", ())
     assert resolve_method("auto") == "wavelet"
+    # V3 comes first only when its record also says it beats V2 (on ordered stacks): else V2 is next.
+    from napari_stackmff.core.models.v3 import StackMFFV3
+
+    monkeypatch.setattr(registry, "AUTO_ORDER", ("stackmff-v3", "stackmff-v2"))
+    v3 = {registry.REAL_RECORD: {"beats_best_classical": True, "beats_models": []}}
+    torch.save({"model": "stackmff-v3", "state_dict": StackMFFV3.narrow().state_dict(), "meta": v3},
+               tmp_path / "stackmff_v3.pt")
+    registry._real_record.cache_clear()
+    assert resolve_method("auto") == "stackmff-v2"
+    v3[registry.REAL_RECORD]["beats_models"] = ["stackmff-v2"]
+    torch.save({"model": "stackmff-v3", "state_dict": StackMFFV3.narrow().state_dict(), "meta": v3},
+               tmp_path / "stackmff_v3.pt")
+    registry._real_record.cache_clear()
+    assert resolve_method("auto") == "stackmff-v3"
 
 
 def test_auto_is_classical_with_the_weights_we_ship() -> None:

@@ -81,8 +81,9 @@ MODELS: dict[str, ModelSpec] = {
 #: its shipped weights also carry the record of beating the best classical method on every real stack of
 #: benchmarks/bench_real.py (:data:`REAL_RECORD`), not just on our synthetic ones, where every
 #: model looks better than it is. StackMFF-V2's do not (weights/stackmff_v2.md), so "auto" stays
-#: classical and V2 is one choice away (method="stackmff-v2").
-AUTO_ORDER: tuple[str, ...] = ("stackmff-v2",)
+#: classical and V2 is one choice away (method="stackmff-v2"). V3 comes first but must also be recorded
+#: as beating V2 on ordered stacks (``beats_models``), or V2 is tried next.
+AUTO_ORDER: tuple[str, ...] = ("stackmff-v3", "stackmff-v2")
 #: Key in a shipped checkpoint's ``meta``: ``{"beats_best_classical": bool, "sets": [...], ...}``, written
 #: from bench_real's table when the weights are shipped.
 REAL_RECORD = "real_benchmark"
@@ -110,25 +111,34 @@ def shipped_weights(name: str) -> Path | None:
 def beats_classical_on_real(name: str) -> bool:
     """Whether the shipped weights of ``name`` are recorded as beating the best classical method on
     every real benchmark stack (their ``meta[REAL_RECORD]``)."""
+    return bool(real_record(name).get("beats_best_classical"))
+
+
+def real_record(name: str) -> dict:
+    """The benchmark record in the shipped weights of ``name`` ({} when none or no weights)."""
     path = shipped_weights(name)
-    return path is not None and _real_record(str(path), path.stat().st_mtime_ns)
+    return {} if path is None else _real_record(str(path), path.stat().st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=8)
-def _real_record(path: str, _mtime_ns: int) -> bool:
+def _real_record(path: str, _mtime_ns: int) -> dict:
     """Read once per file version: "auto" is resolved on every fuse() call of a batch."""
     try:
         meta = torch.load(path, map_location="cpu", weights_only=True).get("meta") or {}
     except Exception:  # unreadable weights are never the default; loading them by name says why
-        return False
-    return bool((meta.get(REAL_RECORD) or {}).get("beats_best_classical"))
+        return {}
+    record = meta.get(REAL_RECORD)
+    return dict(record) if isinstance(record, dict) else {}
 
 
 def best_shipped_model() -> str | None:
     """The model "auto" uses: the first in AUTO_ORDER whose shipped weights beat classical fusion on
-    real stacks (None: classical)."""
-    for name in AUTO_ORDER:
-        if beats_classical_on_real(name):
+    real stacks and, on ordered stacks, every later model of AUTO_ORDER that has shipped weights
+    (their record's ``beats_models``: V3 must beat V2 to be picked before it). None: classical."""
+    for i, name in enumerate(AUTO_ORDER):
+        record = real_record(name)
+        later = [m for m in AUTO_ORDER[i + 1:] if shipped_weights(m) is not None]
+        if record.get("beats_best_classical") and set(later) <= set(record.get("beats_models", [])):
             return name
     return None
 
