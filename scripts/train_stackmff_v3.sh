@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The recipe of weights/stackmff_v3.pt (narrow StackMFF-V3, trained on the 2-core CPU, one thread):
+# synthetic stacks of 2-10 slices, 80-px crops, 80% shuffled, 30% of batches with 1-3 invalid slices.
+# The shipped run was stopped by the session's time budget, not by convergence (see the model card);
+# --resume continues it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OMP_NUM_THREADS=1 stackmff -q train --model stackmff-v3 --variant narrow --objective classify \
+    --epochs 40 --steps 40 --batch-size 4 --crop 80 --n-min 2 --n-max 10 --val-stacks 8 \
+    --shuffle 0.8 --invalid 0.3 --lr 1e-3 --lr-gamma 0.95 --device cpu \
+    --checkpoint runs/v3_narrow.pt "$@"
+# then: cp runs/v3_narrow.best.pt weights/stackmff_v3.pt and add its benchmark record to meta (model card).
