@@ -106,3 +106,39 @@ def test_bad_recordings_are_one_line(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "r.es").write_bytes(b"\0")
     with pytest.raises(EventError, match=r"needs the 'faery' package; pip install 'napari-stackmff\[events\]'"):
         read_events(tmp_path / "r.es")
+
+
+def test_cli_events_info_bin_and_simulate(tmp_path: Path, capsys) -> None:
+    import tifffile
+
+    from napari_stackmff.cli import main
+    from napari_stackmff.core.synth import make_sample
+
+    ev = _events(n=500, w=40, h=30)
+    np.save(tmp_path / "rec.npy", ev)
+    assert main(["events", "info", str(tmp_path / "rec.npy")]) == 0
+    assert "500 events" in capsys.readouterr().out
+    (tmp_path / "times.csv").write_text("t\n" + "\n".join(str(v) for v in (1000, 4000, 7000, 9000)))
+    assert main(["events", "bin", str(tmp_path / "rec.npy"), "--slices", "4", "--slice-times",
+                 str(tmp_path / "times.csv"), "-o", str(tmp_path / "frames.tif")]) == 0
+    frames = tifffile.imread(tmp_path / "frames.tif")
+    np.testing.assert_array_equal(frames, bin_events(ev, 4, (30, 40), [1000, 4000, 7000, 9000]))
+    assert main(["events", "bin", str(tmp_path / "rec.npy"), "--slices", "4", "-o", str(tmp_path / "frames.tif")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    stack = make_sample("cells", n=5, size=48, dtype="uint8").slices
+    tifffile.imwrite(tmp_path / "stack.tif", stack)
+    assert main(["events", "simulate", str(tmp_path / "stack.tif"), "-o", str(tmp_path / "sim.tif")]) == 0
+    sim = tifffile.imread(tmp_path / "sim.tif")
+    assert sim.shape == (5, 48, 48) and np.abs(sim).sum() > 0
+
+
+def test_simulated_events_follow_brightness_changes() -> None:
+    """A slice sequence that brightens one half: positive events there, (almost) none in the still half."""
+    from napari_stackmff.core.events import simulate_events
+
+    stack = np.full((4, 32, 32), 40, np.uint8)
+    stack[2:, :, 16:] = 200  # the right half brightens between slices 1 and 2
+    ev = simulate_events(stack, noise_rate=0.0)
+    assert ev[:, :, 16:].sum() > 32 * 16 and (ev[:, :, 16:] >= 0).all()
+    assert np.abs(ev[:, :, :16]).sum() == 0
+    assert ev.shape == (4, 32, 32)

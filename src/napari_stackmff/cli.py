@@ -1,4 +1,4 @@
-"""The `stackmff` command: fuse, align, batch, demo, synth, train, methods — all thin over the core.
+"""The `stackmff` command: fuse, align, events, batch, demo, synth, train, methods — all thin over the core.
 
 Problems with the user's input print one line naming the file and the problem (exit code 2);
 a batch with failed stacks finishes the others and exits 1.
@@ -130,6 +130,50 @@ def cmd_align(args: argparse.Namespace) -> int:
     for line in summary(records).splitlines():
         print(f"{args.input}: {line}")
     print(f"  aligned stack      {tif}\n  transforms         {info}")
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """events info | bin | simulate: look at a recording, bin it per slice, or simulate frames for a stack."""
+    import numpy as np
+
+    from .core import events as ev_io
+    from .core.errors import OutputError
+    from .core.io import write_tiff
+
+    if args.events_command == "info":
+        ev = ev_io.read_events(args.input)
+        w, h = ev_io.sensor_size_of(args.input, ev)
+        span = (int(ev["t"][-1]) - int(ev["t"][0])) / 1e6 if len(ev) else 0.0
+        rate = len(ev) / span / 1e6 if span > 0 else float("nan")
+        pos = float(ev["p"].mean()) if len(ev) else float("nan")
+        print(f"{args.input}: {len(ev):,} events, {span:.3f} s ({rate:.2f} Mev/s), sensor {w}x{h}, "
+              f"{pos:.0%} positive, t {int(ev['t'][0]) if len(ev) else 0}-{int(ev['t'][-1]) if len(ev) else 0} us")
+        return 0
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise OutputError(f"{out}: already exists; choose another -o or pass --overwrite.")
+    if args.events_command == "bin":
+        ev = ev_io.read_events(args.input)
+        if args.size:
+            try:
+                w, h = (int(v) for v in args.size.lower().split("x"))
+            except ValueError:
+                raise OutputError(f"--size {args.size!r}: give WIDTHxHEIGHT, e.g. 1280x720.") from None
+        else:
+            w, h = ev_io.sensor_size_of(args.input, ev)
+        times = ev_io.read_slice_times(args.slice_times) if args.slice_times else None
+        frames = ev_io.bin_events(ev, args.slices, (h, w), times, source=str(args.input))
+    else:
+        from .core.io import load_stack
+
+        stack = load_stack(args.input, lazy=False)
+        frames = ev_io.simulate_events(np.asarray(stack.data), threshold=args.threshold, substeps=args.substeps,
+                                       refractory=args.refractory, noise_rate=args.noise_rate,
+                                       rng=np.random.default_rng(args.seed))
+    write_tiff(out, frames.astype(np.float32), description={"units": "signed event count per slice"})
+    print(f"{frames.shape[0]} event frames of {frames.shape[2]}x{frames.shape[1]} "
+          f"({int(np.abs(frames).sum()):,} events) written to {out}")
     return 0
 
 
@@ -313,6 +357,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dask", default=None, metavar="ADDRESS",
                    help="run on a Dask cluster (scheduler address, or 'local' for a LocalCluster)")
     p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("events", help="event recordings: info, bin into per-slice frames, simulate for a stack")
+    ev_sub = p.add_subparsers(dest="events_command", required=True)
+    q = ev_sub.add_parser("info", help="what a recording holds (.raw EVT2/EVT3, .dat, .aedat4, .es, .h5, .npy, "
+                                       ".npz, .csv)")
+    q.add_argument("input", type=Path)
+    q = ev_sub.add_parser("bin", help="bin a recording into one signed event frame per focal slice (TIFF)")
+    q.add_argument("input", type=Path)
+    q.add_argument("--slices", type=int, required=True, help="number of focal slices of the sweep")
+    q.add_argument("--slice-times", type=Path, default=None, metavar="CSV",
+                   help="when each slice was taken (microseconds, one per line), or the N+1 bin edges; "
+                        "default: the recording cut into equal parts")
+    q.add_argument("--size", default=None, metavar="WxH", help="sensor size (default: from the file)")
+    q.add_argument("-o", "--output", required=True, type=Path, help="TIFF to write")
+    q.add_argument("--overwrite", action="store_true")
+    q = ev_sub.add_parser("simulate", help="simulate event frames for an image stack (ESIM-style, approximate)")
+    q.add_argument("input", type=Path, help="the image stack (folder of slices or TIFF)")
+    q.add_argument("-o", "--output", required=True, type=Path, help="TIFF to write")
+    q.add_argument("--threshold", type=float, default=0.2, help="contrast threshold on log intensity")
+    q.add_argument("--substeps", type=int, default=8, help="interpolated sweep positions between slices")
+    q.add_argument("--refractory", type=int, default=1, help="silent sub-steps after an event")
+    q.add_argument("--noise-rate", type=float, default=0.002, help="random events per pixel and slice")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_events)
 
     p = sub.add_parser("demo", help="fuse the bundled sample stack and show where the results went")
     p.add_argument("-o", "--output", type=Path, default=Path("stackmff-demo"))
