@@ -142,3 +142,24 @@ def test_simulated_events_follow_brightness_changes() -> None:
     assert ev[:, :, 16:].sum() > 32 * 16 and (ev[:, :, 16:] >= 0).all()
     assert np.abs(ev[:, :, :16]).sum() == 0
     assert ev.shape == (4, 32, 32)
+
+
+def test_event_frames_for_a_stack_from_any_source(tmp_path: Path) -> None:
+    import tifffile
+
+    from napari_stackmff.cli import main
+    from napari_stackmff.core.events import load_events
+
+    ev = _events(n=300, w=40, h=30)
+    np.save(tmp_path / "rec.npy", ev)
+    frames = load_events(tmp_path / "rec.npy", 5, (30, 40))
+    np.testing.assert_array_equal(frames, bin_events(ev, 5, (30, 40)))
+    tifffile.imwrite(tmp_path / "frames.tif", frames)
+    np.testing.assert_array_equal(load_events(tmp_path / "frames.tif", 5, (30, 40)), frames)
+    with pytest.raises(EventError, match=r"event frames of shape \(5, 30, 40\) for a stack of 6 slices"):
+        load_events(frames, 6, (30, 40))
+    stack = np.random.default_rng(0).integers(0, 255, (5, 30, 40), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "stack.tif", stack)
+    code = main(["-q", "fuse", str(tmp_path / "stack.tif"), "-o", str(tmp_path / "o"), "--method", "wavelet",
+                 "--events", str(tmp_path / "rec.npy")])
+    assert code == 2  # no classical method reads events: refused, not ignored

@@ -31,6 +31,11 @@ def _add_fuse_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blend", choices=("hard", "soft"), default=None,
                    help="hard (default): each pixel copied from one slice; soft: slices mixed with edge-following "
                         "weights, fewer seams and halos at depth edges, but not pixel-faithful")
+    p.add_argument("--events", type=Path, default=None, metavar="PATH",
+                   help="event frames for an event model: a folder of red/blue frames, a TIFF of frames, or a raw "
+                        "recording (.raw, .dat, .aedat4, .es, .h5, .npy, .csv) binned per slice")
+    p.add_argument("--slice-times", type=Path, default=None, metavar="CSV",
+                   help="when each slice was taken (microseconds), to bin a raw --events recording")
     p.add_argument("--tile", type=int, default=None,
                    help="tile side in pixels (default: the largest that fits in memory)")
     p.add_argument("--include", default=None, metavar="GLOB",
@@ -42,7 +47,9 @@ def _settings(args: argparse.Namespace) -> dict:
     s = {"method": args.method, "device": args.device, "channel": args.channel, "window": args.window,
          "weights": str(args.weights) if args.weights else None, "z_step": args.z_step,
          "tile": getattr(args, "tile", None), "align": getattr(args, "align", None),
-         "blend": getattr(args, "blend", None)}
+         "blend": getattr(args, "blend", None),
+         "events": str(args.events) if getattr(args, "events", None) else None,
+         "slice_times": str(args.slice_times) if getattr(args, "slice_times", None) else None}
     return {k: v for k, v in s.items() if v is not None}
 
 

@@ -330,3 +330,29 @@ def read_event_frames(folder: str | Path) -> np.ndarray:
     if len(shapes) != 1:
         raise StackError(f"{folder}: event frames have different sizes {sorted(shapes)}.")
     return np.stack(frames).astype(np.float32)
+
+
+def load_events(events: Any, n_slices: int, shape: tuple[int, int], slice_times: Any = None,
+                n_times: int = 1) -> np.ndarray:
+    """Event frames for a stack of ``n_slices`` slices of ``shape`` (height, width), from whatever the user
+    has: an array of frames ((N, H, W) or (T, N, H, W)), a folder of red/blue event frames, a TIFF of
+    frames, or a raw recording (binned by ``slice_times``: values, or a CSV; else evenly)."""
+    if isinstance(events, (str, Path)):
+        path = Path(events)
+        if path.is_dir():
+            frames = read_event_frames(path)
+        elif path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            frames = tifffile.imread(path).astype(np.float32)
+        else:
+            times = read_slice_times(slice_times) if isinstance(slice_times, (str, Path)) else slice_times
+            frames = bin_events(read_events(path), n_slices, shape, times, source=str(path))
+        source = str(path)
+    else:
+        frames, source = np.asarray(events, np.float32), "the event frames"
+    expected = (n_slices, *shape) if n_times == 1 else (n_times, n_slices, *shape)
+    if tuple(frames.shape) != expected:
+        raise EventError(f"{source}: event frames of shape {tuple(frames.shape)} for a stack of {n_slices} slices of "
+                         f"{shape[1]}x{shape[0]} (expected {expected}); one event frame per slice, same size.")
+    return frames

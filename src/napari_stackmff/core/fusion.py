@@ -53,7 +53,7 @@ def resolve_method(method: str) -> str:
 
 #: Settings of fuse()/fuse_to_disk() that every method takes (the rest are per method, below).
 COMMON_SETTINGS = ("channel", "z_step", "denoise", "tile", "memory_budget", "lazy", "include", "axes", "align",
-                   "blend", "progress", "cancel")
+                   "blend", "events", "slice_times", "progress", "cancel")
 
 
 def model_options() -> tuple[str, ...]:
@@ -97,7 +97,8 @@ class FusionPlan:
 def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto", *, channel: int | None = None,
             window: int | None = None, weights: str | None = None, z_step: float | None = None,
             denoise: bool = True, lazy: bool | str | None = None, include: Any = None, axes: str | None = None,
-            align: bool | str | None = None, blend: str | None = None, **options: Any) -> FusionPlan:
+            align: bool | str | None = None, blend: str | None = None, events: Any = None,
+            slice_times: Any = None, **options: Any) -> FusionPlan:
     """Load the stack, check the settings and build the per-time-point tile engine."""
     from .io import load_stack
 
@@ -105,6 +106,20 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
     blend = resolve_blend(blend)
     check_options(method, options, window=window, weights=weights)
     stack = load_stack(stack, z_step=z_step, lazy=lazy, include=include, axes=axes)
+    if events is not None:
+        import dataclasses
+
+        from .events import load_events
+        from .models import registry
+
+        if method not in registry.MODELS or not registry.get_spec(method).uses_events:
+            users = [m for m in registry.model_names() if registry.get_spec(m).uses_events]
+            raise StackMFFError(f"method {method!r} does not use event frames; "
+                                f"{'event models: ' + ', '.join(users) if users else 'no event model is installed yet'}.")
+        frames = load_events(events, stack.n_slices, stack.yx_shape, slice_times, stack.n_times)
+        stack = dataclasses.replace(stack, events=frames)
+    elif slice_times is not None:
+        raise StackMFFError("slice_times bins a raw event recording: give it together with events=.")
     alignment = None
     if align:
         from .align import align_stack
