@@ -167,3 +167,29 @@ def test_event_sample_data(make_napari_viewer, stackmff_plugin):
     assert image.data.shape == events.data.shape == (12, 256, 256)
     assert events.metadata["stackmff"]["kind"] == "events"
     np.testing.assert_allclose(events.scale, image.scale)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "events").exists(), reason="../shared/data/events absent")
+def test_event_recording_opens_binned_by_the_sweeps_slice_times(make_napari_viewer, tmp_path):
+    """A raw recording opens as one event-frame layer: by the slice times beside it (N = their count),
+    else evenly into the default count, which the layer's metadata says."""
+    import shutil
+
+    pytest.importorskip("faery")
+    from napari_stackmff._reader import DEFAULT_EVENT_SLICES, get_recording_reader
+    from napari_stackmff.core.events import bin_events, read_events, read_slice_times
+
+    rec = tmp_path / "dvs.es"
+    shutil.copy(SHARED_DATA / "events" / "faery" / "tests" / "data" / "dvs.es", rec)
+    assert get_recording_reader(str(rec)) is not None and get_stack_reader(str(rec)) is None
+    viewer = make_napari_viewer()
+    layer = viewer.open(str(rec), plugin="napari-stackmff")[0]
+    assert layer.data.shape == (DEFAULT_EVENT_SLICES, 240, 320)
+    assert "evenly" in layer.metadata["stackmff"]["binning"] and layer.metadata["stackmff"]["kind"] == "events"
+    ev = read_events(rec)
+    times = np.linspace(ev["t"][0], ev["t"][-1], 7)[1:-1].round()
+    (tmp_path / "dvs_slice_times.csv").write_text("\n".join(str(int(t)) for t in times))
+    layer = viewer.open(str(rec), plugin="napari-stackmff")[0]
+    assert layer.data.shape == (5, 240, 320)
+    np.testing.assert_array_equal(layer.data, bin_events(ev, 5, (240, 320),
+                                                         read_slice_times(tmp_path / "dvs_slice_times.csv")))

@@ -193,3 +193,55 @@ def _show_error(message: str) -> None:
         show_error(message)
     except Exception:  # pragma: no cover - no napari: let the caller see it
         raise StackMFFError(message) from None
+
+
+#: Frames an event recording is binned into when no slice times are found beside it.
+DEFAULT_EVENT_SLICES = 16
+RECORDING_PATTERNS = ("*.raw", "*.dat", "*.aedat4", "*.es")
+
+
+def sweep_times(recording: Path) -> Path | None:
+    """The slice-times CSV beside a recording: ``<name>_slice_times.csv`` or ``slice_times.csv``."""
+    for candidate in (recording.with_name(recording.stem + "_slice_times.csv"), recording.with_name("slice_times.csv")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def get_recording_reader(path: Any) -> ReaderFunction | None:
+    """Accept a raw event recording (Prophesee .raw/.dat, AEDAT4, .es)."""
+    p = _single_path(path)
+    if p is None or not p.is_file() or p.suffix.lower() not in tuple(q[1:] for q in RECORDING_PATTERNS):
+        return None
+    return read_recording
+
+
+def read_recording(path: Any) -> list[LayerDataTuple | tuple]:
+    """A recording binned into one signed event frame per slice of the sweep: by the slice times of a
+    ``<name>_slice_times.csv`` (or ``slice_times.csv``) beside it, else evenly into
+    :data:`DEFAULT_EVENT_SLICES` frames (said in a notification, and in the layer's metadata)."""
+    from .core import events as ev_io
+
+    p = _single_path(path)
+    try:
+        ev = ev_io.read_events(p)
+        w, h = ev_io.sensor_size_of(p, ev)
+        times_file = sweep_times(p)
+        times = ev_io.read_slice_times(times_file) if times_file else None
+        n = len(times) if times is not None else DEFAULT_EVENT_SLICES
+        frames = ev_io.bin_events(ev, n, (h, w), times, source=str(p))
+    except StackMFFError as exc:
+        _show_error(str(exc))
+        return [(None,)]
+    data, kwargs, kind = event_layer_data(frames, f"{p.stem} events", source=str(p))
+    kwargs["metadata"]["stackmff"]["binning"] = (f"by {times_file.name}" if times_file else
+                                                 f"evenly into {n} frames (no slice times beside the file)")
+    if times_file is None:
+        try:
+            from napari.utils.notifications import show_info
+
+            show_info(f"{p.name}: binned evenly into {n} frames; put the sweep's slice times in "
+                      f"{p.stem}_slice_times.csv beside it to bin by slice.")
+        except Exception:  # pragma: no cover - no napari
+            pass
+    return [(data, kwargs, kind)]
