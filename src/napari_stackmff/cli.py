@@ -257,6 +257,10 @@ def _train_settings(args: argparse.Namespace) -> dict:
     n_min, n_max = defaults["n_range"]
     cfg["n_range"] = (n_min if args.n_min is None else args.n_min, n_max if args.n_max is None else args.n_max)
     init = args.init_weights
+    from .core.models.registry import get_spec
+
+    if init is None and get_spec(args.model).uses_events:
+        init = shipped_weights("stackmff-v2")  # the event model starts as our V2 (models/event.py)
     if init is None and unsupervised:
         init = shipped_weights(args.model)
         if init is None:

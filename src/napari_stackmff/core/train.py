@@ -105,6 +105,7 @@ class Sample:
     images: np.ndarray
     focus: np.ndarray
     aif: np.ndarray | None = None
+    events: np.ndarray | None = None  # (N, H, W) scaled event frames, for event models
 
 
 def _to_unit(stack: np.ndarray, aif: np.ndarray | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -131,6 +132,7 @@ class Batch(NamedTuple):
     images: torch.Tensor
     focus: torch.Tensor | None
     aif: torch.Tensor | None = None
+    events: torch.Tensor | None = None  # (B, N, H, W) scaled event frames, for event models
 
 
 def render_pool_item(seed: int | Sequence[int], size: int, n_range: tuple[int, int], noise: bool,
@@ -261,6 +263,105 @@ class SyntheticPool:
             ys.append(np.ascontiguousarray(fi, dtype=np.float32))
             aifs.append(np.ascontiguousarray(ai))
         return Batch(torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)), torch.from_numpy(np.stack(aifs)))
+
+
+def _scaled_events(events: np.ndarray) -> np.ndarray:
+    """Signed counts -> the network's input range (as at inference, models/event.py:event_scale)."""
+    return np.tanh(events / 2.0).astype(np.float32)
+
+
+def render_event_item(seed: int | Sequence[int], size: int, n_dense: int, noise: bool) -> tuple[np.ndarray, ...]:
+    """One dense image + event stack for event models: (images, events, depth, focus positions, aif).
+
+    A third of the scenes have weak texture (contrast 5-30%) and blur radii reach 24 px: where image
+    focus cues fade, which is where the events are meant to help.
+    """
+    from . import synth
+
+    rng = np.random.default_rng(seed)
+    shape = (size, size)
+    aif = synth.random_scene(rng, shape)
+    if rng.random() < 1 / 3:
+        aif = (0.5 + (aif - 0.5) * rng.uniform(0.05, 0.3)).astype(np.float32)
+    depth = synth.random_depth(rng, shape)
+    pos = synth.focus_positions(rng, n_dense)
+    radius = float(rng.uniform(6.0, 24.0))
+    photons = float(rng.choice([30.0, 200.0, 2000.0])) if noise else None
+    s = synth.render_stack(aif, depth, pos, max_radius=radius, layers=24, dtype=np.uint16, peak_photons=photons,
+                           read_noise=float(rng.uniform(0.002, 0.01)) if noise else 0.0, rng=rng)
+    events = synth.simulate_events(aif, depth, pos, max_radius=radius, substeps=4, rng=rng)
+    images, aif_unit = _to_unit(s.slices, s.aif)
+    return images, events, s.depth, s.focus_positions, aif_unit
+
+
+class EventPool:
+    """Dense image + event stacks; a batch takes an ordered subset of slices, and each dropped slice's
+    events go to the nearest kept slice (events accumulate over the sweep: that is re-binning, exact)."""
+
+    def __init__(self, rng: np.random.Generator, size: int, n_range: tuple[int, int], pool: int, refresh_every: int,
+                 *, noise: bool = True, on_render: Callable[[int, int], None] | None = None,
+                 stop: threading.Event | None = None) -> None:
+        self.rng, self.size, self.n_range, self.refresh_every = rng, size, n_range, max(1, refresh_every)
+        self.dense = max(n_range[1], 12)
+        self.noise, self.calls, self.renders = noise, 0, 0
+        self.seed = int(rng.integers(2**31))
+        self.items: list[tuple[np.ndarray, ...]] = []
+        for i in range(pool):
+            if stop is not None and stop.is_set():
+                break
+            self.items.append(self._render())
+            if on_render is not None:
+                on_render(i + 1, pool)
+
+    def _render(self) -> tuple[np.ndarray, ...]:
+        self.renders += 1
+        return render_event_item([self.seed, self.renders], self.size, self.dense, self.noise)
+
+    def close(self) -> None:
+        pass
+
+    def batch(self, batch_size: int, crop: int) -> Batch:
+        self.calls += 1
+        if self.calls % self.refresh_every == 0:
+            self.items[int(self.rng.integers(len(self.items)))] = self._render()
+        n = int(self.rng.integers(self.n_range[0], self.n_range[1] + 1))
+        xs, es, ys, aifs = [], [], [], []
+        for _ in range(batch_size):
+            img, ev, depth, f, aif = self.items[int(self.rng.integers(len(self.items)))]
+            keep = np.sort(self.rng.choice(len(f), size=n, replace=False))
+            owner = np.abs(f[:, None] - f[keep][None, :]).argmin(1)  # dense slice -> nearest kept slice
+            ek = np.zeros((n, *ev.shape[1:]), np.float32)
+            np.add.at(ek, owner, ev)
+            focus = np.interp(depth, f[keep], np.arange(n, dtype=np.float32))
+            y0 = int(self.rng.integers(0, img.shape[1] - crop + 1))
+            x0 = int(self.rng.integers(0, img.shape[2] - crop + 1))
+            win = (slice(y0, y0 + crop), slice(x0, x0 + crop))
+            parts = [img[(slice(None), *win)][keep], _scaled_events(ek[(slice(None), *win)]), focus[win], aif[win]]
+            if self.rng.random() < 0.5:
+                parts = [a[..., ::-1] for a in parts]
+            if self.rng.random() < 0.5:
+                parts = [a[..., ::-1, :] for a in parts]
+            for lst, a in zip((xs, es, ys, aifs), parts):
+                lst.append(np.ascontiguousarray(a, dtype=np.float32))
+        t = lambda lst: torch.from_numpy(np.stack(lst))  # noqa: E731
+        return Batch(t(xs), t(ys), t(aifs), t(es))
+
+
+def event_validation_set(seed: int, count: int, size: int, n_range: tuple[int, int]) -> list[tuple[Sample, object]]:
+    """Held-out image + event stacks (another seed than any training data)."""
+    from types import SimpleNamespace
+
+    from .stack import as_focal_stack
+
+    rng = np.random.default_rng(20_000 + seed)
+    out = []
+    for i in range(count):
+        n = int(rng.integers(n_range[0], n_range[1] + 1))
+        img, ev, depth, f, aif = render_event_item([20_000 + seed, i], size, n, noise=True)
+        focus = np.interp(depth, f, np.arange(n, dtype=np.float32)).astype(np.float32)
+        truth = SimpleNamespace(to_stack=lambda img=img: as_focal_stack(img), aif=aif)  # PSNR on the unit scale
+        out.append((Sample(img, focus, None, _scaled_events(ev)), truth))
+    return out
 
 
 class FolderData:
@@ -573,7 +674,11 @@ def evaluate(model: torch.nn.Module, val: list[tuple[Sample, object]], device: t
     for sample, synth_stack in val:
         x = torch.from_numpy(sample.images)[None].to(device)
         xp, h, w = pad_to_multiple(x)
-        logits = model(xp)[:, :, :h, :w]
+        if sample.events is None:
+            logits = model(xp)[:, :, :h, :w]
+        else:
+            ep, _, _ = pad_to_multiple(torch.from_numpy(sample.events)[None].to(device))
+            logits = model(xp, ep)[:, :, :h, :w]
         y = torch.from_numpy(sample.focus)[None].to(device)
         losses.append(float(depth_regression_loss(logits, y)))
         focus, _ = readout(logits[0], readout_mode)
@@ -587,6 +692,14 @@ def evaluate(model: torch.nn.Module, val: list[tuple[Sample, object]], device: t
 
 
 # ---------------------------------------------------------------------------------- loop
+def _is_v2_state(path: str) -> bool:
+    """Whether a weights file holds a bare StackMFF-V2 (to start an event model from it)."""
+    from .models.checkpoint import read_state_dict
+
+    keys = read_state_dict(path).keys()
+    return "feature_extraction.encoder1.0.weight" in keys and "v2.feature_extraction.encoder1.0.weight" not in keys
+
+
 def _save(path: Path, payload: dict) -> None:
     from .io import atomic_write
 
@@ -614,11 +727,18 @@ def train(
     rng = np.random.default_rng(cfg.seed)
     ckpt = Path(cfg.checkpoint)
     best_path = ckpt.with_name(ckpt.stem + ".best" + ckpt.suffix)
+    if spec.uses_events and cfg.data != "synthetic":
+        raise StackMFFError(f"{cfg.model} trains on synthetic image + event stacks only (data='synthetic').")
     if cfg.variant is not None and cfg.variant not in spec.variants:
         raise StackMFFError(f"{cfg.model} has no variant {cfg.variant!r}; "
                             f"choose one of: {', '.join(spec.variants) or 'none (leave it out)'}.")
     model = spec.build(cfg.variant).to(device)
-    if cfg.init_weights:
+    if cfg.init_weights and spec.uses_events and _is_v2_state(cfg.init_weights):
+        from .models.checkpoint import read_state_dict
+        from .models.event import EventStackMFF
+
+        model = EventStackMFF.from_v2(read_state_dict(cfg.init_weights)).to(device)  # starts as that V2
+    elif cfg.init_weights:
         load_state_dict(cfg.init_weights, model, model_name=cfg.model)
     crit = objective.criterion(cfg).to(device) if objective.criterion is not None else None
     groups = [{"params": list(model.parameters())}]
@@ -665,6 +785,9 @@ def train(
             raise StackMFFError(f"open stacks carry no labels: train on them with the 'unsupervised' objective, "
                                 f"not {cfg.objective!r}.")
         data = UnlabelledData(list(stacks), rng, cfg.n_range, cfg.max_side, on_load=on_render)
+    elif cfg.data == "synthetic" and spec.uses_events:
+        data = EventPool(rng, cfg.crop + max(16, cfg.crop // 4), cfg.n_range, cfg.pool_size, cfg.pool_refresh_every,
+                         noise=cfg.noise, on_render=on_render, stop=stop)
     elif cfg.data == "synthetic":
         realism = Realism.mix(cfg.realism, cfg.realism_p) if cfg.realism else None
         data = SyntheticPool(rng, cfg.crop + max(16, cfg.crop // 4), cfg.n_range, cfg.pool_size, cfg.pool_refresh_every,
@@ -678,7 +801,8 @@ def train(
     else:
         data = FolderData(cfg.data, rng)
     loss_of = (lambda lg, b: crit(lg, b.images)) if crit is not None else objective.loss
-    val = validation_set(cfg.seed, cfg.val_stacks, max(cfg.crop, 96), cfg.n_range, cfg.noise, cfg.clean_fraction)
+    val = (event_validation_set(cfg.seed, cfg.val_stacks, max(cfg.crop, 96), cfg.n_range) if spec.uses_events else
+           validation_set(cfg.seed, cfg.val_stacks, max(cfg.crop, 96), cfg.n_range, cfg.noise, cfg.clean_fraction))
     for _ in val:
         on_render(0, 0)
     use_amp = device.type == "cuda"
@@ -699,7 +823,7 @@ def train(
                                 for t in data.batch(cfg.batch_size, cfg.crop)))
                 data_s += time.perf_counter() - t_data
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits = model(batch.images)
+                    logits = model(batch.images) if batch.events is None else model(batch.images, batch.events)
                 loss = loss_of(logits, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -101,6 +101,15 @@ def focus_block(stack: FocalStack, t: int, channel: int | None, window: tuple[sl
     return out
 
 
+def event_block(stack: FocalStack, t: int, window: tuple[slice, slice],
+                slices: Sequence[int] | None = None) -> np.ndarray:
+    """(N, h, w) float32 event frames of one window (of ``slices`` only, when given)."""
+    zs = list(range(stack.n_slices)) if slices is None else list(slices)
+    ys, xs = window
+    key = (lambda z: (t, z, ys, xs)) if stack.has_time else (lambda z: (z, ys, xs))
+    return np.stack([np.asarray(stack.events[key(z)], np.float32) for z in zs])
+
+
 def informative_slices(stack: FocalStack, t: int, channel: int | None, samples: int = 65536) -> list[int]:
     """The slices that are not one flat value (blank, or saturated all over), from a strided sample.
 
@@ -308,14 +317,16 @@ class ModelRunner:
 
     @torch.inference_mode()
     def logits(self, x: torch.Tensor, pads: Pads = (0, 0, 0, 0)) -> torch.Tensor:
-        """(N, h, w) normalised focus images -> (N, h, w) logits (padding handled here)."""
+        """(N, h, w) normalised focus images -> (N, h, w) logits (padding handled here). An event model
+        gets (2N, h, w): the N slices, then their N event frames."""
         xp, (ys, xs) = self._pad(x, pads)
+        args = (xp[:, :xp.shape[1] // 2], xp[:, xp.shape[1] // 2:]) if self.spec.uses_events else (xp,)
         with torch.autocast(self.device.type, dtype=autocast_dtype(self.device), enabled=self.half):
             if self.device.type == "cuda":
                 with torch.backends.cudnn.flags(enabled=True, benchmark=True):
-                    out = self._forward(xp)
+                    out = self._forward(*args)
             else:
-                out = self._forward(xp)
+                out = self._forward(*args)
         return out[0, :, ys, xs].float()
 
     def engine(self, stack: FocalStack, t: int = 0, *, channel: int | None = None,
@@ -394,6 +405,9 @@ class ModelEngine:
         # Cross-fading averages focus values: never for an order-free model, whose tiles may number a
         # shuffled stack's slices in any order (its tiles are cut hard at the centre of the margin).
         self.feather = TILE_OVERLAP if runner.feather and not runner.compat and not runner.spec.order_free else 0
+        if runner.spec.uses_events and stack.events is None:
+            raise StackMFFError(f"{runner.name} reads event frames with the slices: pass events= (an array, a "
+                                "folder of event frames, or a recording with slice_times=), or --events.")
         self.lo, self.hi = (0.0, 1.0) if runner.compat else stack_range(stack, t, channel)
         # The slices the network sees (flat ones left out, see informative_slices); indices map back.
         keep = list(range(stack.n_slices)) if runner.compat else informative_slices(stack, t, channel)
@@ -418,6 +432,11 @@ class ModelEngine:
 
     def _load(self, window: tuple[slice, slice]) -> tuple[tuple[slice, slice], torch.Tensor, Any, Pads]:
         x = normalise_stack(focus_block(self.stack, self.t, self.channel, window, self.keep), self.lo, self.hi)
+        if self.runner.spec.uses_events:  # events ride along as N more planes, padded with the slices
+            from .event import event_scale
+
+            ev = event_scale(torch.from_numpy(event_block(self.stack, self.t, window, self.keep)))
+            x = torch.cat([x, ev])
         pads = self._pads(window)
         if self._copy_stream is None:
             return window, x, None, pads
@@ -499,7 +518,7 @@ class ModelEngine:
             return out
         t0 = time.perf_counter()
         x, pads = self._input(window)
-        if x.shape[0] == 1:  # one informative slice: it is the answer everywhere
+        if x.shape[0] == (2 if r.spec.uses_events else 1):  # one informative slice: the answer everywhere
             logits = torch.zeros((1, *x.shape[-2:]), device=x.device)
         else:
             logits = r.logits(x, pads)

@@ -48,6 +48,12 @@ def _build_v3(variant: str | None = None) -> nn.Module:
     return StackMFFV3.narrow() if variant == "narrow" else StackMFFV3()
 
 
+def _build_event(variant: str | None = None) -> nn.Module:
+    from .event import EventStackMFF
+
+    return EventStackMFF()
+
+
 def _v3_variant(state: dict[str, torch.Tensor]) -> str | None:
     """The narrow variant's stem has 8 channels, the published size's 16."""
     from .v3 import NARROW_WIDTHS
@@ -74,6 +80,15 @@ MODELS: dict[str, ModelSpec] = {
         order_free=True,
         variants=("narrow",),
         variant_of=_v3_variant,
+    ),
+    "eventstackmff": ModelSpec(
+        name="eventstackmff",
+        build=_build_event,
+        weights_file="eventstackmff.pt",
+        readout="argmax",
+        uses_events=True,
+        description="EventStackMFF (lean): image + event focal stacks; StackMFF-V2 with an event stream, "
+                    "0.16M parameters. Needs events=.",
     ),
 }
 

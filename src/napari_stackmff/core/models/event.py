@@ -1,0 +1,137 @@
+"""A lean EventStackMFF: image and event focal stacks fused (clean-room, from ../shared/MODELS.md).
+
+Facts kept: two streams with their own first convolution and the StackMFF-V2 encoder shared by both;
+cross-modal attention (pre-LN self-attention per modality, then image queries attending to event keys
+and values, MLP ratio 4) on non-overlapping patch tokens, gated by a small edge gate computed from the
+events; a light event depth head adding 4 channels to the 8 image features; a module across slices.
+
+Lean choices (documented, measured in benchmarks/bench_events_model.py): cross-modal attention at the
+deepest level only (1/32: one token per 32x32 patch), where the published model has it at three; and the
+module across slices is V2's bidirectional ConvGRU fed 8 + 4 channels instead of a new 1-layer
+transformer. With the attention's output projection, the gate and the extra GRU inputs initialised to
+zero, the network starts as exactly our trained StackMFF-V2 (:meth:`EventStackMFF.from_v2`), so a short
+CPU training run can only add what the events tell, instead of re-learning focus from scratch. The
+published model is 74.1 M parameters (42 M unused); this one is 159,957.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .v2 import GRU_HIDDEN, WIDTHS, BiConvGRU, StackMFFV2, _gelu, _up2
+
+EVENT_HEAD = 4  # event depth-head channels added to V2's 8 image features
+HEADS = 4
+
+
+class CrossModal(nn.Module):
+    """Pre-LN self-attention per modality, then image tokens attend to event tokens; gated residual."""
+
+    def __init__(self, dim: int = WIDTHS[-1], heads: int = HEADS, mlp_ratio: int = 4) -> None:
+        super().__init__()
+        self.norm_i, self.norm_e = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.self_i = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.self_e = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm_q, self.norm_kv = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.cross = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm_m = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+        for proj in (self.cross.out_proj, self.mlp[2]):  # start as the identity: the image path is untouched
+            nn.init.zeros_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def forward(self, img: Tensor, evt: Tensor, gate: Tensor) -> Tensor:
+        """(M, C, h, w) image and event maps and (M, 1, h, w) gate -> the image map with event context."""
+        m, c, h, w = img.shape
+        ti, te = img.flatten(2).transpose(1, 2), evt.flatten(2).transpose(1, 2)  # (M, h*w, C)
+        ni, ne = self.norm_i(ti), self.norm_e(te)
+        ti = ti + self.self_i(ni, ni, ni, need_weights=False)[0]
+        te = te + self.self_e(ne, ne, ne, need_weights=False)[0]
+        q, kv = self.norm_q(ti), self.norm_kv(te)
+        fused = self.cross(q, kv, kv, need_weights=False)[0]
+        fused = fused + self.mlp(self.norm_m(ti + fused))
+        g = gate.flatten(2).transpose(1, 2)  # (M, h*w, 1)
+        out = img.flatten(2).transpose(1, 2) + g * fused
+        return out.transpose(1, 2).reshape(m, c, h, w)
+
+
+class EventStackMFF(nn.Module):
+    """(B, N, H, W) slices and (B, N, H, W) signed event frames -> (B, N, H, W) focus logits."""
+
+    uses_events = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.v2 = StackMFFV2()  # image stream, shared encoder/decoder, across-slice GRU (its 8 inputs)
+        self.event_conv1 = nn.Conv2d(1, WIDTHS[0], 3, padding=1)  # the event stream's own first conv
+        self.gate = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.GELU(), nn.Conv2d(4, 1, 1))
+        self.cross = CrossModal()
+        self.event_head = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, EVENT_HEAD, 3, padding=1),
+                                        nn.Sigmoid())
+        self.across = BiConvGRU(WIDTHS[0] + EVENT_HEAD, GRU_HIDDEN)
+        self._init_new_parts()
+
+    def _init_new_parts(self) -> None:
+        nn.init.zeros_(self.gate[2].weight)
+        nn.init.constant_(self.gate[2].bias, -4.0)  # gate ~0.02 at first
+        for cell in (*self.across.forward_cell_list, *self.across.backward_cell_list):
+            for conv in (cell.conv_gates, cell.conv_can):
+                nn.init.orthogonal_(conv.weight)
+                nn.init.zeros_(conv.bias)
+
+    @classmethod
+    def from_v2(cls, state: dict[str, Tensor]) -> "EventStackMFF":
+        """Start from StackMFF-V2 weights: the image path is V2's, every event part contributes nothing yet."""
+        model = cls()
+        model.v2.load_state_dict(state)
+        with torch.no_grad():
+            model.event_conv1.load_state_dict(model.v2.feature_extraction.encoder1[0].state_dict())
+            src = model.v2.layer_interaction.layer_interaction_depth
+            for new, old in zip((*model.across.forward_cell_list, *model.across.backward_cell_list),
+                                (*src.forward_cell_list, *src.backward_cell_list)):
+                for name in ("conv_gates", "conv_can"):
+                    a, b = getattr(new, name), getattr(old, name)
+                    a.weight.zero_()
+                    c_in = WIDTHS[0]
+                    # input channels: [x (8 image + 4 event), h (16)]; the event channels start at zero
+                    a.weight[:, :c_in] = b.weight[:, :c_in]
+                    a.weight[:, c_in + EVENT_HEAD:] = b.weight[:, c_in:]
+                    a.bias.copy_(b.bias)
+        return model
+
+    def _encode(self, x: Tensor, first: nn.Module) -> tuple[Tensor, list[Tensor]]:
+        fe = self.v2.feature_extraction
+        skips: list[Tensor] = []
+        for k in range(1, 6):
+            x = first(x) if k == 1 else getattr(fe, f"encoder{k}")(x)
+            x = _gelu(F.max_pool2d(getattr(fe, f"ebn{k}")(x), 2))
+            skips.append(x)
+        return _gelu(fe.encoder6(x)), skips
+
+    def forward(self, slices: Tensor, events: Tensor) -> Tensor:
+        b, n, h, w = slices.shape
+        if events.shape != slices.shape:
+            raise ValueError(f"events {tuple(events.shape)} must match slices {tuple(slices.shape)}")
+        if h % 32 or w % 32:
+            raise ValueError(f"H and W must be multiples of 32 (pad first), got {h}x{w}")
+        fe = self.v2.feature_extraction
+        x = slices.reshape(b * n, 1, h, w)
+        e = events.reshape(b * n, 1, h, w)
+        xi, skips = self._encode(x, fe.encoder1)
+        xe, _ = self._encode(e, self.event_conv1)
+        gate = torch.sigmoid(self.gate(F.adaptive_avg_pool2d(e.abs(), xi.shape[-2:])))
+        xi = self.cross(xi, xe, gate)
+        skips = fe.scab(skips)
+        y = _gelu(fe.dbn1(fe.decoder1(xi))) + skips.pop()
+        for k in range(2, 6):
+            y = _gelu(_up2(getattr(fe, f"dbn{k}")(getattr(fe, f"decoder{k}")(y)))) + skips.pop()
+        feats = torch.sigmoid(_up2(fe.final(y)))  # (B*N, 8, H, W)
+        feats = torch.cat([feats, self.event_head(e)], 1).view(b, n, -1, h, w)
+        return self.across(feats)
+
+
+def event_scale(events: Tensor) -> Tensor:
+    """Signed counts -> [-1, 1] with a soft saturation, so 1 and 20 events per pixel both register."""
+    return torch.tanh(events / 2.0)
