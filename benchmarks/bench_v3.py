@@ -15,8 +15,9 @@ Rows: V3 (our weights, or --v3-weights), V2 (shipped weights), every classical m
 the fused image against the all-in-focus truth; focus accuracy = share of textured pixels whose chosen
 slice is the true in-focus one (for pairs and shuffled stacks: exactly; ordered: within one slice).
 
-``--real``: seconds per stack and peak resident memory (a fresh process per run) of V3 and V2 on
-../shared/data/pcb_stack and keyboard_sweep, downscaled to --max-side.
+``--real``: seconds per stack and peak resident memory (a fresh process per run, scoring excluded from
+the seconds, included in the memory) of V3, V2 and wavelet on ../shared/data/pcb_stack and keyboard_sweep,
+downscaled to --max-side, with the no-reference Q4 and sharpness of bench_real.py.
 """
 
 from __future__ import annotations
@@ -133,9 +134,13 @@ stack, _ = downscale(load_stack(files), {side})
 t0 = time.perf_counter()
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    fuse(stack, device="cpu", **{kw!r})
-print(json.dumps({{"s": time.perf_counter() - t0, "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-                  "shape": list(stack.shape)}}))
+    r = fuse(stack, device="cpu", **{kw!r})
+dt = time.perf_counter() - t0
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+from bench_real import score
+import numpy as np
+sc = score(r.all_in_focus, np.asarray(stack.data))
+print(json.dumps({{"s": dt, "rss_gb": rss, "shape": list(stack.shape), "Q4": sc["Q4"], "sharp": sc["sharp"]}}))
 """
 
 
@@ -146,8 +151,8 @@ def run_real(args) -> None:
     kws = {"stackmff-v3": {"method": "stackmff-v3", **({"weights": args.v3_weights} if args.v3_weights else {})},
            "stackmff-v2": {"method": "stackmff-v2"}, "wavelet": {"method": "wavelet"}}
     print(f"\nCPU seconds and peak memory (fresh process each; max side {args.max_side}):\n")
-    print("| stack | shape | method | s | peak RSS GB |")
-    print("|---|---|---|---|---|")
+    print("| stack | shape | method | s | peak RSS GB | Q4 | sharp |")
+    print("|---|---|---|---|---|---|---|")
     for name in ("pcb_stack", "keyboard_sweep"):
         if name not in sets:
             continue
@@ -157,11 +162,11 @@ def run_real(args) -> None:
                                 side=args.max_side, kw=kw)
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
             if out.returncode != 0:
-                print(f"| {name} | — | {label} | failed: {out.stderr.strip().splitlines()[-1][:80]} | — |")
+                print(f"| {name} | — | {label} | failed: {out.stderr.strip().splitlines()[-1][:80]} | — | — | — |")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"| {name} | {'x'.join(map(str, r['shape']))} | {label} | {r['s']:.1f} | {r['rss_gb']:.2f} |",
-                  flush=True)
+            print(f"| {name} | {'x'.join(map(str, r['shape']))} | {label} | {r['s']:.1f} | {r['rss_gb']:.2f} | "
+                  f"{r['Q4']:.4f} | {r['sharp']:.4f} |", flush=True)
 
 
 def main() -> None:
@@ -170,7 +175,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--v3-weights", default=None)
     ap.add_argument("--real", action="store_true")
-    ap.add_argument("--max-side", type=int, default=1024)
+    ap.add_argument("--max-side", type=int, default=512)
     ap.add_argument("--json", type=Path, default=None, help="write the synthetic summary here")
     args = ap.parse_args()
     if args.stacks:
