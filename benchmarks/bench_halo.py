@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from napari_stackmff.core import fusion, fuse, synth  # noqa: E402
-from napari_stackmff.core.blend import SOFT_RADIUS, soft_blend_for  # noqa: E402
+from napari_stackmff.core.blend import SOFT_RADIUS  # noqa: E402
 from napari_stackmff.core.io import write_png  # noqa: E402
 from napari_stackmff.core.metrics import DEEP_STACK_WEIGHT_POWER, gradient_energy, psnr, qabf  # noqa: E402
 from napari_stackmff.core.preview import stack_display_range, to_uint8_preview  # noqa: E402
