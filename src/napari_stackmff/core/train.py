@@ -741,7 +741,8 @@ def train(
     elif cfg.init_weights:
         load_state_dict(cfg.init_weights, model, model_name=cfg.model)
     crit = objective.criterion(cfg).to(device) if objective.criterion is not None else None
-    groups = [{"params": list(model.parameters())}]
+    # A model made of trained and new parts (the event model) says how fast each should learn.
+    groups = model.param_groups(cfg.lr) if hasattr(model, "param_groups") else [{"params": list(model.parameters())}]
     if crit is not None:
         groups.append({"params": list(crit.parameters()), "lr": f2v.INPAINTER_LR})
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
