@@ -9,4 +9,10 @@ OMP_NUM_THREADS=1 stackmff -q train --model stackmff-v3 --variant narrow --objec
     --epochs 40 --steps 40 --batch-size 4 --crop 80 --n-min 2 --n-max 10 --val-stacks 8 \
     --shuffle 0.8 --invalid 0.3 --lr 1e-3 --lr-gamma 0.95 --device cpu \
     --checkpoint runs/v3_narrow.pt "$@"
-# then: cp runs/v3_narrow.best.pt weights/stackmff_v3.pt and add its benchmark record to meta (model card).
+# Stage 1 stopped itself at epoch 19 (no better validation PSNR for 6 epochs; best: epoch 13).
+# Stage 2: from stage 1's best, lower learning rate, 96-px crops, N up to 12.
+OMP_NUM_THREADS=1 stackmff -q train --model stackmff-v3 --variant narrow --objective classify \
+    --init-weights runs/v3_narrow.best.pt --epochs 14 --steps 40 --batch-size 4 --crop 96 --n-min 2 --n-max 12 \
+    --val-stacks 8 --shuffle 0.8 --invalid 0.3 --lr 3e-4 --lr-gamma 0.9 --seed 1 --device cpu \
+    --checkpoint runs/v3_stage2/v3_narrow.pt
+# then: cp runs/v3_stage2/v3_narrow.best.pt weights/stackmff_v3.pt and add its benchmark record to meta (card).
