@@ -57,3 +57,19 @@ def test_a_few_training_steps_on_image_and_event_stacks(tmp_path) -> None:
     assert result.checkpoint.exists() and np.isfinite(result.history[-1]["loss"])
     state = read_state_dict(result.checkpoint)
     assert "cross.cross.in_proj_weight" in state and "v2.feature_extraction.encoder1.0.weight" in state
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "eventstackmff.pt"
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="no EventStackMFF weights shipped")
+def test_shipped_event_weights_fuse_with_simulated_events(make_synth) -> None:
+    """Loaded by name; with the sweep's events, as good as V2 on the images alone (they start there)."""
+    from napari_stackmff.core.events import simulate_events
+    from napari_stackmff.core.metrics import psnr
+
+    s = make_synth(seed=51, n=6, size=96)
+    frames = simulate_events(s.slices)
+    r = fuse(s.slices, method="eventstackmff", events=frames, device="cpu")
+    v2 = fuse(s.slices, method="stackmff-v2", device="cpu")
+    assert psnr(r.all_in_focus, s.aif) > psnr(v2.all_in_focus, s.aif) - 0.5
