@@ -92,6 +92,7 @@ class FusionPlan:
     make_engine: Callable[[int], TileEngine]
     alignment: list[dict] | None = None  # per time point, when align= was asked (core.align)
     blend: SoftBlend | None = None  # the soft blend's settings; None: hard selection (core.blend)
+    excluded: list[dict[int, str]] | None = None  # per time point: slices left out and why (core.checks)
 
 
 def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto", *, channel: int | None = None,
@@ -129,6 +130,7 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
     if channel is not None and not -stack.n_channels <= channel < stack.n_channels:
         raise StackMFFError(f"channel {channel} does not exist: the stack has {stack.n_channels} channel(s).")
     win = classical.DEFAULT_WINDOW if window is None else int(window)
+    excluded = exclusions(stack)
     if method in classical.CLASSICAL_METHODS:
         h, w = stack.yx_shape
         if win < 1 or win % 2 == 0:
@@ -137,18 +139,38 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
             raise StackMFFError(f"window {win} is larger than the {w}x{h} image; use at most "
                                 f"{min(h, w) - (1 - min(h, w) % 2)} pixels (default {classical.DEFAULT_WINDOW}).")
         def make_engine(t: int) -> TileEngine:
-            return ClassicalEngine(stack, t, method, dev, channel=channel, window=win, denoise=denoise)
+            return ClassicalEngine(stack, t, method, dev, channel=channel, window=win, denoise=denoise,
+                                   exclude=list(excluded[t]) if excluded else ())
     else:
         from .models.inference import ModelRunner
 
         runner = ModelRunner(method, dev, weights=weights, **options)
 
         def make_engine(t: int) -> TileEngine:
-            return runner.engine(stack, t, channel=channel, denoise=denoise)
+            return runner.engine(stack, t, channel=channel, denoise=denoise,
+                                 exclude=list(excluded[t]) if excluded else ())
     refuse_blank(stack)  # after the settings and weights: their errors come first
     soft = soft_blend_for(stack, channel) if blend == "soft" else None
     return FusionPlan(stack=stack, method=method, device=dev, make_engine=make_engine, alignment=alignment,
-                      blend=soft)
+                      blend=soft, excluded=excluded)
+
+
+def exclusions(stack: FocalStack) -> list[dict[int, str]] | None:
+    """Per time point, the slices left out of the fusion and why (over-exposed, another scene;
+    :mod:`core.checks`), with a warning naming them; None when there are none."""
+    import warnings
+
+    from .checks import suspicious_slices
+
+    found = [suspicious_slices(stack, t) for t in range(stack.n_times)]
+    if not any(found):
+        return None
+    for t, bad in enumerate(found):
+        if bad:
+            when = f" (t={t})" if stack.n_times > 1 else ""
+            what = "; ".join(f"slice {z}: {why}" for z, why in bad.items())
+            warnings.warn(f"{stack.source or 'the stack'}{when}: left out of the fusion: {what}.", stacklevel=3)
+    return found
 
 
 #: Pixels per slice that :func:`refuse_blank` looks at (a strided grid): enough to see any texture.
@@ -317,4 +339,5 @@ def fuse(
         display_range=stack_display_range(stack),
         alignment=plan.alignment,
         blend="hard" if plan.blend is None else "soft",
+        excluded=[{str(z): why for z, why in d.items()} for d in plan.excluded] if plan.excluded else None,
     )

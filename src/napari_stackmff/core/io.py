@@ -754,6 +754,7 @@ def save_result(
         },
         "inputs": [str(Path(p).resolve()) for p in inputs],  # the exact slices, in stack order
         **({"alignment": result.alignment} if result.alignment else {}),
+        **({"excluded_slices": result.excluded} if result.excluded else {}),
         "outputs": {k: p.name for k, p in written.items()},
     }
     info.update(extra_info or {})

@@ -261,6 +261,19 @@ def finish_maps(
     return FocusMaps(focus=focus, index=index, confidence=conf)
 
 
+def renumber(maps: FocusMaps, keep: Sequence[int] | None) -> FocusMaps:
+    """Maps computed over the slices ``keep`` (some left out) -> maps in the stack's own slice numbers."""
+    if keep is None:
+        return maps
+    k = torch.tensor(list(keep), dtype=torch.float32, device=maps.focus.device)
+    lo = maps.focus.floor().long().clamp(0, len(k) - 1)
+    hi = (lo + 1).clamp(max=len(k) - 1)
+    focus = k[lo] + (maps.focus - lo.float()) * (k[hi] - k[lo])  # sub-slice positions between kept slices
+    index = k.long()[maps.index]
+    return FocusMaps(focus=torch.where(focus.round().long() == index, focus, index.float()), index=index,
+                     confidence=maps.confidence)
+
+
 # ---------------------------------------------------------------------------------- gather
 def gather(stack: FocalStack, index: np.ndarray, t: int = 0) -> np.ndarray:
     """All-in-focus image: each pixel copied from the slice ``index`` names (dtype kept)."""
@@ -348,8 +361,10 @@ class ClassicalEngine:
     estimate_s = None  # classical runs take seconds: nothing to warn about
 
     def __init__(self, stack: FocalStack, t: int, method: str, device: torch.device, *, channel: int | None,
-                 window: int, denoise: bool, fill_threshold: float = 0.25) -> None:
+                 window: int, denoise: bool, fill_threshold: float = 0.25, exclude: Sequence[int] = ()) -> None:
         self.stack, self.t, self.method, self.device = stack, t, method, device
+        keep = [z for z in range(stack.n_slices) if z not in set(exclude)]
+        self.keep = None if len(keep) == stack.n_slices else keep
         self.channel, self.window, self.denoise, self.fill_threshold = channel, window, denoise, fill_threshold
         self.overlap = classical_support(method, window, denoise=denoise, fill_threshold=fill_threshold)
         self.min_overlap = self.overlap  # less would break exactness
@@ -365,10 +380,11 @@ class ClassicalEngine:
 
     def maps(self, window: tuple[slice, slice], progress: ProgressFn | None,
              cancel: threading.Event | None) -> FocusMaps:
-        read = lambda z: self.stack.focus_window(z, self.t, self.channel, window)  # noqa: E731
-        return classical_maps(read, self.stack.n_slices, self.method, self.device, window=self.window,
-                              fill_threshold=self.fill_threshold, denoise=self.denoise, progress=progress,
-                              cancel=cancel)
+        zs = self.keep or list(range(self.stack.n_slices))
+        read = lambda i: self.stack.focus_window(zs[i], self.t, self.channel, window)  # noqa: E731
+        return renumber(classical_maps(read, len(zs), self.method, self.device, window=self.window,
+                                       fill_threshold=self.fill_threshold, denoise=self.denoise, progress=progress,
+                                       cancel=cancel), self.keep)
 
 
 @dataclass

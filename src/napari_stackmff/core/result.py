@@ -43,6 +43,7 @@ class FusionResult:
     display_range: tuple[float, float] | None = None
     alignment: list[dict] | None = None  # per time point: motion, matrices (reference -> slice), shifts, scales
     blend: str = "hard"  # "soft": all_in_focus mixes slices (core.blend), not pixel-faithful
+    excluded: list[dict] | None = None  # per time point: slices left out of the fusion and why (core.checks)
 
     @property
     def n_times(self) -> int:

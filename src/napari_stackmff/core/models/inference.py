@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import StackMFFError
-from ..pipeline import EstimateMessage, FocusMaps, FusionCancelled, finish_maps, iter_fused_tiles, plan_tile
+from ..pipeline import (EstimateMessage, FocusMaps, FusionCancelled, finish_maps, iter_fused_tiles, plan_tile,
+                        renumber)
 from ..prefetch import prefetch
 from ..stack import FocalStack
 from ..tiling import auto_tile_side, memory_budget
@@ -330,9 +331,9 @@ class ModelRunner:
         return out[0, :, ys, xs].float()
 
     def engine(self, stack: FocalStack, t: int = 0, *, channel: int | None = None,
-               denoise: bool = True) -> "ModelEngine":
+               denoise: bool = True, exclude: Sequence[int] = ()) -> "ModelEngine":
         """The tile engine for one time point (normalisation range measured once, globally)."""
-        return ModelEngine(self, stack, t, channel=channel, denoise=denoise)
+        return ModelEngine(self, stack, t, channel=channel, denoise=denoise, exclude=exclude)
 
     def maps(
         self,
@@ -397,7 +398,7 @@ class ModelEngine:
     """
 
     def __init__(self, runner: ModelRunner, stack: FocalStack, t: int, *, channel: int | None,
-                 denoise: bool) -> None:
+                 denoise: bool, exclude: Sequence[int] = ()) -> None:
         self.runner, self.stack, self.t, self.channel, self.denoise = runner, stack, t, channel, denoise
         self.single_tile = runner.compat
         self.overlap = 0 if runner.compat else TILE_OVERLAP
@@ -411,6 +412,7 @@ class ModelEngine:
         self.lo, self.hi = (0.0, 1.0) if runner.compat else stack_range(stack, t, channel)
         # The slices the network sees (flat ones left out, see informative_slices); indices map back.
         keep = list(range(stack.n_slices)) if runner.compat else informative_slices(stack, t, channel)
+        keep = [z for z in keep if z not in set(exclude)] or keep
         self.keep = None if len(keep) == stack.n_slices else keep
         self.estimate_s: float | None = None
         self._plan: list[int] = []  # voxels the network computes for each scheduled tile
@@ -542,14 +544,5 @@ class ModelEngine:
                                                   fill_threshold=MODEL_FILL_THRESHOLD, denoise=self.denoise))
 
     def _original_numbers(self, maps: FocusMaps) -> FocusMaps:
-        """Maps over the informative slices -> maps in the stack's own slice numbers."""
-        if self.keep is None:
-            return maps
-        keep = torch.tensor(self.keep, dtype=torch.float32, device=maps.focus.device)
-        lo = maps.focus.floor().long().clamp(0, len(self.keep) - 1)
-        hi = (lo + 1).clamp(max=len(self.keep) - 1)
-        frac = maps.focus - lo.float()
-        focus = keep[lo] + frac * (keep[hi] - keep[lo])  # sub-slice positions between kept slices
-        index = keep.long()[maps.index]
-        return FocusMaps(focus=torch.where(focus.round().long() == index, focus, index.float()), index=index,
-                         confidence=maps.confidence)
+        """Maps over the slices the network saw -> maps in the stack's own slice numbers."""
+        return renumber(maps, self.keep)
