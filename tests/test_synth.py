@@ -80,7 +80,7 @@ def test_synth_cli_writes_seed_layout_that_training_reads(tmp_path: Path) -> Non
         n = len([p for p in (out / "stacks" / sc).iterdir() if p.suffix in (".png", ".tif")])
         assert 3 <= n <= 5 and (out / "depth_maps" / f"{sc}.png").exists() and any((out / "aif").glob(f"{sc}.*"))
     data = FolderData(out, np.random.default_rng(0))
-    x, y, aif = data.batch(2, 32)
+    x, y, aif = data.batch(2, 32)[:3]  # images, focus, all-in-focus (events: None here)
     assert x.shape[0] == 2 and x.shape[-2:] == (32, 32) and float(y.max()) <= x.shape[1] - 1
     # The all-in-focus truth comes along (for the hybrid objective), on the slices' scale.
     assert aif is not None and aif.shape == (2, 32, 32) and 0 <= float(aif.min()) <= float(aif.max()) <= 1

@@ -22,12 +22,15 @@ CLIP_SHARE, CLIP_RATIO, BRIGHT_RATIO = 0.05, 4.0, 1.5
 #: changes little) correlates below OTHER_CORR with every other slice while the slices' typical best
 #: correlation is at least TYPICAL_CORR (a stack whose slices all differ, e.g. a time-lapse, is left alone).
 OTHER_CORR, TYPICAL_CORR = 0.5, 0.8
-SAMPLE_SIDE = 256
+#: Pixels per slice read for the checks (a strided grid): a lazy stack's reads stay one small window.
+SAMPLE_PIXELS = 65536
 
 
 def _small(stack: FocalStack, z: int, t: int, step: int) -> np.ndarray:
     ys, xs = slice(0, None, step), slice(0, None, step)
-    px = np.asarray(stack.read_window(z, t, (ys, xs)))
+    px = stack.read_sample(z, t, (ys, xs))
+    if px.dtype.kind == "f":
+        px = np.nan_to_num(px, nan=0.0, posinf=0.0, neginf=0.0)  # the fusion's own reads report them
     return px if px.ndim == 2 else px.max(-1)  # a channel at its top counts as clipped
 
 
@@ -39,7 +42,7 @@ def suspicious_slices(stack: FocalStack, t: int = 0) -> dict[int, str]:
     if n < 3:  # a pair cannot outvote anything
         return {}
     h, w = stack.yx_shape
-    step = max(1, max(h, w) // SAMPLE_SIDE)
+    step = max(1, int(np.ceil(np.sqrt(h * w / SAMPLE_PIXELS))))
     imgs = [_small(stack, z, t, step).astype(np.float32) for z in range(n)]
     out: dict[int, str] = {}
     top = float(np.iinfo(stack.dtype).max) if stack.dtype.kind in "ui" else max(float(np.max(imgs)), 1e-6)

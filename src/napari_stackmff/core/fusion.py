@@ -182,11 +182,12 @@ def refuse_blank(stack: FocalStack) -> None:
     focus to find, and any result would be that value presented as a fusion. Some blank slices are fine:
     they never win a focus decision."""
     h, w = stack.yx_shape
-    step = max(1, int(np.sqrt(h * w / BLANK_SAMPLE)))
+    step = max(1, int(np.ceil(np.sqrt(h * w / BLANK_SAMPLE))))  # reads stay <= BLANK_SAMPLE pixels
     window = (slice(0, h, step), slice(0, w, step))
     for t in range(stack.n_times):
         for z in range(stack.n_slices):
-            px = np.asarray(stack.read_window(z, t, window))
+            px = stack.read_sample(z, t, window)
+            px = px[np.isfinite(px)] if px.dtype.kind == "f" else px
             if px.size and px.min() != px.max():
                 return
     raise StackMFFError(f"{stack.source or 'the stack'}: every slice is blank (one flat value); there is nothing "

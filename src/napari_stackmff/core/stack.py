@@ -164,6 +164,13 @@ class FocalStack:
         key = (t, z, ys, xs) if self.has_time else (z, ys, xs)
         return self._checked(np.asarray(self.data[key]), z, t, (ys, xs))
 
+    def read_sample(self, z: int, t: int = 0, window: tuple[slice, slice] | None = None) -> np.ndarray:
+        """Like :meth:`read_window`, without refusing NaN/inf: for the statistics taken on a strided sample
+        before fusing, so that bad pixels are reported (and counted) by the fusion's own reads."""
+        ys, xs = window or (slice(None), slice(None))
+        key = (t, z, ys, xs) if self.has_time else (z, ys, xs)
+        return np.asarray(self.data[key])
+
     def _checked(self, pixels: np.ndarray, z: int, t: int, window: tuple[slice, slice]) -> np.ndarray:
         """Refuse NaN/inf in pixels just read from lazy float data (in-memory arrays are checked whole
         when they are wrapped; lazy ones are checked tile by tile, as they are read)."""

@@ -29,7 +29,7 @@ from ..errors import StackMFFError
 from ..pipeline import (EstimateMessage, FocusMaps, FusionCancelled, finish_maps, iter_fused_tiles, plan_tile,
                         renumber)
 from ..prefetch import prefetch
-from ..stack import FocalStack
+from ..stack import FocalStack, to_focus_image
 from ..tiling import auto_tile_side, memory_budget
 from .registry import get_spec, load_model
 
@@ -119,9 +119,14 @@ def informative_slices(stack: FocalStack, t: int, channel: int | None, samples: 
     and no slice without any structure can be the sharpest anywhere.
     """
     h, w = stack.yx_shape
-    step = max(1, int(math.sqrt(h * w / samples)))
+    step = max(1, math.ceil(math.sqrt(h * w / samples)))  # reads stay <= samples pixels
     window = (slice(None, None, step), slice(None, None, step))
-    keep = [z for z in range(stack.n_slices) if np.ptp(stack.focus_window(z, t, channel, window)) > 0]
+    def flat(z: int) -> bool:
+        px = to_focus_image(stack.read_sample(z, t, window), rgb=stack.rgb, channel=channel, dtype=stack.dtype)
+        px = px[np.isfinite(px)]  # bad pixels are reported by the tiles' own reads
+        return not px.size or np.ptp(px) == 0
+
+    keep = [z for z in range(stack.n_slices) if not flat(z)]
     return keep or list(range(stack.n_slices))
 
 
