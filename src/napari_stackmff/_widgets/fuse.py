@@ -45,6 +45,16 @@ ALIGN_CHOICES = (("off", None), ("shift", "translation"), ("shift + scale", "sim
 BLEND_CHOICES = (("hard (exact pixels)", "hard"), ("soft (fewer halos)", "soft"))
 
 
+def _choice_combo(choices: tuple[tuple[str, Any], ...], tooltip: str) -> QComboBox:
+    """A combo box of (shown text, value) choices, sized to its texts."""
+    combo = QComboBox()
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+    for text, value in choices:
+        combo.addItem(text, value)
+    combo.setToolTip(tooltip)
+    return combo
+
+
 @dataclass
 class FusionJob:
     """Everything one run needs, captured on the UI thread when Fuse is pressed."""
@@ -180,19 +190,13 @@ class FusionWidget(QWidget):
         self.window_spin.setToolTip("Classical methods: neighbourhood over which sharpness is averaged.")
         self.denoise_check = QCheckBox("Clean up focus map")
         self.denoise_check.setToolTip("Fill flat areas from their surroundings and smooth with a 3×3 median.")
-        self.align_combo = QComboBox()
-        self.align_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
-        for text, value in ALIGN_CHOICES:
-            self.align_combo.addItem(text, value)
-        self.align_combo.setToolTip(
+        self.align_combo = _choice_combo(
+            ALIGN_CHOICES,
             "Register the slices onto the middle one before fusing: drift and shake (shift); focus breathing "
-            "(shift + scale, with rotation); tilted views (homography). The result is cropped to the part every slice covers; the transforms are shown below "
-            "and kept in the layers' metadata.")
-        self.blend_combo = QComboBox()
-        self.blend_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
-        for text, value in BLEND_CHOICES:
-            self.blend_combo.addItem(text, value)
-        self.blend_combo.setToolTip(
+            "(shift + scale, with rotation); tilted views (homography). The result is cropped to the part every "
+            "slice covers; the transforms are shown below and kept in the layers' metadata.")
+        self.blend_combo = _choice_combo(
+            BLEND_CHOICES,
             "hard: every pixel copied from one slice (pixel-faithful, for measurements). soft: slices mixed "
             "with weights that follow image edges: fewer seams and halos at depth edges, but values are "
             "mixes, not measurements.")

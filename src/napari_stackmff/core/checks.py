@@ -4,10 +4,13 @@ Both look sharp to every focus measure: an over-exposed frame has its contrast m
 scene has focused structure of its own, so they win pixels in any method (measured, issue 13: one
 over-exposed slice took 79% of a stack's pixels from StackMFF-V3, 31% from V2 and most from tenengrad).
 They are found from what they share with the other slices, on a small copy, and left out with a
-warning naming them. Blank slices need no check: they never win (and networks skip them).
+warning naming them. The same look finds the flat (blank) slices: a stack of nothing but those is refused,
+and networks skip them (classical measures give them no score anyway).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,35 +29,54 @@ OTHER_CORR, TYPICAL_CORR = 0.5, 0.8
 SAMPLE_PIXELS = 65536
 
 
-def _small(stack: FocalStack, z: int, t: int, step: int) -> np.ndarray:
-    ys, xs = slice(0, None, step), slice(0, None, step)
-    px = stack.read_sample(z, t, (ys, xs))
-    if px.dtype.kind == "f":
-        px = np.nan_to_num(px, nan=0.0, posinf=0.0, neginf=0.0)  # the fusion's own reads report them
-    return px if px.ndim == 2 else px.max(-1)  # a channel at its top counts as clipped
+@dataclass
+class SliceSurvey:
+    """What one look at every slice of a time point found (one strided sample read per slice)."""
+
+    flat: list[int]  # one value all over (blank, or saturated everywhere): no focus to find in them
+    suspicious: dict[int, str]  # slice -> why it should be left out (over-exposed, another scene)
 
 
-def suspicious_slices(stack: FocalStack, t: int = 0) -> dict[int, str]:
-    """Slice number -> why it is left out (empty when every slice looks like part of the sweep)."""
+def survey_slices(stack: FocalStack, t: int = 0) -> SliceSurvey:
+    """Flat and suspicious slices of time point ``t``, from a strided sample of each slice.
+
+    NaN/inf in the sample are ignored here: the fusion's own reads report (and count) them.
+    """
+    n = stack.n_slices
+    h, w = stack.yx_shape
+    step = max(1, int(np.ceil(np.sqrt(h * w / SAMPLE_PIXELS))))  # reads stay <= SAMPLE_PIXELS pixels
+    imgs, flat = [], []
+    for z in range(n):
+        px = stack.read_sample(z, t, (slice(0, None, step), slice(0, None, step)))
+        if px.dtype.kind == "f":
+            finite = px[np.isfinite(px)]
+            px = np.nan_to_num(px, nan=0.0, posinf=0.0, neginf=0.0)
+        else:
+            finite = px
+        if not finite.size or finite.min() == finite.max():
+            flat.append(z)
+        imgs.append((px if px.ndim == 2 else px.max(-1)).astype(np.float32))  # a channel at its top is clipped
+    live = [z for z in range(n) if z not in flat]
+    return SliceSurvey(flat, _suspicious({z: imgs[z] for z in live}, stack.dtype) if len(live) >= 3 else {})
+
+
+def _suspicious(imgs: dict[int, np.ndarray], dtype: np.dtype) -> dict[int, str]:
+    """Slice number -> why it is left out, among slices that are not flat (a pair cannot outvote anything)."""
     from scipy import ndimage as ndi
 
-    n = stack.n_slices
-    if n < 3:  # a pair cannot outvote anything
-        return {}
-    h, w = stack.yx_shape
-    step = max(1, int(np.ceil(np.sqrt(h * w / SAMPLE_PIXELS))))
-    imgs = [_small(stack, z, t, step).astype(np.float32) for z in range(n)]
+    zs = list(imgs)
+    ims = [imgs[z] for z in zs]
     out: dict[int, str] = {}
-    top = float(np.iinfo(stack.dtype).max) if stack.dtype.kind in "ui" else max(float(np.max(imgs)), 1e-6)
-    clipped = np.array([float((im >= top).mean()) for im in imgs])
-    means = np.array([float(im.mean()) for im in imgs])
+    top = float(np.iinfo(dtype).max) if dtype.kind in "ui" else max(float(max(im.max() for im in ims)), 1e-6)
+    clipped = np.array([float((im >= top).mean()) for im in ims])
+    means = np.array([float(im.mean()) for im in ims])
     typical = float(np.median(clipped))
     bright = means >= BRIGHT_RATIO * max(float(np.median(means)), 1e-12)
-    for z in np.flatnonzero((clipped >= CLIP_SHARE) & (clipped >= CLIP_RATIO * max(typical, 1e-3)) & bright):
-        out[int(z)] = f"over-exposed ({clipped[z]:.0%} of pixels at the top value)"
-    sigma = max(imgs[0].shape) / 16
+    for i in np.flatnonzero((clipped >= CLIP_SHARE) & (clipped >= CLIP_RATIO * max(typical, 1e-3)) & bright):
+        out[zs[i]] = f"over-exposed ({clipped[i]:.0%} of pixels at the top value)"
+    sigma = max(ims[0].shape) / 16
     coarse = []
-    for im in imgs:
+    for im in ims:
         c = ndi.gaussian_filter(im, sigma)
         c = c - c.mean()
         coarse.append(c / max(float(np.linalg.norm(c)), 1e-12))
@@ -62,8 +84,8 @@ def suspicious_slices(stack: FocalStack, t: int = 0) -> dict[int, str]:
     np.fill_diagonal(corr, -1.0)
     best = corr.max(1)
     if np.median(best) >= TYPICAL_CORR:
-        for z in np.flatnonzero(best < OTHER_CORR):
-            out.setdefault(int(z), f"unlike every other slice (best coarse correlation {best[z]:.2f}): another scene?")
-    if len(out) > n - 2:  # never leave fewer than two slices
+        for i in np.flatnonzero(best < OTHER_CORR):
+            out.setdefault(zs[i], f"unlike every other slice (best coarse correlation {best[i]:.2f}): another scene?")
+    if len(out) > len(zs) - 2:  # never leave fewer than two slices
         return {}
     return dict(sorted(out.items()))

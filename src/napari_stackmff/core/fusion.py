@@ -18,6 +18,7 @@ import torch
 
 from . import classical
 from .blend import SoftBlend, resolve_blend, soft_blend_for
+from .checks import SliceSurvey, survey_slices
 from .devices import resolve_device
 from .errors import StackMFFError
 from .pipeline import (  # noqa: F401  (re-exported: the pipeline's names used to live here)
@@ -130,7 +131,7 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
     if channel is not None and not -stack.n_channels <= channel < stack.n_channels:
         raise StackMFFError(f"channel {channel} does not exist: the stack has {stack.n_channels} channel(s).")
     win = classical.DEFAULT_WINDOW if window is None else int(window)
-    excluded = exclusions(stack)
+    surveys: list[SliceSurvey] = []  # filled below, before any engine is made
     if method in classical.CLASSICAL_METHODS:
         h, w = stack.yx_shape
         if win < 1 or win % 2 == 0:
@@ -140,29 +141,32 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
                                 f"{min(h, w) - (1 - min(h, w) % 2)} pixels (default {classical.DEFAULT_WINDOW}).")
         def make_engine(t: int) -> TileEngine:
             return ClassicalEngine(stack, t, method, dev, channel=channel, window=win, denoise=denoise,
-                                   exclude=list(excluded[t]) if excluded else ())
+                                   exclude=list(surveys[t].suspicious))
     else:
         from .models.inference import ModelRunner
 
         runner = ModelRunner(method, dev, weights=weights, **options)
 
         def make_engine(t: int) -> TileEngine:
+            # Networks also skip flat slices: a blank slice inside a sweep broke V2's slice-to-slice
+            # recurrence (two blank slices took 17% of a synthetic stack's pixels).
             return runner.engine(stack, t, channel=channel, denoise=denoise,
-                                 exclude=list(excluded[t]) if excluded else ())
-    refuse_blank(stack)  # after the settings and weights: their errors come first
+                                 exclude=sorted({*surveys[t].suspicious, *surveys[t].flat}))
+    # One look at every slice, after the settings and weights (their errors come first).
+    surveys.extend(survey_slices(stack, t) for t in range(stack.n_times))
+    refuse_blank(stack, surveys)
+    excluded = exclusions(stack, surveys)
     soft = soft_blend_for(stack, channel) if blend == "soft" else None
     return FusionPlan(stack=stack, method=method, device=dev, make_engine=make_engine, alignment=alignment,
                       blend=soft, excluded=excluded)
 
 
-def exclusions(stack: FocalStack) -> list[dict[int, str]] | None:
+def exclusions(stack: FocalStack, surveys: list[SliceSurvey]) -> list[dict[int, str]] | None:
     """Per time point, the slices left out of the fusion and why (over-exposed, another scene;
     :mod:`core.checks`), with a warning naming them; None when there are none."""
     import warnings
 
-    from .checks import suspicious_slices
-
-    found = [suspicious_slices(stack, t) for t in range(stack.n_times)]
+    found = [s.suspicious for s in surveys]
     if not any(found):
         return None
     for t, bad in enumerate(found):
@@ -173,25 +177,12 @@ def exclusions(stack: FocalStack) -> list[dict[int, str]] | None:
     return found
 
 
-#: Pixels per slice that :func:`refuse_blank` looks at (a strided grid): enough to see any texture.
-BLANK_SAMPLE = 65536
-
-
-def refuse_blank(stack: FocalStack) -> None:
+def refuse_blank(stack: FocalStack, surveys: list[SliceSurvey]) -> None:
     """Refuse a stack in which every slice is one flat value (lens cap on, an empty file): there is no
-    focus to find, and any result would be that value presented as a fusion. Some blank slices are fine:
-    they never win a focus decision."""
-    h, w = stack.yx_shape
-    step = max(1, int(np.ceil(np.sqrt(h * w / BLANK_SAMPLE))))  # reads stay <= BLANK_SAMPLE pixels
-    window = (slice(0, h, step), slice(0, w, step))
-    for t in range(stack.n_times):
-        for z in range(stack.n_slices):
-            px = stack.read_sample(z, t, window)
-            px = px[np.isfinite(px)] if px.dtype.kind == "f" else px
-            if px.size and px.min() != px.max():
-                return
-    raise StackMFFError(f"{stack.source or 'the stack'}: every slice is blank (one flat value); there is nothing "
-                        "in focus to fuse. Check the files (lens cap, exposure, an empty export).")
+    focus to find, and any result would be that value presented as a fusion. Some blank slices are fine."""
+    if all(len(s.flat) == stack.n_slices for s in surveys):
+        raise StackMFFError(f"{stack.source or 'the stack'}: every slice is blank (one flat value); there is "
+                            "nothing in focus to fuse. Check the files (lens cap, exposure, an empty export).")
 
 
 #: Share of the memory available now that fuse()'s result arrays may take: the rest is for the tiles

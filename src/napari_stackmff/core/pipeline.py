@@ -151,17 +151,18 @@ def gaussian_radius(sigma: float) -> int:
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Near-Gaussian blur of an (H, W) map: three box filters of radius r/3 (r = 3 sigma).
+    """Near-Gaussian blur of an (H, W) map, or of every map of a (B, 1, H, W) batch: three box
+    filters of radius r/3 (r = 3 sigma).
 
     Three boxes of width 2r/3+1 have the variance of the Gaussian and exactly its 3-sigma
     support (so tiles still cover it), at O(1) per pixel instead of O(sigma): the fill's wide
     blur was the single most expensive step of classical fusion on 2k images.
     """
     rb = max(1, gaussian_radius(sigma) // 3)
-    y = x[None, None]
+    y = x[None, None] if x.dim() == 2 else x
     for _ in range(3):
         y = classical.box_mean(y.contiguous(), 2 * rb + 1)
-    return y[0, 0]
+    return y[0, 0] if x.dim() == 2 else y
 
 
 def fill_low_confidence(focus: torch.Tensor, conf: torch.Tensor, threshold: float, sigma: float) -> torch.Tensor:

@@ -150,6 +150,19 @@ def render_pool_item(seed: int | Sequence[int], size: int, n_range: tuple[int, i
     return images, s.depth, s.focus_positions, aif
 
 
+def fill_pool(render: Callable[[], tuple[np.ndarray, ...]], pool: int,
+              on_render: Callable[[int, int], None] | None, stop: threading.Event | None) -> list[tuple[np.ndarray, ...]]:
+    """``pool`` renders in the training process, reporting each, until ``stop`` is set."""
+    items = []
+    for i in range(pool):
+        if stop is not None and stop.is_set():
+            break
+        items.append(render())
+        if on_render is not None:
+            on_render(i + 1, pool)
+    return items
+
+
 class SyntheticPool:
     """A pool of rendered dense stacks; batches are random ordered slice subsets, crops and flips.
 
@@ -193,12 +206,7 @@ class SyntheticPool:
                     on_render(i + 1, pool)
             self.pending = [self._submit() for _ in range(2 * workers)]
             return
-        for i in range(pool):
-            if stop is not None and stop.is_set():
-                break
-            self.items.append(self._render())
-            if on_render is not None:
-                on_render(i + 1, pool)
+        self.items = fill_pool(self._render, pool, on_render, stop)
 
     def _next_seed(self) -> list[int]:
         self.renders += 1
@@ -305,13 +313,7 @@ class EventPool:
         self.dense = max(n_range[1], 12)
         self.noise, self.calls, self.renders = noise, 0, 0
         self.seed = int(rng.integers(2**31))
-        self.items: list[tuple[np.ndarray, ...]] = []
-        for i in range(pool):
-            if stop is not None and stop.is_set():
-                break
-            self.items.append(self._render())
-            if on_render is not None:
-                on_render(i + 1, pool)
+        self.items = fill_pool(self._render, pool, on_render, stop)
 
     def _render(self) -> tuple[np.ndarray, ...]:
         self.renders += 1

@@ -29,7 +29,7 @@ from ..errors import StackMFFError
 from ..pipeline import (EstimateMessage, FocusMaps, FusionCancelled, finish_maps, iter_fused_tiles, plan_tile,
                         renumber)
 from ..prefetch import prefetch
-from ..stack import FocalStack, to_focus_image
+from ..stack import FocalStack
 from ..tiling import auto_tile_side, memory_budget
 from .registry import get_spec, load_model
 
@@ -111,25 +111,6 @@ def event_block(stack: FocalStack, t: int, window: tuple[slice, slice],
     return np.stack([np.asarray(stack.events[key(z)], np.float32) for z in zs])
 
 
-def informative_slices(stack: FocalStack, t: int, channel: int | None, samples: int = 65536) -> list[int]:
-    """The slices that are not one flat value (blank, or saturated all over), from a strided sample.
-
-    Networks see the others only: a blank slice in the middle of a sweep broke StackMFF-V2's
-    slice-to-slice recurrence (17% of a synthetic stack's pixels were taken from two blank slices),
-    and no slice without any structure can be the sharpest anywhere.
-    """
-    h, w = stack.yx_shape
-    step = max(1, math.ceil(math.sqrt(h * w / samples)))  # reads stay <= samples pixels
-    window = (slice(None, None, step), slice(None, None, step))
-    def flat(z: int) -> bool:
-        px = to_focus_image(stack.read_sample(z, t, window), rgb=stack.rgb, channel=channel, dtype=stack.dtype)
-        px = px[np.isfinite(px)]  # bad pixels are reported by the tiles' own reads
-        return not px.size or np.ptp(px) == 0
-
-    keep = [z for z in range(stack.n_slices) if not flat(z)]
-    return keep or list(range(stack.n_slices))
-
-
 def stack_range(stack: FocalStack, t: int, channel: int | None, samples: int = 2_000_000) -> tuple[float, float]:
     """0.05 and 99.95 percentiles of the focus images, from a strided sample (cheap on big stacks).
 
@@ -192,23 +173,16 @@ def order_free_maps(logits: torch.Tensor, *, denoise: bool, window: int = MODEL_
     probabilities of their neighbours), and the winner is the argmax, so every index is a real vote.
     """
     from .. import classical
-    from ..pipeline import gaussian_radius
+    from ..pipeline import gaussian_blur
 
     n = logits.shape[0]
     prob = torch.softmax(logits.float(), dim=0)
     conf = ((prob.max(0).values - 1.0 / n) / (1.0 - 1.0 / n)).clamp(0, 1)
     if denoise:
         prob = classical.box_mean(prob[:, None].contiguous(), 3)[:, 0]
-        if fill_threshold > 0:
-            rb = max(1, gaussian_radius(2.0 * window) // 3)
-
-            def blur(x: torch.Tensor) -> torch.Tensor:
-                for _ in range(3):
-                    x = classical.box_mean(x.contiguous(), 2 * rb + 1)
-                return x
-
-            w = (conf * conf)[None, None]
-            num, den = blur(prob[:, None] * w)[:, 0], blur(w)[0, 0]
+        if fill_threshold > 0:  # the ordered path's fill (pipeline.fill_low_confidence), per slice
+            w = conf * conf
+            num, den = gaussian_blur(prob[:, None] * w, 2.0 * window)[:, 0], gaussian_blur(w, 2.0 * window)
             filled = torch.where(den > 1e-12, num / den.clamp_min(1e-12), prob)
             alpha = (conf / fill_threshold).clamp(0, 1)
             prob = alpha * prob + (1 - alpha) * filled
@@ -415,10 +389,9 @@ class ModelEngine:
             raise StackMFFError(f"{runner.name} reads event frames with the slices: pass events= (an array, a "
                                 "folder of event frames, or a recording with slice_times=), or --events.")
         self.lo, self.hi = (0.0, 1.0) if runner.compat else stack_range(stack, t, channel)
-        # The slices the network sees (flat ones left out, see informative_slices); indices map back.
-        keep = list(range(stack.n_slices)) if runner.compat else informative_slices(stack, t, channel)
-        keep = [z for z in keep if z not in set(exclude)] or keep
-        self.keep = None if len(keep) == stack.n_slices else keep
+        # The slices the network sees (``exclude``: flat and suspicious ones, core.checks); indices map back.
+        keep = [z for z in range(stack.n_slices) if z not in set(exclude)] if not runner.compat else []
+        self.keep = keep if 0 < len(keep) < stack.n_slices else None
         self.estimate_s: float | None = None
         self._plan: list[int] = []  # voxels the network computes for each scheduled tile
         dev = runner.device
@@ -542,12 +515,10 @@ class ModelEngine:
         if progress is not None:
             progress(1, 1, estimate or f"{r.name}: tile")
         if focus is None:
-            return self._original_numbers(maps)
+            return renumber(maps, self.keep)
         # Where the network is unsure (flat areas), take the focus of confident neighbours, as the
         # classical path does; then remove isolated outliers.
-        return self._original_numbers(finish_maps(focus, conf, logits.shape[0], window=MODEL_FILL_WINDOW,
-                                                  fill_threshold=MODEL_FILL_THRESHOLD, denoise=self.denoise))
+        return renumber(finish_maps(focus, conf, logits.shape[0], window=MODEL_FILL_WINDOW,
+                                    fill_threshold=MODEL_FILL_THRESHOLD, denoise=self.denoise), self.keep)
 
-    def _original_numbers(self, maps: FocusMaps) -> FocusMaps:
-        """Maps over the slices the network saw -> maps in the stack's own slice numbers."""
-        return renumber(maps, self.keep)
+
