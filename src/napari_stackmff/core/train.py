@@ -278,11 +278,13 @@ def _scaled_events(events: np.ndarray) -> np.ndarray:
     return np.tanh(events / 2.0).astype(np.float32)
 
 
-def render_event_item(seed: int | Sequence[int], size: int, n_dense: int, noise: bool) -> tuple[np.ndarray, ...]:
+def render_event_item(seed: int | Sequence[int], size: int, n_dense: int, noise: bool,
+                      *, with_clean: bool = False) -> tuple[np.ndarray, ...]:
     """One dense image + event stack for event models: (images, events, depth, focus positions, aif).
 
     A third of the scenes have weak texture (contrast 5-30%) and blur radii reach 24 px: where image
-    focus cues fade, which is where the events are meant to help.
+    focus cues fade, which is where the events are meant to help. ``with_clean`` appends the noise-free
+    slices and truth (on their own [0, 1] scale): benchmarks use them to pick the truly sharpest slice per pixel.
     """
     from . import synth
 
@@ -299,7 +301,10 @@ def render_event_item(seed: int | Sequence[int], size: int, n_dense: int, noise:
                            read_noise=float(rng.uniform(0.002, 0.01)) if noise else 0.0, rng=rng)
     events = synth.simulate_events(aif, depth, pos, max_radius=radius, substeps=4, rng=rng)
     images, aif_unit = _to_unit(s.slices, s.aif)
-    return images, events, s.depth, s.focus_positions, aif_unit
+    if not with_clean:
+        return images, events, s.depth, s.focus_positions, aif_unit
+    clean = synth.render_stack(aif, depth, pos, max_radius=radius, layers=24, dtype=np.uint16)
+    return (images, events, s.depth, s.focus_positions, aif_unit, *_to_unit(clean.slices, clean.aif))
 
 
 class EventPool:
