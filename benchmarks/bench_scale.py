@@ -22,6 +22,7 @@ The TIFFs are written to a temporary folder page by page and deleted afterwards.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -113,7 +114,8 @@ def child(spec: dict) -> dict:
     kind = spec["kind"]
     weights = _weights(spec)
     extra = {"weights": weights} if weights else {}
-    fuse(np.zeros((2, 64, 64), np.uint16), spec.get("method", "wavelet"), "cpu", **extra)  # warm-up, imports
+    warm = np.random.default_rng(0).integers(0, 255, (2, 64, 64), dtype=np.uint8)  # not blank: that is refused
+    fuse(warm, spec.get("method", "wavelet"), "cpu", **extra)  # warm-up, imports
     out: dict = {}
     if kind in ("memory", "compat"):
         data = _input(spec["n"], spec["side"])
@@ -135,6 +137,39 @@ def child(spec: dict) -> dict:
                              memory_budget=spec.get("budget"), overwrite=True, **extra)
         n = int(r.n_slices)
         out.update(voxels=int(n * np.prod(r.shape[-2:])), tiles=None, tile=r.tile)
+    elif kind == "v2cpu":
+        from napari_stackmff.core.models.v2 import published_kernels
+
+        stacks = [np.load(f) for f in spec["files"]]
+        kw = {"compat": True} if spec["compat"] else {}
+        ctx = published_kernels() if spec["published_kernels"] else contextlib.nullcontext()
+        times, maps = [], []
+        with ctx, Meter() as m:
+            for s in stacks:
+                best = float("inf")
+                for _ in range(spec["repeats"]):
+                    t0 = time.perf_counter()
+                    r = fuse(s, spec["method"], "cpu", **extra, **kw)
+                    best = min(best, time.perf_counter() - t0)
+                times.append(best)
+                maps.append(r.focus_map)
+        np.save(spec["out"], np.concatenate([f.ravel() for f in maps]))
+        out.update(times=times, voxels=[int(np.prod(s.shape[:3])) for s in stacks])
+    elif kind == "floor":
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from napari_stackmff.core.models.v2 import StackMFFV2
+
+        x = torch.rand(1, 12, 256, 256)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            StackMFFV2().eval()(x)
+        a = torch.rand(2048, 2048)
+        torch.mm(a, a)
+        with Meter() as m:
+            for _ in range(10):
+                torch.mm(a, a)
+        out.update(fpv=counter.get_total_flops() / x.numel(), gflops=10 * 2 * 2048**3 / m.seconds / 1e9)
+        return out | {"seconds": m.seconds}
     elif kind == "batch":
         from napari_stackmff.core.batch import discover_stacks, run_batch
         from napari_stackmff.core.distributed import run_batch_parallel
@@ -160,9 +195,9 @@ def child(spec: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- parent side
-def run_case(spec: dict, timeout: float = 1800) -> dict:
+def run_case(spec: dict, timeout: float = 1800, env: dict | None = None) -> dict:
     res = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                         timeout=timeout)
+                         timeout=timeout, env={**os.environ, **(env or {})})
     if res.returncode:
         tail = (res.stderr.strip().splitlines() or ["?"])[-1]
         return {"error": tail}
@@ -238,6 +273,73 @@ def table_compat(threads: int | None, rows: list[dict]) -> None:
         print(f"{n:>4d}x{side}x{side:<5d} {o} {c}")
 
 
+def v2_cpu_stacks(tmp: Path, count: int = 12, side: int = 384) -> list[str]:
+    """The issue's comparison set: ``count`` synthetic uint8 stacks of side² x 6-24 slices (seeded)."""
+    import numpy as np
+
+    from napari_stackmff.core.synth import random_stack
+
+    files = []
+    for i in range(count):
+        n = int(np.random.default_rng(500 + i).integers(6, 25))
+        s = random_stack(np.random.default_rng(600 + i), size=side, n=n, dtype="uint8", noise=True)
+        files.append(str(tmp / f"v2cpu_{i:02d}.npy"))
+        np.save(files[-1], s.slices)
+    return files
+
+
+def table_v2_cpu(threads: int | None, tmp: Path, rounds: int = 2) -> None:
+    """V2 against the published inference on the CPU, at equal output.
+
+    Three configurations, each in its own process (the heap setting is per process), run in turn
+    ``rounds`` times; each stack's time is its best over all runs:
+      published   compat=True (whole image, resize, batch min-max), the published layer sequence
+                  (F.max_pool2d), glibc's default heap: the official code's work, done as it does it;
+      compat, pool  the same with our pooling kernel only (models/v2.py:_pool2): same output;
+      compat fast the same inference with our kernels and heap reuse (core/heap.py): same output;
+      ours        our default inference (tiles, robust normalisation, sub-slice readout, fill): the product.
+    """
+    import numpy as np
+
+    files = v2_cpu_stacks(tmp)
+    floor = run_case({"kind": "floor", "threads": threads})
+    configs = {"published": dict(compat=True, published_kernels=True, env={"STACKMFF_HEAP_REUSE": "0"}),
+               "compat, pool": dict(compat=True, published_kernels=False, env={"STACKMFF_HEAP_REUSE": "0"}),
+               "compat fast": dict(compat=True, published_kernels=False, env={}),
+               "ours": dict(compat=False, published_kernels=False, env={})}
+    best: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for label, c in configs.items():
+            spec = {"kind": "v2cpu", "method": "stackmff-v2", "files": files, "compat": c["compat"],
+                    "published_kernels": c["published_kernels"], "repeats": 1, "threads": threads,
+                    "out": str(tmp / f"maps_{label.replace(' ', '_')}.npy")}
+            r = run_case(spec, env=c["env"])
+            if "error" in r:
+                print(f"{label}: failed: {r['error']}")
+                return
+            best[label] = [min(a, b) for a, b in zip(best.get(label, r["times"]), r["times"])]
+            vox = r["voxels"]
+    ref = np.load(tmp / "maps_published.npy")
+    fast = np.load(tmp / "maps_compat_fast.npy")
+    n_vox = sum(vox)
+    print(f"\n## 2b. StackMFF-V2 on the CPU vs the published inference: {len(files)} stacks of 384² x 6-24 "
+          f"({n_vox / 1e6:.1f} MVox), best of {rounds} interleaved rounds, threads {threads or 'default'}")
+    print(f"{'config':14s} {'s/stack':>8s} {'MVox/s':>8s} {'x published':>12s} {'same focus map':>15s}")
+    t_ref = sum(best["published"])
+    for label, times in best.items():
+        t = sum(times)
+        same = {"published": "—", "compat, pool": "(as below)",
+                "compat fast": f"{100 * np.mean(np.abs(fast - ref) < 1e-4):.3f}%",
+                "ours": "(other inference)"}[label]
+        print(f"{label:14s} {t / len(times):8.3f} {n_vox / t / 1e6:8.2f} {t_ref / t:12.2f} {same:>15s}")
+    if "error" not in floor:
+        t = n_vox * floor["fpv"] / (floor["gflops"] * 1e9)
+        print(f"{'FLOP floor':14s} {t / len(files):8.3f} {n_vox / t / 1e6:8.2f} {t_ref / t:12.2f} {'':>15s}   "
+              f"{floor['fpv'] / 1e3:.1f} kFLOP/voxel at the measured fp32 2048² matmul rate, "
+              f"{floor['gflops']:.0f} GFLOP/s")
+    print(f"compat fast vs published: max |focus difference| {np.abs(fast - ref).max():.2e} slice")
+
+
 def table_batch(threads: int | None, tmp: Path, method: str) -> None:
     root = tmp / "batch_in"
     write_batch(root)
@@ -282,6 +384,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="small sizes only")
     p.add_argument("--huge", action="store_true", help="also stream a 20000x20000x10 stack (8 GB; long)")
     p.add_argument("--no-disk", action="store_true", help="skip table 4")
+    p.add_argument("--v2-cpu", action="store_true", help="only table 2b (V2 vs the published inference)")
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
@@ -291,9 +394,15 @@ def main() -> None:
     t0 = time.perf_counter()
     print(f"# bench_scale: {os.cpu_count()} CPUs, torch {torch.__version__}, threads {args.threads or 'default'}, "
           f"V2 weights: {'official' if OFFICIAL.exists() else 'random init'}")
+    if args.v2_cpu:
+        with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
+            table_v2_cpu(args.threads, Path(tmp))
+        print(f"\n(total {time.perf_counter() - t0:.0f} s)")
+        return
     rows = table_memory(args.threads, args.quick)
     table_compat(args.threads, rows)
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
+        table_v2_cpu(args.threads, Path(tmp))
         table_batch(args.threads, Path(tmp), "stackmff-v2")
         if not args.no_disk and not args.quick:
             table_disk(args.threads, Path(tmp), args.huge)

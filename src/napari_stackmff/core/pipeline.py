@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from . import classical
 from .blend import SoftBlend, soft_blend_window
 from .errors import StackMFFError
+from .heap import heap_reuse
 from .prefetch import prefetch
 from .stack import FocalStack
 from .tiling import Tile, auto_tile_side, balance_tile, iter_tiles, memory_budget, round_overlap
@@ -488,31 +489,32 @@ def iter_fused_tiles(stack: FocalStack, engine: TileEngine, t: int, tile: int, o
     feather = TileFeather(band, w) if band > 0 and len(tiles) > 1 else None
     engine.schedule([tl.read for tl in tiles])
     try:
-        for i, tl in enumerate(tiles):
-            check_cancel(cancel)
-            sub = sub_progress(progress, i, len(tiles), f" (tile {i + 1}/{len(tiles)})" if len(tiles) > 1 else "")
-            t1 = time.perf_counter()
-            maps = engine.maps(tl.read, sub, cancel)
-            read_index = maps.index.cpu().numpy() if blend is not None else None
-            if feather is None:
-                index = maps.index[tl.crop].cpu().numpy()
-                focus = maps.focus[tl.crop].float().cpu().numpy()
-                conf = maps.confidence[tl.crop].float().cpu().numpy()
-            else:
-                focus, conf = feather.blend(tl, torch.stack((maps.focus, maps.confidence)).float().cpu().numpy())
-                index = np.rint(focus).astype(np.int64).clip(0, stack.n_slices - 1)
-            del maps
-            if engine.estimate_s is not None:
-                timings["estimate_s"] = engine.estimate_s
-            t2 = time.perf_counter()
-            if read_index is None:
-                aif = gather_window(stack, index, t, tl.write)
-            else:
-                read_index[tl.crop] = index  # the written part follows the (feathered) output map
-                guide = gather_window(stack, read_index, t, tl.read)
-                aif = soft_blend_window(stack, read_index, t, tl.read, tl.crop, guide, blend)
-            timings["focus_s"] = timings.get("focus_s", 0.0) + t2 - t1
-            timings["gather_s"] = timings.get("gather_s", 0.0) + time.perf_counter() - t2
-            yield TileOutput(write=tl.write, all_in_focus=aif, focus=focus, confidence=conf)
+        with heap_reuse():  # big activations reuse freed memory (core/heap.py)
+            for i, tl in enumerate(tiles):
+                check_cancel(cancel)
+                sub = sub_progress(progress, i, len(tiles), f" (tile {i + 1}/{len(tiles)})" if len(tiles) > 1 else "")
+                t1 = time.perf_counter()
+                maps = engine.maps(tl.read, sub, cancel)
+                read_index = maps.index.cpu().numpy() if blend is not None else None
+                if feather is None:
+                    index = maps.index[tl.crop].cpu().numpy()
+                    focus = maps.focus[tl.crop].float().cpu().numpy()
+                    conf = maps.confidence[tl.crop].float().cpu().numpy()
+                else:
+                    focus, conf = feather.blend(tl, torch.stack((maps.focus, maps.confidence)).float().cpu().numpy())
+                    index = np.rint(focus).astype(np.int64).clip(0, stack.n_slices - 1)
+                del maps
+                if engine.estimate_s is not None:
+                    timings["estimate_s"] = engine.estimate_s
+                t2 = time.perf_counter()
+                if read_index is None:
+                    aif = gather_window(stack, index, t, tl.write)
+                else:
+                    read_index[tl.crop] = index  # the written part follows the (feathered) output map
+                    guide = gather_window(stack, read_index, t, tl.read)
+                    aif = soft_blend_window(stack, read_index, t, tl.read, tl.crop, guide, blend)
+                timings["focus_s"] = timings.get("focus_s", 0.0) + t2 - t1
+                timings["gather_s"] = timings.get("gather_s", 0.0) + time.perf_counter() - t2
+                yield TileOutput(write=tl.write, all_in_focus=aif, focus=focus, confidence=conf)
     finally:
         engine.close()

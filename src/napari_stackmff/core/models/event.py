@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .v2 import GRU_HIDDEN, WIDTHS, BiConvGRU, StackMFFV2, _gelu, _up2
+from .v2 import GRU_HIDDEN, WIDTHS, BiConvGRU, StackMFFV2, _gelu, _pool2, _up2
 
 EVENT_HEAD = 4  # event depth-head channels added to V2's 8 image features
 HEADS = 4
@@ -116,7 +116,7 @@ class EventStackMFF(nn.Module):
         skips: list[Tensor] = []
         for k in range(1, 6):
             x = first(x) if k == 1 else getattr(fe, f"encoder{k}")(x)
-            x = _gelu(F.max_pool2d(getattr(fe, f"ebn{k}")(x), 2))
+            x = _gelu(_pool2(getattr(fe, f"ebn{k}")(x)))
             skips.append(x)
         return _gelu(fe.encoder6(x)), skips
 
