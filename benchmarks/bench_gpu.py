@@ -87,6 +87,93 @@ def _stack(n: int, side: int, seed: int = 0) -> np.ndarray:
     return s.slices
 
 
+# ----------------------------------------------------------------------------- classical
+CLASSICAL = ("variance", "laplacian", "tenengrad", "wavelet")
+
+
+def _uint16_stack(n: int, side: int) -> np.ndarray:
+    """A textured uint16 stack in ordinary (pageable) host memory: what a user's array is."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 65535, (side, side), dtype=np.uint16)
+    out = np.empty((n, side, side), np.uint16)
+    for z in range(n):  # cheap to make, different per slice
+        out[z] = np.roll(base, 7 * z, axis=1)
+    return out
+
+
+def naive_torch(stack: np.ndarray, dev: torch.device, window: int = 9) -> np.ndarray:
+    """The ten-line baseline: upload, float, box-filter variance, argmax over slices, gather."""
+    x = torch.from_numpy(stack.view(np.int16)).to(dev).to(torch.int32).bitwise_and_(0xFFFF).float()[:, None] / 65535
+    r = window // 2
+    pad = lambda a: torch.nn.functional.pad(a, (r, r, r, r), mode="reflect")  # noqa: E731
+    m = torch.nn.functional.avg_pool2d(pad(x), window, stride=1)
+    v = torch.nn.functional.avg_pool2d(pad(x * x), window, stride=1) - m * m
+    idx = v[:, 0].argmax(0)
+    raw = torch.from_numpy(stack.view(np.int16)).to(dev)
+    return raw.gather(0, idx[None])[0].cpu().numpy().view(np.uint16)
+
+
+def naive_numpy(stack: np.ndarray, window: int = 9) -> np.ndarray:
+    """The CPU baseline a user would write: scipy box-filter variance per slice, argmax, gather."""
+    from scipy.ndimage import uniform_filter
+
+    best = idx = None
+    for z in range(stack.shape[0]):
+        x = stack[z].astype(np.float32) / 65535
+        m = uniform_filter(x, window, mode="mirror")
+        v = uniform_filter(x * x, window, mode="mirror") - m * m
+        if best is None:
+            best, idx = v, np.zeros(v.shape, np.int32)
+        else:
+            new = v > best
+            idx[new] = z
+            np.maximum(best, v, out=best)
+    return np.take_along_axis(stack, idx[None], 0)[0]
+
+
+def _pinned_copy_ms(stack: np.ndarray, dev: torch.device) -> tuple[float, float]:
+    """(ms) of a pinned host->device copy of the stack's bytes, and of a device->device copy of them."""
+    host = torch.from_numpy(stack.view(np.int16)).pin_memory()
+    d = torch.empty_like(host, device=dev)
+    h2d = _time(lambda: d.copy_(host, non_blocking=True), 5, cuda=True)
+    d2 = torch.empty_like(d)
+    d2d = _time(lambda: d2.copy_(d), 5, cuda=True)
+    return h2d * 1e3, d2d * 1e3
+
+
+def classical_part(device: str, n: int, side: int, rounds: int = 3) -> None:
+    stack = _uint16_stack(n, side)
+    vox = stack.size
+    cuda = device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        print("\n## Classical on the GPU: needs a CUDA GPU (none here): not run.")
+        return
+    dev = torch.device(device)
+    print(f"\n## Classical, {n} x {side}² uint16 from host memory ({stack.nbytes / 1e6:.0f} MB), {device}"
+          + ("" if cuda else f", {torch.get_num_threads()} threads"))
+    if cuda:
+        h2d, d2d = _pinned_copy_ms(stack, dev)
+        floor = h2d
+        print(f"floors: pinned host->device copy {h2d:.1f} ms ({stack.nbytes / h2d / 1e6:.1f} GB/s), device copy "
+              f"{d2d:.2f} ms")
+        base_label, base = "naive torch (10 lines)", lambda: naive_torch(stack, dev)
+    else:
+        floor = None
+        base_label, base = "numpy + scipy (naive)", lambda: naive_numpy(stack)
+    rows = [(m, {}) for m in CLASSICAL] + [("variance, denoise off", {"denoise": False})]
+    runs = {base_label: base} | {f"ours {label}": (lambda m=label.split(",")[0], kw=kw: fuse(stack, m, device, **kw))
+                                 for label, kw in rows}
+    best = {k: float("inf") for k in runs}
+    for _ in range(rounds):  # interleaved, best of ``rounds``: this machine's speed drifts by 10-20%
+        for k, fn in runs.items():
+            best[k] = min(best[k], _time(fn, 1, cuda=cuda))
+    tb = best[base_label]
+    print(f"{'method':26s} {'ms':>9s} {'GVox/s':>8s} {'x baseline':>11s} {'floor/ours':>11s}   (best of {rounds})")
+    for k, t in best.items():
+        ratio = f"{floor / (t * 1e3):11.2f}" if floor else f"{'—':>11s}"
+        print(f"{k:26s} {t * 1e3:9.1f} {vox / t / 1e9:8.3f} {tb / t:11.2f} {ratio}")
+
+
 # ----------------------------------------------------------------------------------- CPU
 def cpu_part(weights: dict[str, str], fpv: float) -> None:
     data = _stack(8, 256)
@@ -171,11 +258,19 @@ def main() -> None:
     p.add_argument("--slices", type=int, default=32)
     p.add_argument("--compile", action="store_true", help="also time torch.compile (minutes to compile)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--classical-slices", type=int, default=64)
+    p.add_argument("--classical-side", type=int, default=2048, help="GPU classical stack side (CPU: half)")
+    p.add_argument("--only", choices=("classical", "v2"), default=None)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     import tempfile
 
+    if args.only != "v2":
+        classical_part("cuda", args.classical_slices, args.classical_side)
+        classical_part("cpu", args.classical_slices, args.classical_side // 2)
+    if args.only == "classical":
+        return
     fpv = flops_per_voxel()
     print(f"## StackMFF-V2: {fpv:,.0f} FLOPs per voxel (pixel x slice), {fpv / 2:,.0f} multiply-adds; "
           f"{fpv * 2048 * 2048 * 32 / 1e12:.2f} TFLOP for a 2048x2048x32 stack")

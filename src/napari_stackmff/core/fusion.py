@@ -139,9 +139,16 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
         if win > min(h, w):  # a box wider than the image measures nothing local (and its padding is huge)
             raise StackMFFError(f"window {win} is larger than the {w}x{h} image; use at most "
                                 f"{min(h, w) - (1 - min(h, w) % 2)} pixels (default {classical.DEFAULT_WINDOW}).")
+        from .classical_device import DeviceClassicalEngine, device_dtype_supported
+
+        # On a GPU the slices go up once as raw integers and stay there (classical_device.py); the
+        # streaming engine, one float slice at a time, is the faster one on the CPU.
+        engine_cls = DeviceClassicalEngine if dev.type == "cuda" and device_dtype_supported(stack.dtype) \
+            else ClassicalEngine
+
         def make_engine(t: int) -> TileEngine:
-            return ClassicalEngine(stack, t, method, dev, channel=channel, window=win, denoise=denoise,
-                                   exclude=list(surveys[t].suspicious))
+            return engine_cls(stack, t, method, dev, channel=channel, window=win, denoise=denoise,
+                              exclude=list(surveys[t].suspicious))
     else:
         from .models.inference import ModelRunner
 
