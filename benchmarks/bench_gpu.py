@@ -191,6 +191,15 @@ def cpu_part(weights: dict[str, str], fpv: float) -> None:
         d = np.abs(a.focus_map - b.focus_map)
         print(f"{name:12s} {vox / t32 / 1e6:12.2f} {vox / t16 / 1e6:12.2f} {vox * fpv / t32 / 1e9:13.1f} "
               f"{100 * (a.index == b.index).mean():10.2f}% {d.mean():10.4f} {d.max():9.3f}")
+    print(f"\n## CPU: every network, shipped weights, fp32 (256x256x8, end to end, best of 2)")
+    print(f"{'model':16s} {'s':>7s} {'MVox/s':>8s} {'x V2':>6s}")
+    ev = np.stack([np.sign(np.diff(data.astype(np.float32), axis=0, prepend=data[:1].astype(np.float32)))])[0]
+    t_v2 = None
+    for name in ("stackmff-v2", "stackmff-v3", "eventstackmff"):
+        extra = {"events": ev} if name == "eventstackmff" else {}
+        t = _time(lambda: fuse(data, name, "cpu", **extra), 2)
+        t_v2 = t_v2 or t
+        print(f"{name:16s} {t:7.3f} {vox / t / 1e6:8.2f} {t / t_v2:6.2f}")
 
 
 # ----------------------------------------------------------------------------------- GPU
@@ -245,11 +254,47 @@ def gpu_part(weights: dict[str, str], fpv: float, side: int, n: int, compile_: b
         from napari_stackmff.core.models import registry
 
         registry._cache.clear()
+    # V3 and EventStackMFF, forward only, as above (shipped weights; events: zero frames of the same size).
+    from napari_stackmff.core.models import registry
+
+    for name in ("stackmff-v3", "eventstackmff"):
+        for label, half in (("fp32", False), ("fp16", True)):
+            registry._cache.clear()
+            runner = ModelRunner(name, dev, half=half)
+            xe = torch.cat([x, torch.zeros_like(x)]) if runner.spec.uses_events else x
+            t = _time(lambda: runner.logits(xe), 3, cuda=True)
+            print(f"{name + ' ' + label:20s} {t * 1e3:8.2f} {vox / t / 1e9:8.3f}")
+    small_stacks(w, dev)
     host = (np.random.default_rng(0).random((n, 2 * side, 2 * side)) * 65535).astype(np.uint16)
     print(f"\nend to end fuse(), {n}x{2 * side}x{2 * side} uint16 in host memory, tile {side}, fp16+channels_last")
     for pf in (False, True):
         t = _time(lambda: fuse(host, "stackmff-v2", "cuda", weights=w, tile=side, prefetch=pf), 2, cuda=True)
         print(f"  read-ahead {'on ' if pf else 'off'}: {t:.3f} s, {host.size / t / 1e9:.3f} GVox/s")
+
+
+def small_stacks(weights: str, dev: torch.device) -> None:
+    """The issue's small-stack case: five 384² stacks of 6-24 slices, each a new shape (s/stack, best of 2
+    rounds), our inference with cuDNN autotune off/on, fp32/fp16, and the published inference."""
+    from napari_stackmff.core.synth import random_stack
+
+    stacks = [random_stack(np.random.default_rng(700 + i), size=384, n=int(n), dtype="uint8", rgb=False).slices
+              for i, n in enumerate((6, 10, 14, 19, 24))]
+    configs = [("ours fp32, autotune off", dict(half=False, autotune=False)),
+               ("ours fp32, autotune on", dict(half=False, autotune=True)),
+               ("ours fp16, autotune off", dict(half=True, autotune=False)),
+               ("ours fp16, autotune on", dict(half=True, autotune=True)),
+               ("published (compat) fp32", dict(compat=True, half=False))]
+    print("\nfive 384² stacks of 6-24 slices, uint8 in host memory, end to end (s/stack, best of 2 rounds)")
+    for label, kw in configs:
+        best = float("inf")
+        for _ in range(2):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for s in stacks:
+                fuse(s, "stackmff-v2", "cuda", weights=weights, **kw)
+            torch.cuda.synchronize()
+            best = min(best, (time.perf_counter() - t0) / len(stacks))
+        print(f"  {label:26s} {best:.3f}")
 
 
 def main() -> None:

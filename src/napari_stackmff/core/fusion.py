@@ -292,7 +292,8 @@ def fuse(
     options
         Model options: ``readout``, ``compat`` (the published inference), ``half`` (fp16/bf16
         autocast), ``channels_last``, ``compile`` (torch.compile), ``prefetch``, ``feather``
-        (cross-fade neighbouring tiles, default on), ``border_pad`` (mirror margin at the image
+        (cross-fade neighbouring tiles, default on), ``autotune`` (cuDNN kernel search per shape; default
+        from the tile count), ``border_pad`` (mirror margin at the image
         border, default 0). A setting the
         method does not use (``window`` for a model, ``weights`` or any option for a classical
         method, a misspelt name) is refused with a :class:`StackMFFError` naming it.

@@ -62,6 +62,11 @@ TILE_OVERLAP = 32
 #: 1.95): the network handles its own zero-padded border better than a mirror axis. So it stays an option.
 BORDER_PAD = 0
 
+#: Tiles of one time point from which cuDNN's per-shape kernel search is let run (see ModelRunner's
+#: ``autotune``; tiles mostly share one shape). 8 is a first guess, not yet measured: bench_gpu.py's
+#: small-stack rows time both settings on the next GPU.
+AUTOTUNE_MIN_TILES = 8
+
 ProgressFn = Callable[[int, int, str], None]
 Pads = tuple[int, int, int, int]  # left, right, top, bottom
 
@@ -240,6 +245,12 @@ class ModelRunner:
         better on synthetic stacks; see :data:`BORDER_PAD`).
     feather
         Cross-fade neighbouring tiles' maps over the tile margin instead of cutting them hard.
+    autotune
+        Let cuDNN time its kernels for each new input shape (``torch.backends.cudnn.benchmark``). It pays
+        when one shape repeats (many tiles of one size) and costs a search per shape otherwise: the
+        issue-15 measurement had 0.94 s per small stack in fp32 against 0.06 for the official code,
+        which leaves it off. Default (None): on when a time point has at least :data:`AUTOTUNE_MIN_TILES`
+        tiles. Not yet measured on a GPU by this code; ``benchmarks/bench_gpu.py`` times both settings.
     """
 
     def __init__(
@@ -257,6 +268,7 @@ class ModelRunner:
         prefetch: bool = True,
         border_pad: int = BORDER_PAD,
         feather: bool = True,
+        autotune: bool | None = None,
     ) -> None:
         self.spec = get_spec(name)
         self.name = name
@@ -274,6 +286,8 @@ class ModelRunner:
         self.prefetch = bool(prefetch)
         self.border_pad = int(border_pad)
         self.feather = bool(feather)
+        self.autotune = autotune
+        self._tune = False  # this run's setting (ModelEngine.schedule decides it from the tile count)
         if self.border_pad < 0:
             raise StackMFFError(f"border_pad must be >= 0 pixels, got {border_pad}.")
         if self.channels_last:
@@ -303,7 +317,8 @@ class ModelRunner:
         args = (xp[:, :xp.shape[1] // 2], xp[:, xp.shape[1] // 2:]) if self.spec.uses_events else (xp,)
         with torch.autocast(self.device.type, dtype=autocast_dtype(self.device), enabled=self.half):
             if self.device.type == "cuda":
-                with torch.backends.cudnn.flags(enabled=True, benchmark=True):
+                tune = self._tune if self.autotune is None else self.autotune
+                with torch.backends.cudnn.flags(enabled=True, benchmark=tune):
                     out = self._forward(*args)
             else:
                 out = self._forward(*args)
@@ -441,6 +456,7 @@ class ModelEngine:
     def schedule(self, windows: Sequence[tuple[slice, slice]]) -> None:
         """Start reading ``windows`` one ahead of :meth:`maps` (which must then follow that order)."""
         self._plan = [self._padded_voxels(w) for w in windows]
+        self.runner._tune = len(windows) >= AUTOTUNE_MIN_TILES
         if self.runner.prefetch and not self.single_tile and len(windows) > 1:
             self.close()
             self._ahead = prefetch((self._load(w) for w in windows), depth=1)
