@@ -68,6 +68,41 @@ def test_heap_reuse_stops_page_faults_on_big_activations():
     assert reused < 0.05 * pages  # measured: 0
 
 
+@pytest.mark.skipif(not heap.enabled(), reason="heap reuse needs Linux with glibc")
+def test_heap_stays_warm_between_runs_and_is_returned_when_idle():
+    """A run that starts right after another finds its blocks (a batch); once idle, the memory goes back."""
+    code = textwrap.dedent("""
+        import resource, time, torch
+        from napari_stackmff.core import heap
+
+        heap.TRIM_DELAY_S = 0.3
+
+        def faults(n=12):
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            for _ in range(n):
+                t = torch.empty(16 << 20)
+                t.fill_(1.0)
+                del t
+            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+
+        def rss_mb():
+            with open("/proc/self/status") as fh:
+                return next(int(l.split()[1]) for l in fh if l.startswith("VmRSS:")) / 1024
+
+        with heap.heap_reuse():
+            faults()
+        with heap.heap_reuse():  # the next stack of a batch
+            again = faults()
+        before = rss_mb()
+        time.sleep(1.5)
+        print(again, before - rss_mb())
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    again, returned_mb = int(out[0]), float(out[1])
+    assert again < 0.05 * 12 * (64 << 20) // 4096
+    assert returned_mb > 48  # the 64 MB block went back to the system
+
+
 def test_heap_reuse_can_be_turned_off():
     code = "import os; os.environ['STACKMFF_HEAP_REUSE'] = '0'\nfrom napari_stackmff.core import heap\n" \
            "print(heap.enabled())\nwith heap.heap_reuse(): pass"

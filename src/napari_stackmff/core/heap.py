@@ -5,8 +5,8 @@ and unmaps them on free. A V2 forward on a 15 x 384² stack makes dozens of 70 M
 kernel zero-fills and page-faults gigabytes per forward. With mmap off and trimming deferred, a freed
 block is reused at once: one forward 2.0-2.5 s -> 1.6 s on the 2-core machine (glibc 2.36, same run,
 env MALLOC_MMAP_MAX_=0 + MALLOC_TRIM_THRESHOLD_; either alone does nothing or is 2x slower), and the
-whole-pipeline figures are in benchmarks/bench_scale.py. When the outermost run ends, free pages go back
-to the system (``malloc_trim``), so a napari session does not keep the peak.
+whole-pipeline figures are in benchmarks/bench_scale.py. Shortly after the outermost run ends, free pages
+go back to the system (``malloc_trim``), so a napari session does not keep the peak.
 
 The settings stay for the life of the process (glibc cannot restore its dynamic thresholds), which only
 means large blocks come from the heap instead of mmap. ``STACKMFF_HEAP_REUSE=0`` turns all of it off.
@@ -26,8 +26,14 @@ from typing import Iterator
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
+#: Seconds after the outermost run ends before free pages go back to the system: a batch's next stack
+#: starts within this and finds the heap warm (a trim after every stack made each start fault its
+#: activations in again); an idle napari session gets its memory back.
+TRIM_DELAY_S = 2.0
+
 _lock = threading.Lock()
 _depth = 0
+_timer: threading.Timer | None = None
 _libc: ctypes.CDLL | None | bool = None  # None: not looked up yet; False: not glibc / turned off
 
 
@@ -59,7 +65,11 @@ def heap_reuse() -> Iterator[None]:
     if lib is None:
         yield
         return
+    global _timer
     with _lock:
+        if _timer is not None:  # the next run came soon: keep the warm heap
+            _timer.cancel()
+            _timer = None
         if _depth == 0:
             lib.mallopt(_M_MMAP_MAX, 0)
             lib.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)  # a C int: as high as it goes
@@ -70,4 +80,27 @@ def heap_reuse() -> Iterator[None]:
         with _lock:
             _depth -= 1
             if _depth == 0:
-                lib.malloc_trim(0)
+                _timer = threading.Timer(TRIM_DELAY_S, _trim)
+                _timer.daemon = True
+                _timer.start()
+
+
+def _trim() -> None:
+    global _timer
+    lib = _glibc()
+    with _lock:
+        if _depth == 0 and lib is not None:
+            lib.malloc_trim(0)
+        _timer = None
+
+
+def trim_now() -> None:
+    """Return free heap pages to the system now (and drop a pending delayed trim)."""
+    global _timer
+    with _lock:
+        if _timer is not None:
+            _timer.cancel()
+            _timer = None
+    lib = _glibc()
+    if lib is not None:
+        lib.malloc_trim(0)
