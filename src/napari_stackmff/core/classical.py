@@ -41,18 +41,8 @@ def _running_mean_last(x: torch.Tensor, k: int) -> torch.Tensor:
 _pool: ThreadPoolExecutor | None = None
 
 
-#: Threads for the scipy bands when the caller has moved torch's threads here (pipeline.bands_take_threads).
-_band_threads: int | None = None
-
-
 def _threads() -> int:
-    return max(1, min(_band_threads or torch.get_num_threads(), os.cpu_count() or 1))
-
-
-def set_band_threads(n: int | None) -> None:
-    """Give the box filter's scipy bands ``n`` threads whatever torch's count is (None: follow torch's)."""
-    global _band_threads
-    _band_threads = n
+    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
 
 
 def _scipy_box(a: np.ndarray, k: int) -> np.ndarray:

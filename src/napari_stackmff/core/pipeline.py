@@ -127,42 +127,6 @@ def native_cpu_conv(device: torch.device) -> Iterator[None]:
                 torch._C._set_mkldnn_enabled(_native_saved)
 
 
-_bands_lock = threading.Lock()
-_bands_users = 0
-_bands_saved = 1
-
-
-@contextmanager
-def bands_take_threads(device: torch.device) -> Iterator[None]:
-    """While a classical measure streams on the CPU, torch runs on one thread and the box filter's scipy
-    bands get torch's threads instead.
-
-    The stream's heavy work is scipy's (it releases the GIL: two bands run on two cores); between its
-    calls come small torch steps, and torch's idle OpenMP workers spin for a while after each one,
-    taking the cores the bands need. Measured (64 x 1024² uint16, variance, 2 cores, best of 5): 2.87 s
-    with torch on 2 threads, 2.55 s on 1, the numpy + scipy ten-liner 2.50 s. Reference-counted across
-    threads, like :func:`native_cpu_conv` (torch's thread count is process-wide).
-    """
-    global _bands_users, _bands_saved
-    if device.type != "cpu":
-        yield
-        return
-    with _bands_lock:
-        if _bands_users == 0:
-            _bands_saved = torch.get_num_threads()
-            classical.set_band_threads(_bands_saved)
-            torch.set_num_threads(1)
-        _bands_users += 1
-    try:
-        yield
-    finally:
-        with _bands_lock:
-            _bands_users -= 1
-            if _bands_users == 0:
-                torch.set_num_threads(_bands_saved)
-                classical.set_band_threads(None)
-
-
 #: Devillard's 19 compare-exchanges that leave the median of 9 values in position 4.
 _MED9 = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3), (5, 8), (4, 7),
          (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2))
@@ -239,7 +203,7 @@ def classical_maps(
     """
     # The next slice is read (disk, luma) while this one is measured.
     images = prefetch((focus_images(z) for z in range(n)), depth=2)
-    with torch.no_grad(), bands_take_threads(device):
+    with torch.no_grad():
         return _classical_stream(images, n, method, device, window=window, fill_threshold=fill_threshold,
                                  denoise=denoise, progress=progress, cancel=cancel)
 
