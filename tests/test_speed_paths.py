@@ -169,3 +169,22 @@ def test_device_engine_equals_streaming_engine(method, kind):
     assert np.abs(dev_focus - ref_focus).max() < 1e-3
     assert np.array_equal(dev_aif, ref_aif)
     assert dev_aif.dtype == stack.dtype
+
+
+def test_cudnn_autotune_only_for_runs_of_many_tiles():
+    """Kernel search per new shape costs more than it saves on a one-tile stack (issue 15): the engine turns
+    it on from AUTOTUNE_MIN_TILES scheduled tiles; an explicit autotune= wins."""
+    from napari_stackmff.core.models.inference import AUTOTUNE_MIN_TILES, ModelRunner
+    from napari_stackmff.core.stack import as_focal_stack
+
+    stack = as_focal_stack((np.random.default_rng(0).random((4, 96, 96)) * 255).astype(np.uint8))
+    runner = ModelRunner("stackmff-v2", torch.device("cpu"))
+    engine = runner.engine(stack)
+    win = (slice(0, 96), slice(0, 96))
+    engine.schedule([win])
+    assert runner._tune is False
+    engine.schedule([win] * AUTOTUNE_MIN_TILES)
+    assert runner._tune is True
+    engine.close()
+    forced = ModelRunner("stackmff-v2", torch.device("cpu"), autotune=False)
+    assert forced.autotune is False
