@@ -8,6 +8,7 @@ baselines against which the networks are judged.
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -41,8 +42,19 @@ def _running_mean_last(x: torch.Tensor, k: int) -> torch.Tensor:
 _pool: ThreadPoolExecutor | None = None
 
 
+#: Per calling thread: threads for the scipy bands when the caller lent torch's threads to them
+#: (pipeline.bands_take_threads).
+_band_threads = threading.local()
+
+
 def _threads() -> int:
-    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+    n = getattr(_band_threads, "n", None)
+    return max(1, min(n or torch.get_num_threads(), os.cpu_count() or 1))
+
+
+def set_band_threads(n: int | None) -> None:
+    """Give this thread's box-filter bands ``n`` threads whatever torch's count is (None: follow torch's)."""
+    _band_threads.n = n
 
 
 def _scipy_box(a: np.ndarray, k: int) -> np.ndarray:
