@@ -188,3 +188,27 @@ def test_cudnn_autotune_only_for_runs_of_many_tiles():
     engine.close()
     forced = ModelRunner("stackmff-v2", torch.device("cpu"), autotune=False)
     assert forced.autotune is False
+
+
+@pytest.mark.parametrize("case", ["rgb time series", "lazy uint16 tiles"])
+def test_fuse_through_the_device_engine_equals_the_streaming_one(monkeypatch, tmp_path, case):
+    """The whole fuse() door with the device-resident engine (as on CUDA, here on the CPU): same result."""
+    import tifffile
+
+    from napari_stackmff.core import fuse, fusion, synth
+
+    rng = np.random.default_rng(11)
+    if case == "rgb time series":
+        data = np.stack([synth.random_stack(rng, size=96, n=5, dtype="uint8", rgb=True).slices for _ in range(2)])
+        kw = {"axes": "TZYXC"}
+    else:
+        data = tifffile.memmap(tmp_path / "s.tif", shape=(6, 200, 260), dtype=np.uint16)
+        data[:] = synth.random_stack(rng, size=(200, 260), n=6, dtype="uint16", rgb=False).slices
+        data.flush()
+        data = str(tmp_path / "s.tif")
+        kw = {"tile": 160, "lazy": True}
+    ref = fuse(data, "variance", "cpu", **kw)
+    monkeypatch.setattr(fusion, "DEVICE_RESIDENT", ("cuda", "cpu"))
+    dev = fuse(data, "variance", "cpu", **kw)
+    assert np.array_equal(dev.all_in_focus, ref.all_in_focus)
+    assert np.abs(dev.focus_map - ref.focus_map).max() < 1e-3

@@ -57,6 +57,11 @@ COMMON_SETTINGS = ("channel", "z_step", "denoise", "tile", "memory_budget", "laz
                    "blend", "events", "slice_times", "progress", "cancel")
 
 
+#: Device types whose classical fusion holds each tile's raw slices on the device (core/classical_device.py).
+#: Not the CPU: there the streaming engine was faster (2.8-3.0 vs 3.7 s, benchmarks/RESULTS.md, issue 15).
+DEVICE_RESIDENT = ("cuda",)
+
+
 def model_options() -> tuple[str, ...]:
     """Extra keywords a network takes (``fuse(..., half=True)``): the runner's own settings."""
     import inspect
@@ -143,7 +148,7 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
 
         # On a GPU the slices go up once as raw integers and stay there (classical_device.py); the
         # streaming engine, one float slice at a time, is the faster one on the CPU.
-        engine_cls = DeviceClassicalEngine if dev.type == "cuda" and device_dtype_supported(stack.dtype) \
+        engine_cls = DeviceClassicalEngine if dev.type in DEVICE_RESIDENT and device_dtype_supported(stack.dtype) \
             else ClassicalEngine
 
         def make_engine(t: int) -> TileEngine:
