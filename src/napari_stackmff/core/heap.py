@@ -8,8 +8,8 @@ env MALLOC_MMAP_MAX_=0 + MALLOC_TRIM_THRESHOLD_; either alone does nothing or is
 whole-pipeline figures are in benchmarks/bench_scale.py. Shortly after the outermost run ends, free pages
 go back to the system (``malloc_trim``), so a napari session does not keep the peak.
 
-The settings stay for the life of the process (glibc cannot restore its dynamic thresholds), which only
-means large blocks come from the heap instead of mmap. ``STACKMFF_HEAP_REUSE=0`` turns all of it off.
+Between runs glibc's limits are put back (its adaptive mmap threshold stays fixed at the value it had
+reached). ``STACKMFF_HEAP_REUSE=0`` turns all of it off.
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ from typing import Iterator
 #: mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+#: glibc's defaults (mallopt(3)), put back between runs. Setting the trim threshold fixes the mmap threshold
+#: at its current value (glibc stops adapting it): between runs big blocks are mmapped and returned again.
+_DEFAULT_MMAP_MAX = 65536
+_DEFAULT_TRIM_THRESHOLD = 128 * 1024
 
 #: Seconds after the outermost run ends before free pages go back to the system: a batch's next stack
 #: starts within this and finds the heap warm (a trim after every stack made each start fault its
@@ -85,12 +89,20 @@ def heap_reuse() -> Iterator[None]:
                 _timer.start()
 
 
+def _release(lib: ctypes.CDLL) -> None:
+    """Free pages back to the system, and glibc's usual limits back, so that memory the rest of the process
+    frees between runs (a napari layer deleted) is returned as it was before."""
+    lib.malloc_trim(0)
+    lib.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+    lib.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+
+
 def _trim() -> None:
     global _timer
     lib = _glibc()
     with _lock:
         if _depth == 0 and lib is not None:
-            lib.malloc_trim(0)
+            _release(lib)
         _timer = None
 
 
@@ -102,5 +114,6 @@ def trim_now() -> None:
             _timer.cancel()
             _timer = None
     lib = _glibc()
-    if lib is not None:
-        lib.malloc_trim(0)
+    with _lock:
+        if lib is not None and _depth == 0:
+            _release(lib)
