@@ -191,7 +191,7 @@ def cpu_part(weights: dict[str, str], fpv: float) -> None:
         d = np.abs(a.focus_map - b.focus_map)
         print(f"{name:12s} {vox / t32 / 1e6:12.2f} {vox / t16 / 1e6:12.2f} {vox * fpv / t32 / 1e9:13.1f} "
               f"{100 * (a.index == b.index).mean():10.2f}% {d.mean():10.4f} {d.max():9.3f}")
-    print(f"\n## CPU: every network, shipped weights, fp32 (256x256x8, end to end, best of 2)")
+    print("\n## CPU: every network, shipped weights, fp32 (256x256x8, end to end, best of 2)")
     print(f"{'model':16s} {'s':>7s} {'MVox/s':>8s} {'x V2':>6s}")
     ev = np.stack([np.sign(np.diff(data.astype(np.float32), axis=0, prepend=data[:1].astype(np.float32)))])[0]
     t_v2 = None
