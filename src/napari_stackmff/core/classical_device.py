@@ -157,6 +157,8 @@ class DeviceClassicalEngine:
                 _merge(state, scores, z0)
                 if progress is not None:
                     progress(min(z0 + len(host), n), n, "measuring focus")
+            if self._copy_stream is not None:
+                self._copy_stream.synchronize()  # the pinned buffers are freed on return: no copy may still read them
             self._raw = raw
             return renumber(_finish(state, n, self.window, self.fill_threshold, self.denoise), self.keep)
 
