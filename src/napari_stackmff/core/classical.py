@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -42,8 +43,7 @@ def _running_mean_last(x: torch.Tensor, k: int) -> torch.Tensor:
 _pool: ThreadPoolExecutor | None = None
 
 
-#: Per calling thread: threads for the scipy bands when the caller lent torch's threads to them
-#: (pipeline.bands_take_threads).
+#: Per calling thread: threads for the scipy bands while :func:`bands_take_threads` has lent them torch's.
 _band_threads = threading.local()
 
 
@@ -52,13 +52,59 @@ def _threads() -> int:
     return max(1, min(n or torch.get_num_threads(), os.cpu_count() or 1))
 
 
-def set_band_threads(n: int | None) -> None:
-    """Give this thread's box-filter bands ``n`` threads whatever torch's count is (None: follow torch's)."""
-    _band_threads.n = n
+_omp: Any = None  # torch's OpenMP runtime (ctypes), False when there is none to find
+
+
+def _openmp() -> Any:
+    """The OpenMP runtime torch runs on (its own libgomp), or None when there is none to find."""
+    global _omp
+    if _omp is None:
+        _omp = False
+        try:
+            import ctypes
+            import re
+
+            with open("/proc/self/maps") as fh:
+                libs = sorted(set(re.findall(r"\S*lib(?:gomp|iomp5|omp)[^/\s]*\.so[.\d]*", fh.read())))
+            for path in libs:
+                lib = ctypes.CDLL(path)
+                if hasattr(lib, "omp_set_num_threads") and hasattr(lib, "omp_get_max_threads"):
+                    _omp = lib
+                    break
+        except OSError:
+            pass
+    return _omp or None
+
+
+@contextmanager
+def bands_take_threads(device: torch.device) -> Iterator[None]:
+    """While a classical measure streams on the CPU, this thread's torch work runs on one OpenMP thread and
+    the box filter's scipy bands get the threads instead.
+
+    The stream's heavy work is scipy's (it releases the GIL: two bands run on two cores); between its
+    calls come small torch steps, and torch's idle OpenMP workers spin for a while after each one, on
+    the cores the bands need. Measured (64 x 1024² uint16, variance, 2 cores, interleaved): see
+    benchmarks/RESULTS.md, issue 15. Only this thread's OpenMP setting changes (``omp_set_num_threads``
+    is per thread); ``torch.set_num_threads`` is not used: it also sets process-wide state, after which
+    networks fusing in Dask worker threads summed differently (tests/test_scale_batch.py).
+    """
+    omp = _openmp() if device.type == "cpu" else None
+    if omp is None:
+        yield
+        return
+    saved = int(omp.omp_get_max_threads())
+    _band_threads.n = saved
+    omp.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        omp.omp_set_num_threads(saved)
+        _band_threads.n = None
 
 
 def _scipy_box(a: np.ndarray, k: int) -> np.ndarray:
-    """k×k box mean with scipy, rows then columns, split into bands run on torch's thread count.
+    """k×k box mean with scipy, rows then columns, split into bands run on torch's thread count (or the
+    threads :func:`bands_take_threads` lent them).
 
     scipy releases the GIL inside its filters, so bands run truly in parallel; every row (then
     column) is filtered whole, so the result is identical to one call on the full image.

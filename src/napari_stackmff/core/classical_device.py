@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from . import classical
-from .pipeline import FocusMaps, ProgressFn, check_cancel, classical_support, finish_maps, renumber
+from .pipeline import FocusMaps, ProgressFn, check_cancel, classical_support, peak_maps, renumber
 from .stack import LUMA_WEIGHTS, FocalStack, dtype_scale
 
 #: Slices per upload: large copies reach the link's speed (a 2048² uint16 slice is 8 MB; 8 of them, 64 MB,
@@ -160,7 +160,9 @@ class DeviceClassicalEngine:
             if self._copy_stream is not None:
                 self._copy_stream.synchronize()  # the pinned buffers are freed on return: no copy may still read them
             self._raw = raw
-            return renumber(_finish(state, n, self.window, self.fill_threshold, self.denoise), self.keep)
+            maps = peak_maps(state["best"], state["idx"], state["left"], state["right"], state["total"], n,
+                             window=self.window, fill_threshold=self.fill_threshold, denoise=self.denoise)
+            return renumber(maps, self.keep)
 
     def gather(self, crop: tuple[slice, slice], index: np.ndarray) -> np.ndarray | None:
         """All-in-focus pixels of the tile's ``crop`` for ``index`` (original slice numbers), gathered on the
@@ -202,17 +204,3 @@ def _merge(state: dict[str, torch.Tensor], scores: torch.Tensor, z0: int) -> Non
         state["best"] = torch.maximum(state["best"], cbest)
         state["total"] += scores.sum(0)
     state["prev"] = scores[-1].clone()
-
-
-def _finish(state: dict[str, torch.Tensor], n: int, window: int, fill_threshold: float, denoise: bool) -> FocusMaps:
-    """Sub-slice peak, confidence and clean-up, exactly as the streaming engine finishes."""
-    best, left, right, idx = state["best"], state["left"], state["right"], state["idx"]
-    denom = left - 2 * best + right
-    offset = 0.5 * (left - right) / torch.where(denom.abs() > 1e-20, denom, torch.ones_like(denom))
-    offset = torch.nan_to_num(offset, nan=0.0).clamp(-0.5, 0.5)
-    offset = torch.where(denom < 0, offset, torch.zeros_like(offset))
-    focus = idx.to(best.dtype) + offset
-    mean = state["total"] / n
-    conf = ((1 - mean / best.clamp_min(1e-20)) * (n / (n - 1))).clamp(0, 1) if n > 1 else torch.zeros_like(best)
-    conf = torch.where(best > 1e-12, conf, torch.zeros_like(conf))
-    return finish_maps(focus, conf, n, window=window, fill_threshold=fill_threshold, denoise=denoise)

@@ -146,8 +146,6 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
                                 f"{min(h, w) - (1 - min(h, w) % 2)} pixels (default {classical.DEFAULT_WINDOW}).")
         from .classical_device import DeviceClassicalEngine, device_dtype_supported
 
-        # On a GPU the slices go up once as raw integers and stay there (classical_device.py); the
-        # streaming engine, one float slice at a time, is the faster one on the CPU.
         engine_cls = DeviceClassicalEngine if dev.type in DEVICE_RESIDENT and device_dtype_supported(stack.dtype) \
             else ClassicalEngine
 

@@ -104,16 +104,3 @@ def _trim() -> None:
         if _depth == 0 and lib is not None:
             _release(lib)
         _timer = None
-
-
-def trim_now() -> None:
-    """Return free heap pages to the system now (and drop a pending delayed trim)."""
-    global _timer
-    with _lock:
-        if _timer is not None:
-            _timer.cancel()
-            _timer = None
-    lib = _glibc()
-    with _lock:
-        if lib is not None and _depth == 0:
-            _release(lib)

@@ -18,7 +18,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -127,56 +127,6 @@ def native_cpu_conv(device: torch.device) -> Iterator[None]:
                 torch._C._set_mkldnn_enabled(_native_saved)
 
 
-def _openmp() -> Any:
-    """The OpenMP runtime torch runs on (its own libgomp), or None when there is none to find."""
-    global _omp
-    if _omp is None:
-        _omp = False
-        try:
-            import ctypes
-            import re
-
-            with open("/proc/self/maps") as fh:
-                libs = sorted(set(re.findall(r"\S*lib(?:gomp|iomp5|omp)[^/\s]*\.so[.\d]*", fh.read())))
-            for path in libs:
-                lib = ctypes.CDLL(path)
-                if hasattr(lib, "omp_set_num_threads") and hasattr(lib, "omp_get_max_threads"):
-                    _omp = lib
-                    break
-        except OSError:
-            pass
-    return _omp or None
-
-
-_omp: Any = None
-
-
-@contextmanager
-def bands_take_threads(device: torch.device) -> Iterator[None]:
-    """While a classical measure streams on the CPU, this thread's torch work runs on one OpenMP thread and
-    the box filter's scipy bands get the threads instead.
-
-    The stream's heavy work is scipy's (it releases the GIL: two bands run on two cores); between its
-    calls come small torch steps, and torch's idle OpenMP workers spin for a while after each one, on
-    the cores the bands need. Measured (64 x 1024² uint16, variance, 2 cores, interleaved): see
-    benchmarks/RESULTS.md, issue 15. Only this thread's OpenMP setting changes (``omp_set_num_threads``
-    is per thread); ``torch.set_num_threads`` is not used: it also sets process-wide state, after which
-    networks fusing in Dask worker threads summed differently (tests/test_scale_batch.py).
-    """
-    omp = _openmp() if device.type == "cpu" else None
-    if omp is None:
-        yield
-        return
-    saved = int(omp.omp_get_max_threads())
-    classical.set_band_threads(saved)
-    omp.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        omp.omp_set_num_threads(saved)
-        classical.set_band_threads(None)
-
-
 #: Devillard's 19 compare-exchanges that leave the median of 9 values in position 4.
 _MED9 = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3), (5, 8), (4, 7),
          (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2))
@@ -253,7 +203,7 @@ def classical_maps(
     """
     # The next slice is read (disk, luma) while this one is measured.
     images = prefetch((focus_images(z) for z in range(n)), depth=2)
-    with torch.no_grad(), bands_take_threads(device):
+    with torch.no_grad(), classical.bands_take_threads(device):
         return _classical_stream(images, n, method, device, window=window, fill_threshold=fill_threshold,
                                  denoise=denoise, progress=progress, cancel=cancel)
 
@@ -289,6 +239,14 @@ def _classical_stream(images: Iterator[np.ndarray], n: int, method: str, device:
     finally:
         images.close()  # type: ignore[attr-defined]
     assert best is not None and idx is not None
+    return peak_maps(best, idx, left, right, total, n, window=window, fill_threshold=fill_threshold,
+                     denoise=denoise)
+
+
+def peak_maps(best: torch.Tensor, idx: torch.Tensor, left: torch.Tensor, right: torch.Tensor, total: torch.Tensor,
+              n: int, *, window: int, fill_threshold: float, denoise: bool) -> FocusMaps:
+    """Maps from a streamed argmax: the best score, its slice, its neighbours' scores (NaN at the stack's
+    ends) and the sum over slices. Used by the streaming and the device-resident classical engines."""
     # Sub-slice peak: vertex of the parabola through (z-1, z, z+1); none at the stack's ends.
     denom = left - 2 * best + right
     offset = 0.5 * (left - right) / torch.where(denom.abs() > 1e-20, denom, torch.ones_like(denom))
