@@ -73,3 +73,15 @@ def test_shipped_event_weights_fuse_with_simulated_events(make_synth) -> None:
     r = fuse(s.slices, method="eventstackmff", events=frames, device="cpu")
     v2 = fuse(s.slices, method="stackmff-v2", device="cpu")
     assert psnr(r.all_in_focus, s.aif) > psnr(v2.all_in_focus, s.aif) - 0.5
+
+
+def test_clean_fraction_renders_that_share_of_event_stacks_without_sensor_noise() -> None:
+    """--clean-fraction for the event model: some pool stacks are exactly the noise-free render, the others not."""
+    from napari_stackmff.core.train import EventPool, render_event_item
+
+    pool = EventPool(np.random.default_rng(0), 32, (3, 4), pool=8, refresh_every=100, clean_fraction=0.5)
+    clean = [np.array_equal(item[0], render_event_item([pool.seed, i + 1], 32, pool.dense, noise=False)[0])
+             for i, item in enumerate(pool.items)]
+    assert 0 < sum(clean) < len(clean)
+    noisy = EventPool(np.random.default_rng(0), 32, (3, 4), pool=2, refresh_every=100)
+    assert not np.array_equal(noisy.items[0][0], render_event_item([noisy.seed, 1], 32, noisy.dense, noise=False)[0])

@@ -312,17 +312,18 @@ class EventPool:
     events go to the nearest kept slice (events accumulate over the sweep: that is re-binning, exact)."""
 
     def __init__(self, rng: np.random.Generator, size: int, n_range: tuple[int, int], pool: int, refresh_every: int,
-                 *, noise: bool = True, on_render: Callable[[int, int], None] | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 *, noise: bool = True, clean_fraction: float = 0.0,
+                 on_render: Callable[[int, int], None] | None = None, stop: threading.Event | None = None) -> None:
         self.rng, self.size, self.n_range, self.refresh_every = rng, size, n_range, max(1, refresh_every)
         self.dense = max(n_range[1], 12)
-        self.noise, self.calls, self.renders = noise, 0, 0
+        self.noise, self.clean_fraction, self.calls, self.renders = noise, clean_fraction, 0, 0
         self.seed = int(rng.integers(2**31))
         self.items = fill_pool(self._render, pool, on_render, stop)
 
     def _render(self) -> tuple[np.ndarray, ...]:
         self.renders += 1
-        return render_event_item([self.seed, self.renders], self.size, self.dense, self.noise)
+        seed = [self.seed, self.renders]
+        return render_event_item(seed, self.size, self.dense, _noisy(seed, self.noise, self.clean_fraction))
 
     def close(self) -> None:
         pass
@@ -354,7 +355,13 @@ class EventPool:
         return Batch(t(xs), t(ys), t(aifs), t(es))
 
 
-def event_validation_set(seed: int, count: int, size: int, n_range: tuple[int, int]) -> list[tuple[Sample, object]]:
+def _noisy(seed: Sequence[int], noise: bool, clean_fraction: float) -> bool:
+    """Whether this event stack gets sensor noise: its own draw, so the pool's batch draws stay as they were."""
+    return noise and (clean_fraction <= 0 or np.random.default_rng([*seed, 7]).random() >= clean_fraction)
+
+
+def event_validation_set(seed: int, count: int, size: int, n_range: tuple[int, int], noise: bool = True,
+                         clean_fraction: float = 0.0) -> list[tuple[Sample, object]]:
     """Held-out image + event stacks (another seed than any training data)."""
     from types import SimpleNamespace
 
@@ -364,7 +371,8 @@ def event_validation_set(seed: int, count: int, size: int, n_range: tuple[int, i
     out = []
     for i in range(count):
         n = int(rng.integers(n_range[0], n_range[1] + 1))
-        img, ev, depth, f, aif = render_event_item([20_000 + seed, i], size, n, noise=True)
+        img, ev, depth, f, aif = render_event_item([20_000 + seed, i], size, n,
+                                                   noise=_noisy([20_000 + seed, i], noise, clean_fraction))
         focus = np.interp(depth, f, np.arange(n, dtype=np.float32)).astype(np.float32)
         truth = SimpleNamespace(to_stack=lambda img=img: as_focal_stack(img), aif=aif)  # PSNR on the unit scale
         out.append((Sample(img, focus, None, _scaled_events(ev)), truth))
@@ -795,7 +803,7 @@ def train(
         data = UnlabelledData(list(stacks), rng, cfg.n_range, cfg.max_side, on_load=on_render)
     elif cfg.data == "synthetic" and spec.uses_events:
         data = EventPool(rng, cfg.crop + max(16, cfg.crop // 4), cfg.n_range, cfg.pool_size, cfg.pool_refresh_every,
-                         noise=cfg.noise, on_render=on_render, stop=stop)
+                         noise=cfg.noise, clean_fraction=cfg.clean_fraction, on_render=on_render, stop=stop)
     elif cfg.data == "synthetic":
         realism = Realism.mix(cfg.realism, cfg.realism_p) if cfg.realism else None
         data = SyntheticPool(rng, cfg.crop + max(16, cfg.crop // 4), cfg.n_range, cfg.pool_size, cfg.pool_refresh_every,
@@ -809,7 +817,8 @@ def train(
     else:
         data = FolderData(cfg.data, rng)
     loss_of = (lambda lg, b: crit(lg, b.images)) if crit is not None else objective.loss
-    val = (event_validation_set(cfg.seed, cfg.val_stacks, max(cfg.crop, 96), cfg.n_range) if spec.uses_events else
+    val = (event_validation_set(cfg.seed, cfg.val_stacks, max(cfg.crop, 96), cfg.n_range, cfg.noise,
+                                cfg.clean_fraction) if spec.uses_events else
            validation_set(cfg.seed, cfg.val_stacks, max(cfg.crop, 96), cfg.n_range, cfg.noise, cfg.clean_fraction))
     for _ in val:
         on_render(0, 0)
