@@ -64,24 +64,42 @@ def ceiling_fusion(img: np.ndarray, clean: np.ndarray, clean_aif: np.ndarray) ->
     return np.take_along_axis(img, index[None], 0)[0], index.astype(np.float32)
 
 
+def save_montage(path: Path, panels: list[np.ndarray]) -> None:
+    """Images (top row) over focus errors (bottom row, 0..3 slices), for looking at halos and seams."""
+    from skimage.io import imsave
+
+    top = [np.clip(p, 0, 1) for p in panels[0::2]]
+    bottom = [np.clip(p / 3.0, 0, 1) for p in panels[1::2]]
+    bottom = [np.zeros_like(top[0])] + bottom if len(bottom) < len(top) else bottom
+    grid = np.vstack([np.hstack(top), np.hstack(bottom)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imsave(path, (grid * 255).astype(np.uint8), check_contrast=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stacks", type=int, default=16)
     ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--weights", default=None, help="EventStackMFF checkpoint (default: the shipped one)")
+    ap.add_argument("--weights", nargs="*", default=[],
+                    help="EventStackMFF checkpoints, a row each (default: the shipped one)")
+    ap.add_argument("--png", default=None, metavar="DIR",
+                    help="save, per stack, a montage to look at: truth (over the ceiling's focus error) | each method's fused image over its focus "
+                         "error (white = 3+ slices off)")
     ap.add_argument("--noise", choices=("on", "off"), default="on", help="sensor noise in the frames")
     args = ap.parse_args()
-    methods = {"eventstackmff": {"method": "eventstackmff", **({"weights": args.weights} if args.weights else {})},
-               "stackmff-v2 (images only)": {"method": "stackmff-v2"}, **{m: {"method": m} for m in CLASSICAL}}
+    events = ({f"eventstackmff ({Path(w).parent.name}/{Path(w).name})": {"method": "eventstackmff", "weights": w}
+               for w in args.weights} or {"eventstackmff": {"method": "eventstackmff"}})
+    methods = {**events, "stackmff-v2 (images only)": {"method": "stackmff-v2"}, **{m: {"method": m} for m in CLASSICAL}}
     stacks = held_out(args.stacks, args.size, noise=args.noise == "on")
     rows: dict[str, list[tuple]] = {}
-    for img, ev, truth, aif, weak, (ceil_img, ceil_index) in stacks:
+    for k, (img, ev, truth, aif, weak, (ceil_img, ceil_index)) in enumerate(stacks):
+        panels = [aif, np.abs(ceil_index - truth)]
         mask = synth.texture_mask(aif, quantile=0.4)
         fe = focus_error(ceil_index, truth, mask)
         rows.setdefault(CEILING, []).append((psnr(ceil_img, aif), ssim(ceil_img, aif), fe["mae"], fe["within1"], 0.0,
                                              weak))
         for label, kw in methods.items():
-            extra = {"events": ev} if label == "eventstackmff" else {}
+            extra = {"events": ev} if label in events else {}
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -90,6 +108,10 @@ def main() -> None:
             fe = focus_error(r.focus_map, truth, mask)
             rows.setdefault(label, []).append((psnr(r.all_in_focus, aif), ssim(r.all_in_focus, aif), fe["mae"],
                                                fe["within1"], dt, weak))
+            if label in events or label.startswith("stackmff-v2") or label == "wavelet":
+                panels += [r.all_in_focus, np.abs(r.focus_map - truth)]
+        if args.png:
+            save_montage(Path(args.png) / f"stack{k:02d}_noise-{args.noise}.png", panels)
     n_weak = sum(s[4] for s in stacks)
     print(f"\nHeld-out image + event stacks: {len(stacks)} ({n_weak} weakly textured), {args.size} px, N 6-12, "
           f"noise {args.noise}\n")
