@@ -69,13 +69,13 @@ def _time(fn, repeats: int = 3, cuda: bool = False) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
-def _weights(tmp: Path) -> dict[str, str]:
+def _weights(tmp: Path, official: Path = OFFICIAL) -> dict[str, str]:
     torch.manual_seed(0)
     path = tmp / "v2_random_init.pt"
     torch.save(StackMFFV2().state_dict(), path)
     out = {"random-init": str(path)}
-    if OFFICIAL.exists():
-        out["official"] = str(OFFICIAL)
+    if official.exists():
+        out["official"] = str(official)
     return out
 
 
@@ -306,6 +306,8 @@ def main() -> None:
     p.add_argument("--classical-slices", type=int, default=64)
     p.add_argument("--classical-side", type=int, default=2048, help="GPU classical stack side (CPU: half)")
     p.add_argument("--only", choices=("classical", "v2"), default=None)
+    p.add_argument("--official", type=Path, default=OFFICIAL,
+                   help="the official V2 checkpoint (on a device machine, a carried copy: scripts/gpu_issue15.sh)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -320,7 +322,7 @@ def main() -> None:
     print(f"## StackMFF-V2: {fpv:,.0f} FLOPs per voxel (pixel x slice), {fpv / 2:,.0f} multiply-adds; "
           f"{fpv * 2048 * 2048 * 32 / 1e12:.2f} TFLOP for a 2048x2048x32 stack")
     with tempfile.TemporaryDirectory() as tmp:
-        weights = _weights(Path(tmp))
+        weights = _weights(Path(tmp), args.official)
         gpu_part(weights, fpv, args.side, args.slices, args.compile)
         cpu_part(weights, fpv)
 
