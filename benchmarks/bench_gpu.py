@@ -1,6 +1,8 @@
 """StackMFF-V2 speed against the hardware: FLOPs per voxel, and achieved rate vs the two floors.
 
-Run:  python benchmarks/bench_gpu.py [--side 1024] [--slices 32] [--weights PATH] [--compile]
+Run:  python benchmarks/bench_gpu.py [--side 1024] [--slices 32] [--official PATH] [--compile] [--only classical|v2]
+      (on a device machine: scripts/gpu_issue15.sh; `--dry-run` runs the GPU tables' code on the CPU at toy
+      sizes, a test does so, so device time is never lost to a bug)
 
 1. FLOPs per voxel of V2 (torch.utils.flop_counter.FlopCounterMode; multiply-add = 2 FLOPs).
 2. On a GPU: forward-pass throughput in fp32, fp16 autocast, fp16 + channels_last (+ torch.compile
@@ -9,7 +11,9 @@ Run:  python benchmarks/bench_gpu.py [--side 1024] [--slices 32] [--weights PATH
                      (the bandwidth is measured here with a device-to-device copy),
      compute floor = FLOPs / peak rate (fp32 CUDA cores, or fp16 tensor cores for autocast),
    and end-to-end fuse() from a uint16 stack in host memory with and without the read-ahead that
-   uploads the next tile on a side CUDA stream while the current one computes.
+   uploads the next tile on a side CUDA stream while the current one computes; five small stacks of new
+   shapes (cuDNN autotune off/on, fp32/fp16, the published inference) and fp16 against fp32 on them
+   (same slice share, focus difference) with our shipped and the official weights.
 3. On the CPU (always): V2 throughput in fp32 and bf16 autocast, and whether bf16 changes the focus
    map (same index share, |focus difference|) with random-init weights and the official checkpoint.
 Without a GPU, part 2 prints that it needs one.
@@ -57,15 +61,31 @@ def flops_per_voxel(n: int = 8, side: int = 256) -> float:
     return counter.get_total_flops() / x.numel()
 
 
-def _time(fn, repeats: int = 3, cuda: bool = False) -> float:
-    fn()  # warm-up (cudnn autotune, compile)
-    if cuda:
+#: --dry-run: the GPU tables' code runs on the CPU at toy sizes, so a device call never dies on a bug in code
+#: that only a GPU reaches (device time is scarce). It prints no figures worth reading.
+DRY = False
+
+
+def _gpu() -> torch.device | None:
+    """Where the GPU tables run: CUDA; the CPU under --dry-run; else None (not run)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu") if DRY else None
+
+
+def _sync(dev: torch.device | None) -> None:
+    if dev is not None and dev.type == "cuda":
         torch.cuda.synchronize()
+
+
+def _time(fn, repeats: int = 3, cuda: bool | torch.device = False) -> float:
+    dev = cuda if isinstance(cuda, torch.device) else (torch.device("cuda") if cuda else None)
+    fn()  # warm-up (cudnn autotune, compile)
+    _sync(dev)
     t0 = time.perf_counter()
     for _ in range(repeats):
         fn()
-    if cuda:
-        torch.cuda.synchronize()
+    _sync(dev)
     return (time.perf_counter() - t0) / repeats
 
 
@@ -133,11 +153,12 @@ def naive_numpy(stack: np.ndarray, window: int = 9) -> np.ndarray:
 
 def _pinned_copy_ms(stack: np.ndarray, dev: torch.device) -> tuple[float, float]:
     """(ms) of a pinned host->device copy of the stack's bytes, and of a device->device copy of them."""
-    host = torch.from_numpy(stack.view(np.int16)).pin_memory()
+    host = torch.from_numpy(stack.view(np.int16))
+    host = host.pin_memory() if dev.type == "cuda" else host
     d = torch.empty_like(host, device=dev)
-    h2d = _time(lambda: d.copy_(host, non_blocking=True), 5, cuda=True)
+    h2d = _time(lambda: d.copy_(host, non_blocking=True), 5, cuda=dev)
     d2 = torch.empty_like(d)
-    d2d = _time(lambda: d2.copy_(d), 5, cuda=True)
+    d2d = _time(lambda: d2.copy_(d), 5, cuda=dev)
     return h2d * 1e3, d2d * 1e3
 
 
@@ -145,10 +166,11 @@ def classical_part(device: str, n: int, side: int, rounds: int = 3) -> None:
     stack = _uint16_stack(n, side)
     vox = stack.size
     cuda = device == "cuda"
-    if cuda and not torch.cuda.is_available():
+    dev = _gpu() if cuda else torch.device(device)
+    if dev is None:
         print("\n## Classical on the GPU: needs a CUDA GPU (none here): not run.")
         return
-    dev = torch.device(device)
+    device = str(dev)
     print(f"\n## Classical, {n} x {side}² uint16 from host memory ({stack.nbytes / 1e6:.0f} MB), {device}"
           + ("" if cuda else f", {torch.get_num_threads()} threads"))
     if cuda:
@@ -166,7 +188,7 @@ def classical_part(device: str, n: int, side: int, rounds: int = 3) -> None:
     best = {k: float("inf") for k in runs}
     for _ in range(rounds):  # interleaved, best of ``rounds``: this machine's speed drifts by 10-20%
         for k, fn in runs.items():
-            best[k] = min(best[k], _time(fn, 1, cuda=cuda))
+            best[k] = min(best[k], _time(fn, 1, cuda=dev))
     tb = best[base_label]
     print(f"{'method':26s} {'ms':>9s} {'GVox/s':>8s} {'x baseline':>11s} {'floor/ours':>11s}   (best of {rounds})")
     for k, t in best.items():
@@ -204,6 +226,8 @@ def cpu_part(weights: dict[str, str], fpv: float) -> None:
 
 # ----------------------------------------------------------------------------------- GPU
 def _peaks(dev: torch.device) -> tuple[str, float | None, float | None, float | None]:
+    if dev.type != "cuda":
+        return "the CPU (dry run: no figures)", None, None, None
     name = torch.cuda.get_device_name(dev)
     for key, vals in PEAKS.items():
         if key in name:
@@ -213,19 +237,19 @@ def _peaks(dev: torch.device) -> tuple[str, float | None, float | None, float | 
 
 def _measured_bandwidth(dev: torch.device) -> float:
     """GB/s of a large device-to-device copy (read + write counted)."""
-    x = torch.empty(1 << 28, dtype=torch.uint8, device=dev)
+    x = torch.empty(1 << (28 if dev.type == "cuda" else 20), dtype=torch.uint8, device=dev)
     y = torch.empty_like(x)
-    t = _time(lambda: y.copy_(x), 10, cuda=True)
+    t = _time(lambda: y.copy_(x), 10, cuda=dev)
     return 2 * x.numel() / t / 1e9
 
 
 def gpu_part(weights: dict[str, str], fpv: float, side: int, n: int, compile_: bool) -> None:
-    if not torch.cuda.is_available():
+    dev = _gpu()
+    if dev is None:
         print("\n## GPU: needs a CUDA GPU (none here); the FLOP count above and the CPU numbers still hold.")
         return
     from napari_stackmff.core.models.inference import ModelRunner
 
-    dev = torch.device("cuda")
     name, bw_sheet, fp32_peak, fp16_peak = _peaks(dev)
     bw = _measured_bandwidth(dev)
     print(f"\n## GPU: {name}; copy bandwidth {bw:.0f} GB/s (datasheet {bw_sheet or '?'}), peaks fp32 "
@@ -243,7 +267,7 @@ def gpu_part(weights: dict[str, str], fpv: float, side: int, n: int, compile_: b
           f"{'x floor':>8s}")
     for label, kw in configs:
         runner = ModelRunner("stackmff-v2", dev, weights=w, **kw)
-        t = _time(lambda: runner.logits(x), 5, cuda=True)
+        t = _time(lambda: runner.logits(x), 5, cuda=dev)
         in_bytes = vox * (2 if kw.get("half") else 4)
         mem_floor = (in_bytes + vox * 4) / (bw * 1e9)
         peak = fp16_peak if kw.get("half") else fp32_peak
@@ -262,39 +286,56 @@ def gpu_part(weights: dict[str, str], fpv: float, side: int, n: int, compile_: b
             registry._cache.clear()
             runner = ModelRunner(name, dev, half=half)
             xe = torch.cat([x, torch.zeros_like(x)]) if runner.spec.uses_events else x
-            t = _time(lambda: runner.logits(xe), 3, cuda=True)
+            t = _time(lambda: runner.logits(xe), 3, cuda=dev)
             print(f"{name + ' ' + label:20s} {t * 1e3:8.2f} {vox / t / 1e9:8.3f}")
-    small_stacks(w, dev)
+    small_stacks(w, dev, 64 if DRY else 384, weights.get("official"))
     host = (np.random.default_rng(0).random((n, 2 * side, 2 * side)) * 65535).astype(np.uint16)
     print(f"\nend to end fuse(), {n}x{2 * side}x{2 * side} uint16 in host memory, tile {side}, fp16+channels_last")
     for pf in (False, True):
-        t = _time(lambda: fuse(host, "stackmff-v2", "cuda", weights=w, tile=side, prefetch=pf), 2, cuda=True)
+        t = _time(lambda: fuse(host, "stackmff-v2", str(dev), weights=w, tile=side, prefetch=pf), 2, cuda=dev)
         print(f"  read-ahead {'on ' if pf else 'off'}: {t:.3f} s, {host.size / t / 1e9:.3f} GVox/s")
 
 
-def small_stacks(weights: str, dev: torch.device) -> None:
+def small_stacks(weights: str, dev: torch.device, side: int = 384, official: str | None = None) -> None:
     """The issue's small-stack case: five 384² stacks of 6-24 slices, each a new shape (s/stack, best of 2
     rounds), our inference with cuDNN autotune off/on, fp32/fp16, and the published inference."""
     from napari_stackmff.core.synth import random_stack
 
-    stacks = [random_stack(np.random.default_rng(700 + i), size=384, n=int(n), dtype="uint8", rgb=False).slices
+    stacks = [random_stack(np.random.default_rng(700 + i), size=side, n=int(n), dtype="uint8", rgb=False).slices
               for i, n in enumerate((6, 10, 14, 19, 24))]
     configs = [("ours fp32, autotune off", dict(half=False, autotune=False)),
                ("ours fp32, autotune on", dict(half=False, autotune=True)),
                ("ours fp16, autotune off", dict(half=True, autotune=False)),
                ("ours fp16, autotune on", dict(half=True, autotune=True)),
                ("published (compat) fp32", dict(compat=True, half=False))]
-    print("\nfive 384² stacks of 6-24 slices, uint8 in host memory, end to end (s/stack, best of 2 rounds)")
+    print(f"\nfive {side}² stacks of 6-24 slices, uint8 in host memory, end to end (s/stack, best of 2 rounds)")
     for label, kw in configs:
         best = float("inf")
         for _ in range(2):
-            torch.cuda.synchronize()
+            _sync(dev)
             t0 = time.perf_counter()
             for s in stacks:
-                fuse(s, "stackmff-v2", "cuda", weights=weights, **kw)
-            torch.cuda.synchronize()
+                fuse(s, "stackmff-v2", str(dev), weights=weights, **kw)
+            _sync(dev)
             best = min(best, (time.perf_counter() - t0) / len(stacks))
         print(f"  {label:26s} {best:.3f}")
+    agreement(stacks, dev, {"ours (shipped)": None, **({"official": official} if official else {})})
+
+
+def agreement(stacks: list[np.ndarray], dev: torch.device, weights: dict[str, str | None]) -> None:
+    """fp16 against fp32 on the same stacks: the share of pixels with the same slice, and the focus difference."""
+    print(f"\nfp16 vs fp32 focus maps on those stacks ({dev.type})")
+    print(f"  {'weights':16s} {'same index':>11s} {'mean |dF|':>10s} {'max |dF|':>9s} {'within 1':>9s}")
+    for name, w in weights.items():
+        same, diffs = [], []
+        for s in stacks:
+            a = fuse(s, "stackmff-v2", str(dev), weights=w, half=False)
+            b = fuse(s, "stackmff-v2", str(dev), weights=w, half=True)
+            same.append((a.index == b.index).ravel())
+            diffs.append(np.abs(a.focus_map - b.focus_map).ravel())
+        d = np.concatenate(diffs)
+        print(f"  {name:16s} {100 * np.concatenate(same).mean():10.3f}% {d.mean():10.4f} {d.max():9.3f} "
+              f"{100 * (d <= 1).mean():8.3f}%")
 
 
 def main() -> None:
@@ -306,9 +347,15 @@ def main() -> None:
     p.add_argument("--classical-slices", type=int, default=64)
     p.add_argument("--classical-side", type=int, default=2048, help="GPU classical stack side (CPU: half)")
     p.add_argument("--only", choices=("classical", "v2"), default=None)
+    p.add_argument("--dry-run", action="store_true",
+                   help="run the GPU tables' code on the CPU at toy sizes (a code check before device time)")
     p.add_argument("--official", type=Path, default=OFFICIAL,
                    help="the official V2 checkpoint (on a device machine, a carried copy: scripts/gpu_issue15.sh)")
     args = p.parse_args()
+    if args.dry_run:
+        global DRY
+        DRY = True
+        args.side, args.slices, args.classical_slices, args.classical_side = 64, 4, 4, 128
     if args.threads:
         torch.set_num_threads(args.threads)
     import tempfile
@@ -324,7 +371,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         weights = _weights(Path(tmp), args.official)
         gpu_part(weights, fpv, args.side, args.slices, args.compile)
-        cpu_part(weights, fpv)
+        if not DRY:
+            cpu_part(weights, fpv)
 
 
 if __name__ == "__main__":

@@ -195,3 +195,20 @@ def test_fuse_through_the_device_engine_equals_the_streaming_one(monkeypatch, tm
     dev = fuse(data, "variance", "cpu", **kw)
     assert np.array_equal(dev.all_in_focus, ref.all_in_focus)
     assert np.abs(dev.focus_map - ref.focus_map).max() < 1e-3
+
+
+def test_gpu_benchmark_code_runs_end_to_end_as_a_dry_run_on_the_cpu() -> None:
+    """bench_gpu.py's GPU-only code (floors, forward table, small stacks, fp16 agreement, end to end) runs on
+    the CPU at toy sizes: a device call, minutes of scarce GPU time, must not die on a bug no CPU run reaches."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_gpu.py"), "--dry-run",
+                          "--official", str(root / "no-such-checkpoint.pth")],
+                         capture_output=True, text=True, timeout=600, cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for table in ("floors: pinned host->device copy", "forward only", "eventstackmff fp16", "published (compat) fp32",
+                  "fp16 vs fp32 focus maps", "ours (shipped)", "read-ahead on"):
+        assert table in out.stdout, table
