@@ -203,9 +203,10 @@ def test_cli_trains_resumes_and_fuse_loads_the_checkpoint(tmp_path: Path, capsys
     state = torch.load(ckpt, weights_only=True)
     assert state["config"]["init_weights"].endswith("stackmff_v2.pt")  # fine-tunes our weights by default
     assert int(state["objective_state"]["calls"]) == 2 and state["readout"] == "argmax"
-    assert run(2, ckpt, "--resume") == 0
+    assert run(2, ckpt, "--resume", "--patience", "3") == 0
     state = torch.load(ckpt, weights_only=True)
     assert [h["epoch"] for h in state["history"]] == [0, 1] and int(state["objective_state"]["calls"]) == 4
+    assert state["config"]["patience"] == 3
     assert {"train_l1", "train_entropy"} <= set(state["history"][-1])
     best = ckpt.with_name("u.best.pt")
     assert torch.load(best, weights_only=True)["readout"] == "argmax"

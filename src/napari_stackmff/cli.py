@@ -252,7 +252,7 @@ def _train_settings(args: argparse.Namespace) -> dict:
     unsupervised = args.objective == "unsupervised"
     defaults = {**TrainConfig().__dict__, **(UNSUPERVISED_DEFAULTS if unsupervised else {})}
     given = {"epochs": args.epochs, "steps_per_epoch": args.steps, "batch_size": args.batch_size, "crop": args.crop,
-             "lr": args.lr, "val_stacks": args.val_stacks}
+             "lr": args.lr, "val_stacks": args.val_stacks, "patience": args.patience}
     cfg = {k: defaults[k] if v is None else v for k, v in given.items()}
     n_min, n_max = defaults["n_range"]
     cfg["n_range"] = (n_min if args.n_min is None else args.n_min, n_max if args.n_max is None else args.n_max)
@@ -429,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                          f"unsupervised: {U['crop']})")
     p.add_argument("--lr", type=float, default=None, help=f"default 0.001; unsupervised: {U['lr']:g}")
     p.add_argument("--lr-gamma", type=float, default=0.9, help="learning-rate decay per epoch")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop after this many epochs without a better validation score (default 6)")
     p.add_argument("--pool-size", type=int, default=24, help="rendered synthetic stacks kept in memory")
     p.add_argument("--refresh-every", type=int, default=2, help="render one new pool stack every this many batches")
     p.add_argument("--no-noise", action="store_true", help="synthetic data without sensor noise")
