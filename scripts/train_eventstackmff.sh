@@ -5,6 +5,8 @@
 # and is fine-tuned with the hybrid objective on synthetic image + event stacks (core/train.py:EventPool:
 # ESIM-style events rendered with 4 sub-steps between slices, a third of the scenes weakly textured,
 # blur up to 24 px). The shipped run was stopped by the session's time budget; --resume continues it.
+# On a GPU machine: add --device cuda --render-workers 14 (the event simulator runs in 14 processes so
+# the GPU is not left waiting on it) and a larger --steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OMP_NUM_THREADS=1 stackmff -q train --model eventstackmff --objective hybrid \

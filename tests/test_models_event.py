@@ -85,3 +85,25 @@ def test_clean_fraction_renders_that_share_of_event_stacks_without_sensor_noise(
     assert 0 < sum(clean) < len(clean)
     noisy = EventPool(np.random.default_rng(0), 32, (3, 4), pool=2, refresh_every=100)
     assert not np.array_equal(noisy.items[0][0], render_event_item([noisy.seed, 1], 32, noisy.dense, noise=False)[0])
+
+
+def test_render_workers_feed_the_event_pool_with_what_the_loop_would_render() -> None:
+    """--render-workers for the event model (a GPU must not wait on the event simulator): the workers' first
+    renders are exactly the in-loop ones (same seeds), and later renders are swapped in as they finish."""
+    import time
+
+    from napari_stackmff.core.train import EventPool
+
+    loop = EventPool(np.random.default_rng(3), 32, (3, 4), pool=2, refresh_every=1, clean_fraction=0.5)
+    pool = EventPool(np.random.default_rng(3), 32, (3, 4), pool=2, refresh_every=1, clean_fraction=0.5, workers=1)
+    try:
+        for a, b in zip(loop.items, pool.items):
+            assert all(np.array_equal(x, y) for x, y in zip(a, b))
+        for _ in range(200):
+            batch = pool.batch(2, 24)
+            if pool.swapped:
+                break
+            time.sleep(0.05)
+        assert pool.swapped >= 1 and batch.events.shape == batch.images.shape
+    finally:
+        pool.close()

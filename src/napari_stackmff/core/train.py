@@ -163,12 +163,8 @@ def fill_pool(render: Callable[[], tuple[np.ndarray, ...]], pool: int,
     return items
 
 
-class SyntheticPool:
-    """A pool of rendered dense stacks; batches are random ordered slice subsets, crops and flips.
-
-    Rendering is the slow part, so each dense stack (up to N=24) serves many batches: picking k of its
-    slices in order gives a new stack with k slices and uneven steps, and its true focus index
-    follows by interpolation. One pool entry is re-rendered every few batches.
+class RenderPool:
+    """Rendered dense training stacks, each from its own seed; one entry is replaced every few batches.
 
     ``workers`` > 0 renders in that many worker processes instead, so a GPU is not left waiting on the
     renderer: replacements are queued ahead and swapped in when ready (a batch never waits for one).
@@ -176,13 +172,12 @@ class SyntheticPool:
     ``workers=0`` replays a run exactly.
     """
 
-    def __init__(self, rng: np.random.Generator, size: int, n_range: tuple[int, int], pool: int, refresh_every: int,
-                 *, noise: bool = True, clean_fraction: float = 0.0, on_render: Callable[[int, int], None] | None = None,
-                 stop: threading.Event | None = None, realism: Realism | None = None, workers: int = 0,
-                 shuffle: float = 0.0, invalid: float = 0.0):
-        self.rng, self.size, self.n_range, self.refresh_every = rng, size, n_range, max(1, refresh_every)
-        self.shuffle, self.invalid = float(shuffle), float(invalid)
-        self.args = (size, n_range, noise, clean_fraction, realism)
+    def __init__(self, rng: np.random.Generator, pool: int, refresh_every: int,
+                 render: Callable[..., tuple[np.ndarray, ...]], args: tuple, *,
+                 on_render: Callable[[int, int], None] | None = None, stop: threading.Event | None = None,
+                 workers: int = 0) -> None:
+        self.rng, self.refresh_every = rng, max(1, refresh_every)
+        self.render_item, self.args = render, args  # a module-level function of (seed, *args): workers pickle it
         self.calls = self.renders = self.swapped = 0
         self.seed = int(rng.integers(2**31))
         self.items: list[tuple[np.ndarray, ...]] = []
@@ -213,10 +208,10 @@ class SyntheticPool:
         return [self.seed, self.renders]
 
     def _render(self) -> tuple[np.ndarray, ...]:
-        return render_pool_item(self._next_seed(), *self.args)
+        return self.render_item(self._next_seed(), *self.args)
 
     def _submit(self):
-        return self.executor.submit(render_pool_item, self._next_seed(), *self.args)
+        return self.executor.submit(self.render_item, self._next_seed(), *self.args)
 
     def _refresh(self) -> None:
         if self.executor is None:
@@ -229,16 +224,38 @@ class SyntheticPool:
             self.swapped += 1
             self.pending.append(self._submit())
 
+    def _tick(self) -> None:
+        """Count a batch; replace pool entries when due (every batch that finds a worker's render ready)."""
+        self.calls += 1
+        if self.executor is not None or self.calls % self.refresh_every == 0:
+            self._refresh()
+
     def close(self) -> None:
         """Stop the render workers (queued renders are dropped)."""
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.executor = None
 
+
+class SyntheticPool(RenderPool):
+    """A pool of rendered dense stacks; batches are random ordered slice subsets, crops and flips.
+
+    Rendering is the slow part, so each dense stack (up to N=24) serves many batches: picking k of its
+    slices in order gives a new stack with k slices and uneven steps, and its true focus index
+    follows by interpolation.
+    """
+
+    def __init__(self, rng: np.random.Generator, size: int, n_range: tuple[int, int], pool: int, refresh_every: int,
+                 *, noise: bool = True, clean_fraction: float = 0.0, on_render: Callable[[int, int], None] | None = None,
+                 stop: threading.Event | None = None, realism: Realism | None = None, workers: int = 0,
+                 shuffle: float = 0.0, invalid: float = 0.0):
+        self.size, self.n_range = size, n_range
+        self.shuffle, self.invalid = float(shuffle), float(invalid)
+        super().__init__(rng, pool, refresh_every, render_pool_item, (size, n_range, noise, clean_fraction, realism),
+                         on_render=on_render, stop=stop, workers=workers)
+
     def batch(self, batch_size: int, crop: int) -> Batch:
-        self.calls += 1
-        if self.executor is not None or self.calls % self.refresh_every == 0:
-            self._refresh()
+        self._tick()
         n = int(self.rng.integers(self.n_range[0], self.n_range[1] + 1))
         # Invalid slices: the same count for the whole batch (one N per batch), at most N_max in all.
         n_bad = int(self.rng.integers(1, 4)) if self.rng.random() < self.invalid else 0
@@ -307,31 +324,32 @@ def render_event_item(seed: int | Sequence[int], size: int, n_dense: int, noise:
     return (images, events, s.depth, s.focus_positions, aif_unit, *_to_unit(clean.slices, clean.aif))
 
 
-class EventPool:
+def _noisy(seed: Sequence[int], noise: bool, clean_fraction: float) -> bool:
+    """Whether this event stack gets sensor noise: its own draw, so the pool's batch draws stay as they were."""
+    return noise and (clean_fraction <= 0 or np.random.default_rng([*seed, 7]).random() >= clean_fraction)
+
+
+def render_event_pool_item(seed: Sequence[int], size: int, n_dense: int, noise: bool,
+                           clean_fraction: float) -> tuple[np.ndarray, ...]:
+    """One pool entry for event models (module level, so render workers can run it)."""
+    return render_event_item(seed, size, n_dense, _noisy(seed, noise, clean_fraction))
+
+
+class EventPool(RenderPool):
     """Dense image + event stacks; a batch takes an ordered subset of slices, and each dropped slice's
     events go to the nearest kept slice (events accumulate over the sweep: that is re-binning, exact)."""
 
     def __init__(self, rng: np.random.Generator, size: int, n_range: tuple[int, int], pool: int, refresh_every: int,
                  *, noise: bool = True, clean_fraction: float = 0.0,
-                 on_render: Callable[[int, int], None] | None = None, stop: threading.Event | None = None) -> None:
-        self.rng, self.size, self.n_range, self.refresh_every = rng, size, n_range, max(1, refresh_every)
+                 on_render: Callable[[int, int], None] | None = None, stop: threading.Event | None = None,
+                 workers: int = 0) -> None:
+        self.size, self.n_range = size, n_range
         self.dense = max(n_range[1], 12)
-        self.noise, self.clean_fraction, self.calls, self.renders = noise, clean_fraction, 0, 0
-        self.seed = int(rng.integers(2**31))
-        self.items = fill_pool(self._render, pool, on_render, stop)
-
-    def _render(self) -> tuple[np.ndarray, ...]:
-        self.renders += 1
-        seed = [self.seed, self.renders]
-        return render_event_item(seed, self.size, self.dense, _noisy(seed, self.noise, self.clean_fraction))
-
-    def close(self) -> None:
-        pass
+        super().__init__(rng, pool, refresh_every, render_event_pool_item,
+                         (size, self.dense, noise, clean_fraction), on_render=on_render, stop=stop, workers=workers)
 
     def batch(self, batch_size: int, crop: int) -> Batch:
-        self.calls += 1
-        if self.calls % self.refresh_every == 0:
-            self.items[int(self.rng.integers(len(self.items)))] = self._render()
+        self._tick()
         n = int(self.rng.integers(self.n_range[0], self.n_range[1] + 1))
         xs, es, ys, aifs = [], [], [], []
         for _ in range(batch_size):
@@ -353,11 +371,6 @@ class EventPool:
                 lst.append(np.ascontiguousarray(a, dtype=np.float32))
         t = lambda lst: torch.from_numpy(np.stack(lst))  # noqa: E731
         return Batch(t(xs), t(ys), t(aifs), t(es))
-
-
-def _noisy(seed: Sequence[int], noise: bool, clean_fraction: float) -> bool:
-    """Whether this event stack gets sensor noise: its own draw, so the pool's batch draws stay as they were."""
-    return noise and (clean_fraction <= 0 or np.random.default_rng([*seed, 7]).random() >= clean_fraction)
 
 
 def event_validation_set(seed: int, count: int, size: int, n_range: tuple[int, int], noise: bool = True,
@@ -803,7 +816,8 @@ def train(
         data = UnlabelledData(list(stacks), rng, cfg.n_range, cfg.max_side, on_load=on_render)
     elif cfg.data == "synthetic" and spec.uses_events:
         data = EventPool(rng, cfg.crop + max(16, cfg.crop // 4), cfg.n_range, cfg.pool_size, cfg.pool_refresh_every,
-                         noise=cfg.noise, clean_fraction=cfg.clean_fraction, on_render=on_render, stop=stop)
+                         noise=cfg.noise, clean_fraction=cfg.clean_fraction, on_render=on_render, stop=stop,
+                         workers=cfg.render_workers)
     elif cfg.data == "synthetic":
         realism = Realism.mix(cfg.realism, cfg.realism_p) if cfg.realism else None
         data = SyntheticPool(rng, cfg.crop + max(16, cfg.crop // 4), cfg.n_range, cfg.pool_size, cfg.pool_refresh_every,
