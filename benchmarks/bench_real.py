@@ -5,8 +5,9 @@ Run:  OMP_NUM_THREADS=1 python benchmarks/bench_real.py [--max-side 768] [--weig
 
 Stacks (from ../shared/data; skipped when absent): pcb_stack (the 7 pcb_00*.jpg, not expected.jpg),
 pcb_depthmap_stack, keyboard_sweep, smoke/leaves (the 6 slices, not stacked.png/depth.png),
-cells3d_nuclei, real_stacks/* (pseudoscorpion: frames 1-11, a leg moves later) and lytro_pairs (20
-pairs, evaluation only; the row is their mean). Slices are fused as they are: no registration, so
+cells3d_nuclei, real_stacks/* (pseudoscorpion: frames 1-11, a leg moves later), lytro_pairs (20
+pairs, evaluation only; the row is their mean) and event_focal_stack_zeromotion (evaluation only; its
+event frames add an EventStackMFF column, which is empty for the other stacks; not downscaled). Slices are fused as they are: no registration, so
 focus breathing is part of the test and hits every method alike.
 
 Methods: the classical measures (variance, laplacian, tenengrad, wavelet), StackMFF-V2 with our shipped
@@ -79,6 +80,7 @@ class RealSet:
     name: str
     items: list[list[Path] | Path]
     note: str = ""
+    events: Path | None = None  # a folder of event frames, one per slice: adds the EventStackMFF column
 
 
 def _files(folder: Path, pattern: str, key: Callable[[Path], object] = lambda p: p.name) -> list[Path]:
@@ -109,6 +111,10 @@ def real_sets() -> list[RealSet]:
                                      else it.exists())]
         if ok:
             out.append(RealSet(name, ok, "mean of 20 pairs" if name == "lytro_pairs" else ""))
+    zm = DATA / "event_focal_stack_zeromotion"
+    if (zm / "images").is_dir() and (zm / "events").is_dir():
+        out.append(RealSet("event_zeromotion", [_files(zm / "images", "*.png")], "with its event frames",
+                           events=zm / "events"))
     return out
 
 
@@ -160,6 +166,11 @@ def score(fused: np.ndarray, sources: np.ndarray) -> dict[str, float]:
 
 def run_set(rset: RealSet, cands: dict[str, dict], max_side: int, out: Path) -> dict:
     """Fuse every stack of one row with every method; mean scores and summed seconds per method."""
+    if rset.events is not None:  # and the event model with the frames; they match the images' size: no resize
+        from napari_stackmff.core.events import read_event_frames
+
+        cands = {**cands, "eventstackmff": {"method": "eventstackmff", "events": read_event_frames(rset.events)}}
+        max_side = 0
     rows: dict[str, dict[str, list[float]]] = {m: {k: [] for k in (*SCORES, "time s")} for m in cands}
     shape_note = ""
     for j, item in enumerate(rset.items):
@@ -218,7 +229,7 @@ def table(results: list[dict], methods: list[str]) -> str:
         best_cl = {m: 0 for m in classical}
         n = 0
         for row in results:
-            vals = {m: row["scores"][m][key] for m in methods}
+            vals = {m: row["scores"].get(m, {}).get(key, float("nan")) for m in methods}
             finite = {m: v for m, v in vals.items() if np.isfinite(v)}
             best = (max if higher else min)(finite.values()) if finite else None
             cells = [f"**{_fmt(v, key)}**" if key != "time s" and v == best else _fmt(v, key) for v in vals.values()]
@@ -233,7 +244,7 @@ def table(results: list[dict], methods: list[str]) -> str:
                 v = vals[m]
                 wins[m] += bool(np.isfinite(v) and (v > cl[top] if higher else v < cl[top]))
         if key == "time s":
-            total = [sum(row["scores"][m][key] for row in results) for m in methods]
+            total = [sum(row["scores"].get(m, {}).get(key, 0.0) for row in results) for m in methods]
             lines.append("| time s | **total** | " + " | ".join(_fmt(v, key) for v in total) + " |")
         else:
             cells = [f"best classical {best_cl[m]}/{n}" if m in classical else f"{wins[m]}/{n}" for m in methods]
@@ -271,7 +282,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for rset in sets:
         results.append(run_set(rset, cands, args.max_side, args.out))
-    md = table(results, list(cands))
+    md = table(results, list(cands) + (["eventstackmff"] if any(s.events for s in sets) else []))
     header = (f"Real stacks, no-reference scores (higher is better except excess and time; max side "
               f"{args.max_side} px, antialiased; CPU; {time.perf_counter() - t0:.0f} s in all)")
     print(f"\n{header}\n\n{md}")
