@@ -29,7 +29,7 @@ def _gelu(x: Tensor) -> Tensor:
     return F.gelu(x)
 
 
-#: The inference-only kernels (``_pool2``) on; ``published_kernels()`` turns them off to time the network
+#: The inference-only kernels (``_pool2``, the fused GRU step) on; ``published_kernels()`` turns them off to time the network
 #: as the published code computes it (benchmarks/bench_scale.py).
 _FAST = True
 
@@ -174,6 +174,14 @@ class ConvGRUCell(nn.Module):
         self.conv_can = nn.Conv2d(in_ch + hidden, hidden, kernel, padding=kernel // 2)
 
     def forward(self, x: Tensor, h: Tensor) -> Tensor:
+        if _FAST and not torch.is_grad_enabled():
+            # Inference: activations and the blend h + u (c - h) in place, no temporaries; the same
+            # decisions (benchmarks/RESULTS.md, issue 15, 2026-12-06). Not torch.lerp: with the strided
+            # gate view in channels_last it took 7 ms a step, 4x the three in-place passes.
+            gates = self.conv_gates(torch.cat((x, h), dim=1)).sigmoid_()
+            reset, update = gates[:, :self.hidden], gates[:, self.hidden:]
+            cand = self.conv_can(torch.cat((x, reset * h), dim=1)).tanh_()
+            return cand.sub_(h).mul_(update).add_(h)
         gates = torch.sigmoid(self.conv_gates(torch.cat((x, h), dim=1)))
         reset, update = torch.split(gates, self.hidden, dim=1)
         cand = torch.tanh(self.conv_can(torch.cat((x, reset * h), dim=1)))
