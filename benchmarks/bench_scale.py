@@ -142,6 +142,8 @@ def child(spec: dict) -> dict:
 
         stacks = [np.load(f) for f in spec["files"]]
         kw = {"compat": True} if spec["compat"] else {}
+        if spec.get("nchw"):
+            kw["channels_last"] = False  # the official code's layout
         ctx = published_kernels() if spec["published_kernels"] else contextlib.nullcontext()
         times, maps = [], []
         with ctx, Meter() as m:
@@ -291,27 +293,30 @@ def v2_cpu_stacks(tmp: Path, count: int = 12, side: int = 384) -> list[str]:
 def table_v2_cpu(threads: int | None, tmp: Path, rounds: int = 2) -> None:
     """V2 against the published inference on the CPU, at equal output.
 
-    Three configurations, each in its own process (the heap setting is per process), run in turn
+    Four configurations, each in its own process (the heap setting is per process), run in turn
     ``rounds`` times; each stack's time is its best over all runs:
       published   compat=True (whole image, resize, batch min-max), the published layer sequence
-                  (F.max_pool2d), glibc's default heap: the official code's work, done as it does it;
+                  (F.max_pool2d, the GRU step as written), NCHW, glibc's default heap: the official
+                  code's work, done as it does it;
       compat, pool  the same with our pooling kernel only (models/v2.py:_pool2): same output;
-      compat fast the same inference with our kernels and heap reuse (core/heap.py): same output;
+      compat fast the same inference with our kernels (pooling, in-place GRU step), heap reuse
+                  (core/heap.py) and the CPU's default layout (channels_last on AVX-512): same
+                  decisions up to float rounding (the column says how many);
       ours        our default inference (tiles, robust normalisation, sub-slice readout, fill): the product.
     """
     import numpy as np
 
     files = v2_cpu_stacks(tmp)
     floor = run_case({"kind": "floor", "threads": threads})
-    configs = {"published": dict(compat=True, published_kernels=True, env={"STACKMFF_HEAP_REUSE": "0"}),
-               "compat, pool": dict(compat=True, published_kernels=False, env={"STACKMFF_HEAP_REUSE": "0"}),
+    configs = {"published": dict(compat=True, published_kernels=True, nchw=True, env={"STACKMFF_HEAP_REUSE": "0"}),
+               "compat, pool": dict(compat=True, published_kernels=False, nchw=True, env={"STACKMFF_HEAP_REUSE": "0"}),
                "compat fast": dict(compat=True, published_kernels=False, env={}),
                "ours": dict(compat=False, published_kernels=False, env={})}
     best: dict[str, list[float]] = {}
     for _ in range(rounds):
         for label, c in configs.items():
             spec = {"kind": "v2cpu", "method": "stackmff-v2", "files": files, "compat": c["compat"],
-                    "published_kernels": c["published_kernels"], "repeats": 1, "threads": threads,
+                    "published_kernels": c["published_kernels"], "nchw": c.get("nchw", False), "repeats": 1, "threads": threads,
                     "out": str(tmp / f"maps_{label.replace(' ', '_')}.npy")}
             r = run_case(spec, env=c["env"])
             if "error" in r:

@@ -237,3 +237,12 @@ def test_cpu_channels_last_default_follows_the_measured_cpus_and_keeps_the_decis
         maps[cl] = fuse(s.slices, method="stackmff-v2", device="cpu", channels_last=cl)
     registry._cache.clear()
     assert (maps[False].index == maps[True].index).mean() >= 0.999
+    # One runner's layout never leaks into another's through the model cache (a conv's output follows
+    # its weights' layout): an NCHW run after an NHWC one gets NCHW weights.
+    cpu = torch.device("cpu")
+    nhwc = inference.ModelRunner("stackmff-v2", cpu, channels_last=True).model
+    nchw = inference.ModelRunner("stackmff-v2", cpu, channels_last=False).model
+    w = lambda m: m.layer_interaction.layer_interaction_depth.forward_cell_list[0].conv_gates.weight  # noqa: E731
+    assert w(nhwc).is_contiguous(memory_format=torch.channels_last) and not w(nhwc).is_contiguous()
+    assert w(nchw).is_contiguous()
+    registry._cache.clear()

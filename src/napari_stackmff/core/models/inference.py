@@ -279,11 +279,7 @@ class ModelRunner:
         self.spec = get_spec(name)
         self.name = name
         self.device = device
-        self.model = load_model(name, weights, device)
         self.tile = tile
-        self.readout = readout or getattr(self.model, "stackmff_readout", None) or self.spec.readout
-        if self.readout not in ("softargmax", "argmax"):
-            raise StackMFFError(f"readout must be 'softargmax' or 'argmax', got {self.readout!r}.")
         self.compat = compat
         cuda = device.type == "cuda"
         self.half = cuda if half is None else bool(half)
@@ -297,9 +293,10 @@ class ModelRunner:
         self._tune = False  # this run's setting (ModelEngine.schedule decides it from the tile count)
         if self.border_pad < 0:
             raise StackMFFError(f"border_pad must be >= 0 pixels, got {border_pad}.")
-        if self.channels_last:
-            # Same values, other layout; the cached model is shared, which is harmless.
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = load_model(name, weights, device, channels_last=self.channels_last)
+        self.readout = readout or getattr(self.model, "stackmff_readout", None) or self.spec.readout
+        if self.readout not in ("softargmax", "argmax"):
+            raise StackMFFError(f"readout must be 'softargmax' or 'argmax', got {self.readout!r}.")
         self._forward = _compiled_model(self.model) if self.compile else self.model
 
     def _pad(self, x: torch.Tensor, pads: Pads) -> tuple[torch.Tensor, tuple[slice, slice]]:

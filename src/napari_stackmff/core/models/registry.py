@@ -169,11 +169,13 @@ _cache: dict[tuple, nn.Module] = {}
 _cache_lock = threading.Lock()
 
 
-def load_model(name: str, weights: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:
+def load_model(name: str, weights: str | Path | None = None, device: str | torch.device = "cpu",
+               channels_last: bool = False) -> nn.Module:
     """A ready (eval mode) network with our shipped weights or the given checkpoint, cached.
 
     The cache key includes the file's modification time, so re-training into the same file is
-    picked up, while batch runs load a model once per process.
+    picked up, while batch runs load a model once per process. It includes the weights' layout too:
+    the layout of a conv's weights decides its output's, so a shared model must not change it.
     """
     spec = get_spec(name)
     path = Path(weights) if weights else shipped_weights(name)
@@ -184,7 +186,7 @@ def load_model(name: str, weights: str | Path | None = None, device: str | torch
         )
     path = path.expanduser()
     mtime = path.stat().st_mtime if path.exists() else None
-    key = (name, str(path.resolve()) if path.exists() else str(path), mtime, str(device))
+    key = (name, str(path.resolve()) if path.exists() else str(path), mtime, str(device), bool(channels_last))
     with _cache_lock:
         model = _cache.get(key)
         if model is None:
@@ -192,6 +194,8 @@ def load_model(name: str, weights: str | Path | None = None, device: str | torch
             model = spec.build(variant)
             meta = load_state_dict(path, model, model_name=name)
             model = model.to(device).eval()
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)
             # The readout the weights were trained for (a classification-trained checkpoint wants argmax).
             model.stackmff_readout = meta.get("readout") if meta.get("readout") in ("softargmax", "argmax") else None
             _cache.clear()  # one model at a time: they are small, but GPU memory is not free
