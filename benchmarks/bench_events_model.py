@@ -83,8 +83,8 @@ def main() -> None:
     ap.add_argument("--weights", nargs="*", default=[],
                     help="EventStackMFF checkpoints, a row each (default: the shipped one)")
     ap.add_argument("--png", default=None, metavar="DIR",
-                    help="save, per stack, a montage to look at: truth (over the ceiling's focus error) | each method's fused image over its focus "
-                         "error (white = 3+ slices off)")
+                    help="save, per stack, a montage to look at: truth (over the ceiling's focus error) | "
+                         "each method's fused image over its focus error (white = 3+ slices off)")
     ap.add_argument("--noise", choices=("on", "off"), default="on", help="sensor noise in the frames")
     args = ap.parse_args()
     events = ({f"eventstackmff ({Path(w).parent.name}/{Path(w).name})": {"method": "eventstackmff", "weights": w}

@@ -78,9 +78,9 @@ def _sync(dev: torch.device | None) -> None:
         torch.cuda.synchronize()
 
 
-def _time(fn, repeats: int = 3, cuda: bool | torch.device = False) -> float:
-    dev = cuda if isinstance(cuda, torch.device) else (torch.device("cuda") if cuda else None)
-    fn()  # warm-up (cudnn autotune, compile)
+def _time(fn, repeats: int = 3, dev: torch.device | None = None) -> float:
+    """Seconds per call after a warm-up (cuDNN autotune, compile); waits for ``dev``'s queued work."""
+    fn()
     _sync(dev)
     t0 = time.perf_counter()
     for _ in range(repeats):
@@ -156,9 +156,9 @@ def _pinned_copy_ms(stack: np.ndarray, dev: torch.device) -> tuple[float, float]
     host = torch.from_numpy(stack.view(np.int16))
     host = host.pin_memory() if dev.type == "cuda" else host
     d = torch.empty_like(host, device=dev)
-    h2d = _time(lambda: d.copy_(host, non_blocking=True), 5, cuda=dev)
+    h2d = _time(lambda: d.copy_(host, non_blocking=True), 5, dev=dev)
     d2 = torch.empty_like(d)
-    d2d = _time(lambda: d2.copy_(d), 5, cuda=dev)
+    d2d = _time(lambda: d2.copy_(d), 5, dev=dev)
     return h2d * 1e3, d2d * 1e3
 
 
@@ -188,7 +188,7 @@ def classical_part(device: str, n: int, side: int, rounds: int = 3) -> None:
     best = {k: float("inf") for k in runs}
     for _ in range(rounds):  # interleaved, best of ``rounds``: this machine's speed drifts by 10-20%
         for k, fn in runs.items():
-            best[k] = min(best[k], _time(fn, 1, cuda=dev))
+            best[k] = min(best[k], _time(fn, 1, dev=dev))
     tb = best[base_label]
     print(f"{'method':26s} {'ms':>9s} {'GVox/s':>8s} {'x baseline':>11s} {'floor/ours':>11s}   (best of {rounds})")
     for k, t in best.items():
@@ -239,7 +239,7 @@ def _measured_bandwidth(dev: torch.device) -> float:
     """GB/s of a large device-to-device copy (read + write counted)."""
     x = torch.empty(1 << (28 if dev.type == "cuda" else 20), dtype=torch.uint8, device=dev)
     y = torch.empty_like(x)
-    t = _time(lambda: y.copy_(x), 10, cuda=dev)
+    t = _time(lambda: y.copy_(x), 10, dev=dev)
     return 2 * x.numel() / t / 1e9
 
 
@@ -267,7 +267,7 @@ def gpu_part(weights: dict[str, str], fpv: float, side: int, n: int, compile_: b
           f"{'x floor':>8s}")
     for label, kw in configs:
         runner = ModelRunner("stackmff-v2", dev, weights=w, **kw)
-        t = _time(lambda: runner.logits(x), 5, cuda=dev)
+        t = _time(lambda: runner.logits(x), 5, dev=dev)
         in_bytes = vox * (2 if kw.get("half") else 4)
         mem_floor = (in_bytes + vox * 4) / (bw * 1e9)
         peak = fp16_peak if kw.get("half") else fp32_peak
@@ -286,13 +286,13 @@ def gpu_part(weights: dict[str, str], fpv: float, side: int, n: int, compile_: b
             registry._cache.clear()
             runner = ModelRunner(name, dev, half=half)
             xe = torch.cat([x, torch.zeros_like(x)]) if runner.spec.uses_events else x
-            t = _time(lambda: runner.logits(xe), 3, cuda=dev)
+            t = _time(lambda: runner.logits(xe), 3, dev=dev)
             print(f"{name + ' ' + label:20s} {t * 1e3:8.2f} {vox / t / 1e9:8.3f}")
     small_stacks(w, dev, 64 if DRY else 384, weights.get("official"))
     host = (np.random.default_rng(0).random((n, 2 * side, 2 * side)) * 65535).astype(np.uint16)
     print(f"\nend to end fuse(), {n}x{2 * side}x{2 * side} uint16 in host memory, tile {side}, fp16+channels_last")
     for pf in (False, True):
-        t = _time(lambda: fuse(host, "stackmff-v2", str(dev), weights=w, tile=side, prefetch=pf), 2, cuda=dev)
+        t = _time(lambda: fuse(host, "stackmff-v2", str(dev), weights=w, tile=side, prefetch=pf), 2, dev=dev)
         print(f"  read-ahead {'on ' if pf else 'off'}: {t:.3f} s, {host.size / t / 1e9:.3f} GVox/s")
 
 

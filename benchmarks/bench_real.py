@@ -7,7 +7,8 @@ Stacks (from ../shared/data; skipped when absent): pcb_stack (the 7 pcb_00*.jpg,
 pcb_depthmap_stack, keyboard_sweep, smoke/leaves (the 6 slices, not stacked.png/depth.png),
 cells3d_nuclei, real_stacks/* (pseudoscorpion: frames 1-11, a leg moves later), lytro_pairs (20
 pairs, evaluation only; the row is their mean) and event_focal_stack_zeromotion (evaluation only; its
-event frames add an EventStackMFF column, which is empty for the other stacks; not downscaled). Slices are fused as they are: no registration, so
+event frames add an EventStackMFF column, which is empty for the other stacks; not downscaled).
+Slices are fused as they are: no registration, so
 focus breathing is part of the test and hits every method alike.
 
 Methods: the classical measures (variance, laplacian, tenengrad, wavelet), StackMFF-V2 with our shipped

@@ -309,15 +309,17 @@ def table_v2_cpu(threads: int | None, tmp: Path, rounds: int = 2) -> None:
 
     files = v2_cpu_stacks(tmp)
     floor = run_case({"kind": "floor", "threads": threads})
-    configs = {"published": dict(compat=True, published_kernels=True, nchw=True, env={"STACKMFF_HEAP_REUSE": "0"}),
-               "compat, pool": dict(compat=True, published_kernels=False, nchw=True, env={"STACKMFF_HEAP_REUSE": "0"}),
+    glibc = {"STACKMFF_HEAP_REUSE": "0"}
+    configs = {"published": dict(compat=True, published_kernels=True, nchw=True, env=glibc),
+               "compat, pool": dict(compat=True, published_kernels=False, nchw=True, env=glibc),
                "compat fast": dict(compat=True, published_kernels=False, env={}),
                "ours": dict(compat=False, published_kernels=False, env={})}
     best: dict[str, list[float]] = {}
     for _ in range(rounds):
         for label, c in configs.items():
             spec = {"kind": "v2cpu", "method": "stackmff-v2", "files": files, "compat": c["compat"],
-                    "published_kernels": c["published_kernels"], "nchw": c.get("nchw", False), "repeats": 1, "threads": threads,
+                    "published_kernels": c["published_kernels"], "nchw": c.get("nchw", False),
+                    "repeats": 1, "threads": threads,
                     "out": str(tmp / f"maps_{label.replace(' ', '_')}.npy")}
             r = run_case(spec, env=c["env"])
             if "error" in r:

@@ -29,8 +29,8 @@ def _gelu(x: Tensor) -> Tensor:
     return F.gelu(x)
 
 
-#: The inference-only kernels (``_pool2``, the fused GRU step) on; ``published_kernels()`` turns them off to time the network
-#: as the published code computes it (benchmarks/bench_scale.py).
+#: The inference-only kernels (``_pool2``, the in-place GRU step) on; ``published_kernels()`` turns them
+#: off to time the network as the published code computes it (benchmarks/bench_scale.py).
 _FAST = True
 
 
