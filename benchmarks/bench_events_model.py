@@ -13,12 +13,17 @@ frames' noise bounds the PSNR. The "selection ceiling" row picks, per pixel, the
 render is closest to the truth (5x5 window) and gathers it from the noisy slices: no selection method
 can score above it. `--noise off` renders the same scenes without sensor noise, where the choice of
 slice, not the noise, sets the score.
+
+The event model's focus prior (models/event.py:FocusPrior) adds a classical measure's vote to the
+network's. The row "stackmff-v2 + focus prior" adds the same vote, at a fixed weight (``--v2-prior``), to
+V2's logits: the control that separates what the measure gives from what the events give.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager, nullcontext
 import time
 import warnings
 from pathlib import Path
@@ -34,6 +39,26 @@ from napari_stackmff.core.train import render_event_item  # noqa: E402
 
 CLASSICAL = ("variance", "laplacian", "tenengrad", "wavelet")
 CEILING = "selection ceiling (truth-picked)"
+V2_PRIOR = "stackmff-v2 + focus prior (images only)"
+
+
+@contextmanager
+def v2_with_prior(weight: float):
+    """V2's logits plus the event model's focus-prior vote at a fixed weight, through the product path."""
+    from napari_stackmff.core.models import inference
+    from napari_stackmff.core.models.event import FocusPrior
+
+    plain = inference.ModelRunner.logits
+
+    def logits(self, x, pads=(0, 0, 0, 0)):
+        out = plain(self, x, pads)
+        return out + weight * FocusPrior.log_energy(x[None].float())[0] if self.name == "stackmff-v2" else out
+
+    inference.ModelRunner.logits = logits
+    try:
+        yield
+    finally:
+        inference.ModelRunner.logits = plain
 
 
 def held_out(count: int, size: int, noise: bool = True) -> list[tuple]:
@@ -86,10 +111,14 @@ def main() -> None:
                     help="save, per stack, a montage to look at: truth (over the ceiling's focus error) | "
                          "each method's fused image over its focus error (white = 3+ slices off)")
     ap.add_argument("--noise", choices=("on", "off"), default="on", help="sensor noise in the frames")
+    ap.add_argument("--v2-prior", type=float, default=2.0, metavar="W",
+                    help="weight of the focus prior's vote in the V2 control row (0: no such row)")
     args = ap.parse_args()
     events = ({f"eventstackmff ({Path(w).parent.name}/{Path(w).name})": {"method": "eventstackmff", "weights": w}
                for w in args.weights} or {"eventstackmff": {"method": "eventstackmff"}})
-    methods = {**events, "stackmff-v2 (images only)": {"method": "stackmff-v2"}, **{m: {"method": m} for m in CLASSICAL}}
+    v2_prior = {V2_PRIOR.replace("prior", f"prior x{args.v2_prior:g}"): {"method": "stackmff-v2"}} if args.v2_prior else {}
+    methods = {**events, "stackmff-v2 (images only)": {"method": "stackmff-v2"}, **v2_prior,
+               **{m: {"method": m} for m in CLASSICAL}}
     stacks = held_out(args.stacks, args.size, noise=args.noise == "on")
     rows: dict[str, list[tuple]] = {}
     for k, (img, ev, truth, aif, weak, (ceil_img, ceil_index)) in enumerate(stacks):
@@ -101,7 +130,7 @@ def main() -> None:
         for label, kw in methods.items():
             extra = {"events": ev} if label in events else {}
             t0 = time.perf_counter()
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), (v2_with_prior(args.v2_prior) if label in v2_prior else nullcontext()):
                 warnings.simplefilter("ignore")
                 r = fuse(img, device="cpu", **kw, **extra)
             dt = time.perf_counter() - t0

@@ -165,12 +165,26 @@ def score(fused: np.ndarray, sources: np.ndarray) -> dict[str, float]:
             "sharp": s["sharpness"], "excess": s["excess"]}
 
 
-def run_set(rset: RealSet, cands: dict[str, dict], max_side: int, out: Path) -> dict:
+def event_rows(extra: list[str]) -> dict[str, str | None]:
+    """Event-model rows: the shipped weights, then each --event-weights NAME=PATH."""
+    rows: dict[str, str | None] = {"eventstackmff": None}
+    for item in extra:
+        name, sep, path = item.partition("=")
+        if not sep or not Path(path).exists():
+            raise SystemExit(f"--event-weights wants NAME=PATH to an existing checkpoint, got {item!r}")
+        rows[name] = path
+    return rows
+
+
+def run_set(rset: RealSet, cands: dict[str, dict], max_side: int, out: Path,
+            events: dict[str, str | None] | None = None) -> dict:
     """Fuse every stack of one row with every method; mean scores and summed seconds per method."""
     if rset.events is not None:  # and the event model with the frames; they match the images' size: no resize
         from napari_stackmff.core.events import read_event_frames
 
-        cands = {**cands, "eventstackmff": {"method": "eventstackmff", "events": read_event_frames(rset.events)}}
+        frames = read_event_frames(rset.events)
+        cands = {**cands, **{name: {"method": "eventstackmff", "events": frames, **({"weights": w} if w else {})}
+                             for name, w in (events or {"eventstackmff": None}).items()}}
         max_side = 0
     rows: dict[str, dict[str, list[float]]] = {m: {k: [] for k in (*SCORES, "time s")} for m in cands}
     shape_note = ""
@@ -258,6 +272,8 @@ def main() -> None:
     p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="downscale longer sides to this (0: never)")
     p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
                    help="another StackMFF-V2 checkpoint to compare (repeatable)")
+    p.add_argument("--event-weights", action="append", default=[], metavar="NAME=PATH",
+                   help="another EventStackMFF checkpoint for the stacks with events (repeatable)")
     p.add_argument("--official-compat", action="store_true",
                    help="also run the official checkpoint through the published (whole-image) inference")
     p.add_argument("--quick", action="store_true", help=f"smoke run: only {' and '.join(QUICK)}")
@@ -282,8 +298,8 @@ def main() -> None:
     results = []
     t0 = time.perf_counter()
     for rset in sets:
-        results.append(run_set(rset, cands, args.max_side, args.out))
-    md = table(results, list(cands) + (["eventstackmff"] if any(s.events for s in sets) else []))
+        results.append(run_set(rset, cands, args.max_side, args.out, event_rows(args.event_weights)))
+    md = table(results, list(cands) + (list(event_rows(args.event_weights)) if any(s.events for s in sets) else []))
     header = (f"Real stacks, no-reference scores (higher is better except excess and time; max side "
               f"{args.max_side} px, antialiased; CPU; {time.perf_counter() - t0:.0f} s in all)")
     print(f"\n{header}\n\n{md}")

@@ -286,6 +286,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       clean_fraction=args.clean_fraction, objective=args.objective, max_side=args.max_side,
                       realism=[e for e in args.realism.split(",") if e], realism_p=args.realism_p,
                       render_workers=args.render_workers, variant=args.variant, shuffle=args.shuffle,
+                      train_only=args.train_only,
                       invalid=args.invalid, **s)
     bar = tqdm(total=cfg.epochs * cfg.steps_per_epoch, desc=f"training {args.model}", unit="batch",
                disable=args.quiet)
@@ -445,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the training loop, exactly reproducible)")
     p.add_argument("--variant", default=None, help="a model size other than the default, e.g. narrow "
                                                    "(StackMFF-V3 with every width halved, trainable on a CPU)")
+    p.add_argument("--train-only", default=None, metavar="PART",
+                   help="train this part of the model alone, the rest frozen: 'prior' (eventstackmff's focus "
+                        "prior gate, e.g. added to weights trained without it)")
     p.add_argument("--shuffle", type=float, default=0.0,
                    help="chance that a synthetic training stack's slices are shuffled (the label follows; "
                         "for order-free models such as stackmff-v3)")

@@ -63,6 +63,7 @@ class TrainConfig:
     render_workers: int = 0  # processes rendering synthetic stacks (0: in the training loop, reproducible)
     objective: str = "hybrid"  # "hybrid" (ours, measured better), "depth" (published), "classify", "unsupervised"
     variant: str | None = None  # a model size other than the default (e.g. StackMFF-V3 "narrow")
+    train_only: str | None = None  # train only this part (e.g. the event model's "prior"); the rest stays frozen
     shuffle: float = 0.0  # chance that a training stack's slices are shuffled (the label follows)
     invalid: float = 0.0  # chance that a batch gets 1-3 invalid slices (blank, saturated, duplicate...)
     # Unsupervised (Fusion2Void) settings; defaults measured, see models/fusion2void.py.
@@ -728,6 +729,13 @@ def _is_v2_state(path: str) -> bool:
     return "feature_extraction.encoder1.0.weight" in keys and "v2.feature_extraction.encoder1.0.weight" not in keys
 
 
+def _has_prior(path: str) -> bool:
+    """Whether an event checkpoint holds the focus prior (models/event.py) or predates it."""
+    from .models.checkpoint import read_state_dict
+
+    return any(k.startswith("prior.") for k in read_state_dict(path))
+
+
 def _save(path: Path, payload: dict) -> None:
     from .io import atomic_write
 
@@ -765,12 +773,26 @@ def train(
         from .models.checkpoint import read_state_dict
         from .models.event import EventStackMFF
 
-        model = EventStackMFF.from_v2(read_state_dict(cfg.init_weights)).to(device)  # starts as that V2
+        model = EventStackMFF.from_v2(read_state_dict(cfg.init_weights),  # starts as that V2
+                                      prior=cfg.variant != "no-prior").to(device)
+    elif cfg.init_weights and getattr(model, "prior", None) is not None and not _has_prior(cfg.init_weights):
+        from .models.checkpoint import read_state_dict
+
+        try:  # event weights trained before the focus prior: the prior starts at its default weight
+            model.adopt(read_state_dict(cfg.init_weights))
+        except ValueError as exc:
+            raise StackMFFError(f"{cfg.init_weights}: cannot start {cfg.model} from it ({exc}).") from None
     elif cfg.init_weights:
         load_state_dict(cfg.init_weights, model, model_name=cfg.model)
+    if cfg.train_only:
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(cfg.train_only + "."))
+        if not any(p.requires_grad for p in model.parameters()):
+            raise StackMFFError(f"{cfg.model} has no part {cfg.train_only!r} to train alone.")
     crit = objective.criterion(cfg).to(device) if objective.criterion is not None else None
     # A model made of trained and new parts (the event model) says how fast each should learn.
-    groups = model.param_groups(cfg.lr) if hasattr(model, "param_groups") else [{"params": list(model.parameters())}]
+    groups = ([{"params": [p for p in model.parameters() if p.requires_grad]}] if cfg.train_only else
+              model.param_groups(cfg.lr) if hasattr(model, "param_groups") else [{"params": list(model.parameters())}])
     if crit is not None:
         groups.append({"params": list(crit.parameters()), "lr": f2v.INPAINTER_LR})
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -11,7 +11,16 @@ module across slices is V2's bidirectional ConvGRU fed 8 + 4 channels instead of
 transformer. With the attention's output projection, the gate and the extra GRU inputs initialised to
 zero, the network starts as exactly our trained StackMFF-V2 (:meth:`EventStackMFF.from_v2`), so a short
 CPU training run can only add what the events tell, instead of re-learning focus from scratch. The
-published model is 74.1 M parameters (42 M unused); this one is 159,957.
+published model is 74.1 M parameters (42 M unused); this one is 159,957 (+ 41 for the focus prior).
+
+Ours, not in the published model: a **focus prior** (:class:`FocusPrior`). A classical measure (wavelet
+detail energy, as ``method="wavelet"``) votes on every slice, added to the network's logits with a weight
+per pixel that a small learned gate sets from how peaked the measure and the network's own vote are and
+how active the events are there. Why: on noise-free synthetic stacks the network's off-by-one picks on
+smooth depth cost it 1.4 dB against the bare wavelet measure, and on real optics the classical measures
+beat the network everywhere (benchmarks/RESULTS.md, issue 14); the measure is exact where the texture is
+clear, the network where noise and weak texture fool the measure. Checkpoints without it load as the
+``"no-prior"`` variant.
 """
 
 from __future__ import annotations
@@ -20,10 +29,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import classical
 from .v2 import GRU_HIDDEN, WIDTHS, BiConvGRU, StackMFFV2, _gelu, _pool2, _up2
 
 EVENT_HEAD = 4  # event depth-head channels added to V2's 8 image features
 HEADS = 4
+#: The prior's focus-measure window: the classical default (core/defaults.py).
+PRIOR_WINDOW = 9
+#: Floor of the wavelet energy before the log, on slices scaled to [0, 1] by the stack's range: 1e-4 of
+#: the median synthetic stack's mean energy (7e-3; 10-90 %: 2e-3-2e-2). A fixed number, not one per
+#: tile, so tiled and whole-image results agree.
+PRIOR_EPS = 1e-6
+#: The gate's start, softplus^-1(1): weight 1 on the measure's log energy, where the untrained sum of
+#: our shipped event logits and the measure scores 27.30 dB noise-free (bare network 26.29; weight 4: 27.64).
+PRIOR_GATE_INIT = 0.5413
 
 
 class CrossModal(nn.Module):
@@ -57,12 +76,47 @@ class CrossModal(nn.Module):
         return out.transpose(1, 2).reshape(m, c, h, w)
 
 
+class FocusPrior(nn.Module):
+    """The wavelet measure's log energy per slice, added to the logits with a learned per-pixel weight.
+
+    The gate sees three maps: how peaked the measure is across slices (low where noise or flat texture
+    leave every slice alike), how peaked the network's own vote is, and the local event activity (the
+    events see the sweep's real changes, not the frames' noise). Its output is softplus'd: a weight >= 0.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 1, 1))
+        nn.init.zeros_(self.gate[2].weight)
+        nn.init.constant_(self.gate[2].bias, PRIOR_GATE_INIT)
+
+    @staticmethod
+    def log_energy(slices: Tensor) -> Tensor:
+        """(B, N, H, W) slices in [0, 1] -> (B, N, H, W) log wavelet energy, 0 at each pixel's best slice."""
+        b, n, h, w = slices.shape
+        with torch.autocast(slices.device.type, enabled=False):  # energies of 1e-6 underflow in fp16
+            x = slices.detach().float().reshape(b * n, 1, h, w)
+            lf = torch.log(classical.wavelet(x, PRIOR_WINDOW) + PRIOR_EPS).view(b, n, h, w)
+        return lf - lf.amax(1, keepdim=True)
+
+    def weight(self, logits: Tensor, lf: Tensor, events: Tensor) -> Tensor:
+        """(B, 1, H, W) weight of the measure's vote."""
+        cues = torch.stack([-lf.mean(1) / 5.0, torch.log_softmax(logits.float(), 1).amax(1),
+                            classical.box_mean(events.detach().float().abs().mean(1, keepdim=True), PRIOR_WINDOW)[:, 0]],
+                           1)
+        return F.softplus(self.gate(cues))
+
+    def forward(self, logits: Tensor, slices: Tensor, events: Tensor) -> Tensor:
+        lf = self.log_energy(slices)
+        return logits + self.weight(logits, lf, events) * lf
+
+
 class EventStackMFF(nn.Module):
     """(B, N, H, W) slices and (B, N, H, W) signed event frames -> (B, N, H, W) focus logits."""
 
     uses_events = True
 
-    def __init__(self) -> None:
+    def __init__(self, prior: bool = True) -> None:
         super().__init__()
         self.v2 = StackMFFV2()  # image stream, shared encoder/decoder, across-slice GRU (its 8 inputs)
         self.event_conv1 = nn.Conv2d(1, WIDTHS[0], 3, padding=1)  # the event stream's own first conv
@@ -71,6 +125,7 @@ class EventStackMFF(nn.Module):
         self.event_head = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, EVENT_HEAD, 3, padding=1),
                                         nn.Sigmoid())
         self.across = BiConvGRU(WIDTHS[0] + EVENT_HEAD, GRU_HIDDEN)
+        self.prior = FocusPrior() if prior else None
         self._init_new_parts()
 
     def _init_new_parts(self) -> None:
@@ -82,9 +137,10 @@ class EventStackMFF(nn.Module):
                 nn.init.zeros_(conv.bias)
 
     @classmethod
-    def from_v2(cls, state: dict[str, Tensor]) -> "EventStackMFF":
-        """Start from StackMFF-V2 weights: the image path is V2's, every event part contributes nothing yet."""
-        model = cls()
+    def from_v2(cls, state: dict[str, Tensor], prior: bool = False) -> "EventStackMFF":
+        """Start from StackMFF-V2 weights: the image path is V2's, every event part contributes nothing yet
+        (with ``prior``, the focus prior votes from the start)."""
+        model = cls(prior=prior)
         model.v2.load_state_dict(state)
         with torch.no_grad():
             model.event_conv1.load_state_dict(model.v2.feature_extraction.encoder1[0].state_dict())
@@ -100,6 +156,13 @@ class EventStackMFF(nn.Module):
                     a.weight[:, c_in + EVENT_HEAD:] = b.weight[:, c_in:]
                     a.bias.copy_(b.bias)
         return model
+
+    def adopt(self, state: dict[str, Tensor]) -> None:
+        """Load an event checkpoint trained without the focus prior: every part but the prior's gate,
+        which keeps its start (how the prior is added to trained weights, core/train.py)."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("prior.") for k in missing):
+            raise ValueError(f"not an EventStackMFF state (missing {missing[:2]}, unexpected {unexpected[:2]})")
 
     #: Learning-rate factor of the V2 parts when training: they start trained, the event parts from nothing.
     #: At one rate for all (5e-4), 4 epochs of a CPU run left the validation PSNR where V2 had it.
@@ -139,7 +202,8 @@ class EventStackMFF(nn.Module):
             y = _gelu(_up2(getattr(fe, f"dbn{k}")(getattr(fe, f"decoder{k}")(y)))) + skips.pop()
         feats = torch.sigmoid(_up2(fe.final(y)))  # (B*N, 8, H, W)
         feats = torch.cat([feats, self.event_head(e)], 1).view(b, n, -1, h, w)
-        return self.across(feats)
+        logits = self.across(feats)
+        return logits if self.prior is None else self.prior(logits, slices, events)
 
 
 def event_scale(events: Tensor) -> Tensor:

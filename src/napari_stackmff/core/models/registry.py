@@ -51,7 +51,12 @@ def _build_v3(variant: str | None = None) -> nn.Module:
 def _build_event(variant: str | None = None) -> nn.Module:
     from .event import EventStackMFF
 
-    return EventStackMFF()
+    return EventStackMFF(prior=variant != "no-prior")
+
+
+def _event_variant(state: dict[str, torch.Tensor]) -> str | None:
+    """Weights trained before the focus prior existed have no ``prior.`` keys."""
+    return None if any(k.startswith("prior.") for k in state) else "no-prior"
 
 
 def _v3_variant(state: dict[str, torch.Tensor]) -> str | None:
@@ -87,6 +92,8 @@ MODELS: dict[str, ModelSpec] = {
         weights_file="eventstackmff.pt",
         readout="argmax",
         uses_events=True,
+        variants=("no-prior",),
+        variant_of=_event_variant,
         description="EventStackMFF (lean): image + event focal stacks; StackMFF-V2 with an event stream, "
                     "0.16M parameters. Needs events=.",
     ),
