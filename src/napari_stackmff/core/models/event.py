@@ -11,7 +11,8 @@ module across slices is V2's bidirectional ConvGRU fed 8 + 4 channels instead of
 transformer. With the attention's output projection, the gate and the extra GRU inputs initialised to
 zero, the network starts as exactly our trained StackMFF-V2 (:meth:`EventStackMFF.from_v2`), so a short
 CPU training run can only add what the events tell, instead of re-learning focus from scratch. The
-published model is 74.1 M parameters (42 M unused); this one is 159,957 (+ 41 for the focus prior).
+published model is 74.1 M parameters (42 M unused); this one is 159,957, and 160,190 with the
+focus prior.
 
 Ours, not in the published model: a **focus prior** (:class:`FocusPrior`). A classical measure (wavelet
 detail energy, as ``method="wavelet"``) votes on every slice, added to the network's logits with a weight

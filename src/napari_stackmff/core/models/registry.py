@@ -94,8 +94,8 @@ MODELS: dict[str, ModelSpec] = {
         uses_events=True,
         variants=("no-prior",),
         variant_of=_event_variant,
-        description="EventStackMFF (lean): image + event focal stacks; StackMFF-V2 with an event stream, "
-                    "0.16M parameters. Needs events=.",
+        description="EventStackMFF (lean): image + event focal stacks; StackMFF-V2 with an event stream and "
+                    "a gated wavelet focus prior, 0.16M parameters. Needs events=.",
     ),
 }
 
