@@ -130,7 +130,8 @@ def main() -> None:
         for label, kw in methods.items():
             extra = {"events": ev} if label in events else {}
             t0 = time.perf_counter()
-            with warnings.catch_warnings(), (v2_with_prior(args.v2_prior) if label in v2_prior else nullcontext()):
+            prior = v2_with_prior(args.v2_prior) if label in v2_prior else nullcontext()
+            with warnings.catch_warnings(), prior:
                 warnings.simplefilter("ignore")
                 r = fuse(img, device="cpu", **kw, **extra)
             dt = time.perf_counter() - t0

@@ -89,7 +89,9 @@ def test_clean_fraction_renders_that_share_of_event_stacks_without_sensor_noise(
 
 def test_render_workers_feed_the_event_pool_with_what_the_loop_would_render() -> None:
     """--render-workers for the event model (a GPU must not wait on the event simulator): the workers' first
-    renders are exactly the in-loop ones (same seeds), and later renders are swapped in as they finish."""
+    renders are the in-loop ones (same seeds: the same events, the same frames to float rounding, as a worker
+    has one thread and the loop's process may sum in another order), and later renders are swapped in as they
+    finish."""
     import time
 
     from napari_stackmff.core.train import EventPool
@@ -97,8 +99,9 @@ def test_render_workers_feed_the_event_pool_with_what_the_loop_would_render() ->
     loop = EventPool(np.random.default_rng(3), 32, (3, 4), pool=2, refresh_every=1, clean_fraction=0.5)
     pool = EventPool(np.random.default_rng(3), 32, (3, 4), pool=2, refresh_every=1, clean_fraction=0.5, workers=1)
     try:
-        for a, b in zip(loop.items, pool.items):
-            assert all(np.array_equal(x, y) for x, y in zip(a, b))
+        for (frames, *rest), (frames_w, *rest_w) in zip(loop.items, pool.items):
+            np.testing.assert_allclose(frames_w, frames, atol=1e-4)  # 2.4e-5 measured with 2 threads
+            assert all(np.array_equal(x, y) for x, y in zip(rest, rest_w))
         for _ in range(200):
             batch = pool.batch(2, 24)
             if pool.swapped:

@@ -35,14 +35,16 @@ from .v2 import GRU_HIDDEN, WIDTHS, BiConvGRU, StackMFFV2, _gelu, _pool2, _up2
 
 EVENT_HEAD = 4  # event depth-head channels added to V2's 8 image features
 HEADS = 4
-#: The prior's focus-measure window: the classical default (core/defaults.py).
+#: The prior's focus-measure window, the classical default. Wider windows cost V2 + prior 0.66 dB (15 px) and
+#: 1.39 dB (25 px) on noise-free stacks for at most +0.29 dB on noisy weak texture (RESULTS.md, issue 14).
 PRIOR_WINDOW = 9
 #: Floor of the wavelet energy before the log, on slices scaled to [0, 1] by the stack's range: 1e-4 of
 #: the median synthetic stack's mean energy (7e-3; 10-90 %: 2e-3-2e-2). A fixed number, not one per
 #: tile, so tiled and whole-image results agree.
 PRIOR_EPS = 1e-6
 #: The gate's start, softplus^-1(1): weight 1 on the measure's log energy, where the untrained sum of
-#: our shipped event logits and the measure scores 27.30 dB noise-free (bare network 26.29; weight 4: 27.64).
+#: the stage-1 event logits (weights/eventstackmff.md) and the measure scores 27.30 dB noise-free on the
+#: held-out stacks (bare network 26.29; weight 4: 27.64).
 PRIOR_GATE_INIT = 0.5413
 
 
@@ -102,9 +104,8 @@ class FocusPrior(nn.Module):
 
     def weight(self, logits: Tensor, lf: Tensor, events: Tensor) -> Tensor:
         """(B, 1, H, W) weight of the measure's vote."""
-        cues = torch.stack([-lf.mean(1) / 5.0, torch.log_softmax(logits.float(), 1).amax(1),
-                            classical.box_mean(events.detach().float().abs().mean(1, keepdim=True), PRIOR_WINDOW)[:, 0]],
-                           1)
+        activity = classical.box_mean(events.detach().float().abs().mean(1, keepdim=True), PRIOR_WINDOW)[:, 0]
+        cues = torch.stack([-lf.mean(1) / 5.0, torch.log_softmax(logits.float(), 1).amax(1), activity], 1)
         return F.softplus(self.gate(cues))
 
     def forward(self, logits: Tensor, slices: Tensor, events: Tensor) -> Tensor:
