@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import contextmanager, nullcontext
 import time
 import warnings
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +116,8 @@ def main() -> None:
     args = ap.parse_args()
     events = ({f"eventstackmff ({Path(w).parent.name}/{Path(w).name})": {"method": "eventstackmff", "weights": w}
                for w in args.weights} or {"eventstackmff": {"method": "eventstackmff"}})
-    v2_prior = {V2_PRIOR.replace("prior", f"prior x{args.v2_prior:g}"): {"method": "stackmff-v2"}} if args.v2_prior else {}
+    v2_prior = ({V2_PRIOR.replace("prior", f"prior x{args.v2_prior:g}"): {"method": "stackmff-v2"}}
+                if args.v2_prior else {})
     methods = {**events, "stackmff-v2 (images only)": {"method": "stackmff-v2"}, **v2_prior,
                **{m: {"method": m} for m in CLASSICAL}}
     stacks = held_out(args.stacks, args.size, noise=args.noise == "on")

@@ -292,14 +292,15 @@ def main() -> None:
             raise SystemExit(f"unknown stack(s) {sorted(unknown)}; have {[s.name for s in sets]}")
         sets = [s for s in sets if s.name in wanted]
     cands = contenders(args.weights, args.official_compat)
+    events = event_rows(args.event_weights)
     print(f"methods: {', '.join(cands)}; stacks: {', '.join(s.name for s in sets)}; max side {args.max_side}",
           file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     t0 = time.perf_counter()
     for rset in sets:
-        results.append(run_set(rset, cands, args.max_side, args.out, event_rows(args.event_weights)))
-    md = table(results, list(cands) + (list(event_rows(args.event_weights)) if any(s.events for s in sets) else []))
+        results.append(run_set(rset, cands, args.max_side, args.out, events))
+    md = table(results, list(cands) + (list(events) if any(s.events for s in sets) else []))
     header = (f"Real stacks, no-reference scores (higher is better except excess and time; max side "
               f"{args.max_side} px, antialiased; CPU; {time.perf_counter() - t0:.0f} s in all)")
     print(f"\n{header}\n\n{md}")

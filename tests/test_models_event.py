@@ -154,7 +154,7 @@ def test_focus_prior_adds_sharpness_on_noise_free_stacks_and_old_weights_load_wi
                 "readout": "argmax"}, without)
     assert load_model("eventstackmff", without).prior is None
     assert load_model("eventstackmff", with_prior).prior is not None
-    assert _noise_free_psnr(with_prior, range(3)) > _noise_free_psnr(without, range(3)) + 0.2
+    assert _noise_free_psnr(with_prior, range(3)) > _noise_free_psnr(without, range(3)) + 0.5  # 1.5-2.0 measured
 
 
 def test_training_the_prior_alone_leaves_the_trained_network_untouched(tmp_path) -> None:
