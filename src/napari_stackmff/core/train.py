@@ -721,19 +721,9 @@ def evaluate(model: torch.nn.Module, val: list[tuple[Sample, object]], device: t
 
 
 # ---------------------------------------------------------------------------------- loop
-def _is_v2_state(path: str) -> bool:
-    """Whether a weights file holds a bare StackMFF-V2 (to start an event model from it)."""
-    from .models.checkpoint import read_state_dict
-
-    keys = read_state_dict(path).keys()
-    return "feature_extraction.encoder1.0.weight" in keys and "v2.feature_extraction.encoder1.0.weight" not in keys
-
-
-def _has_prior(path: str) -> bool:
-    """Whether an event checkpoint holds the focus prior (models/event.py) or predates it."""
-    from .models.checkpoint import read_state_dict
-
-    return any(k.startswith("prior.") for k in read_state_dict(path))
+def _is_v2_state(state: dict[str, torch.Tensor]) -> bool:
+    """Whether a weights file's state holds a bare StackMFF-V2 (to start an event model from it)."""
+    return "feature_extraction.encoder1.0.weight" in state and "v2.feature_extraction.encoder1.0.weight" not in state
 
 
 def _save(path: Path, payload: dict) -> None:
@@ -769,19 +759,20 @@ def train(
         raise StackMFFError(f"{cfg.model} has no variant {cfg.variant!r}; "
                             f"choose one of: {', '.join(spec.variants) or 'none (leave it out)'}.")
     model = spec.build(cfg.variant).to(device)
-    if cfg.init_weights and spec.uses_events and _is_v2_state(cfg.init_weights):
+    if cfg.init_weights and spec.uses_events:
         from .models.checkpoint import read_state_dict
         from .models.event import EventStackMFF
 
-        model = EventStackMFF.from_v2(read_state_dict(cfg.init_weights),  # starts as that V2
-                                      prior=cfg.variant != "no-prior").to(device)
-    elif cfg.init_weights and getattr(model, "prior", None) is not None and not _has_prior(cfg.init_weights):
-        from .models.checkpoint import read_state_dict
-
-        try:  # event weights trained before the focus prior: the prior starts at its default weight
-            model.adopt(read_state_dict(cfg.init_weights))
-        except ValueError as exc:
-            raise StackMFFError(f"{cfg.init_weights}: cannot start {cfg.model} from it ({exc}).") from None
+        state = read_state_dict(cfg.init_weights)
+        if _is_v2_state(state):  # starts as that V2
+            model = EventStackMFF.from_v2(state, prior=cfg.variant != "no-prior").to(device)
+        elif model.prior is not None and not EventStackMFF.has_prior(state):
+            try:  # event weights trained before the focus prior: the prior starts at its default weight
+                model.adopt(state)
+            except ValueError as exc:
+                raise StackMFFError(f"{cfg.init_weights}: cannot start {cfg.model} from it ({exc}).") from None
+        else:
+            load_state_dict(cfg.init_weights, model, model_name=cfg.model)
     elif cfg.init_weights:
         load_state_dict(cfg.init_weights, model, model_name=cfg.model)
     if cfg.train_only:

@@ -159,6 +159,11 @@ class EventStackMFF(nn.Module):
                     a.bias.copy_(b.bias)
         return model
 
+    @staticmethod
+    def has_prior(state: dict[str, Tensor]) -> bool:
+        """Whether a state holds the focus prior, or predates it (the ``"no-prior"`` variant)."""
+        return any(k.startswith("prior.") for k in state)
+
     def adopt(self, state: dict[str, Tensor]) -> None:
         """Load an event checkpoint trained without the focus prior: every part but the prior's gate,
         which keeps its start (how the prior is added to trained weights, core/train.py)."""

@@ -55,8 +55,10 @@ def _build_event(variant: str | None = None) -> nn.Module:
 
 
 def _event_variant(state: dict[str, torch.Tensor]) -> str | None:
-    """Weights trained before the focus prior existed have no ``prior.`` keys."""
-    return None if any(k.startswith("prior.") for k in state) else "no-prior"
+    """Weights trained before the focus prior existed load without it."""
+    from .event import EventStackMFF
+
+    return None if EventStackMFF.has_prior(state) else "no-prior"
 
 
 def _v3_variant(state: dict[str, torch.Tensor]) -> str | None:
