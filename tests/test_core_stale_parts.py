@@ -15,7 +15,8 @@ import pytest
 import tifffile
 
 from napari_stackmff.core import fuse
-from napari_stackmff.core.io import part_prefix, save_result, sweep_stale_parts
+from napari_stackmff.core.io import save_result
+from napari_stackmff.core.safe_files import DIR_STAMP, MARKER, sweep_stale_temps, temp_path
 
 
 def _dead_pid() -> int:
@@ -24,31 +25,56 @@ def _dead_pid() -> int:
     return p.pid
 
 
-def test_sweep_removes_only_our_dead_writers_parts(tmp_path: Path) -> None:
-    own = tmp_path / (part_prefix(tmp_path / "a.tif") + "x1.part.tif")  # this process: alive
-    host_pid = part_prefix(tmp_path / "a.tif").split(".")[-2]
-    dead = tmp_path / f".b.tif.{host_pid.rsplit('-', 1)[0]}-{_dead_pid()}.x2.part.tif"
-    dead_dir = tmp_path / f".c.ome.zarr.{host_pid.rsplit('-', 1)[0]}-{_dead_pid()}.part"
-    other_host_fresh = tmp_path / ".d.tif.otherhost-1.part"
-    other_host_old = tmp_path / ".e.tif.otherhost-1.part"
-    not_ours = [tmp_path / ".notes.part", tmp_path / "result.part", tmp_path / "a.tif"]
-    for p in (own, dead, other_host_fresh, other_host_old, *not_ours):
+def _as_dead(path: Path) -> Path:
+    """Our temporary name for ``path`` as a finished (dead) process of this machine would have made it."""
+    name = temp_path(path).name
+    head, owner, _pid, token = name.rsplit("~", 3)
+    return path.with_name(f"{head}~{owner}~{_dead_pid()}~{token}")
+
+
+def _age(*paths: Path, days: float = 3) -> None:
+    old = time.time() - days * 24 * 3600
+    for p in paths:
+        os.utime(p, (old, old), follow_symlinks=False)
+
+
+def test_sweep_removes_only_our_dead_writers_temps(tmp_path: Path) -> None:
+    own = temp_path(tmp_path / "a.tif")  # this process: alive
+    dead = _as_dead(tmp_path / "b.tif")
+    dead_dir = _as_dead(tmp_path / "c.ome.zarr")  # a zarr store of ours: stamped inside
+    dead_unstamped = _as_dead(tmp_path / "d.ome.zarr")  # a folder by our name without our stamp: kept
+    other_owner = tmp_path / f".e.tif.{MARKER}otherhost-0123abcd~{_dead_pid()}~0123abcd"  # cannot ask: kept
+    user = [tmp_path / ".notes.part", tmp_path / "result.part", tmp_path / "a.tif",
+            tmp_path / ".thesis.draft-2.part.docx",  # the issue's look-alikes, old ones too
+            tmp_path / ".b.tif.vm-123.x.part.tif"]   # the old temporary pattern: no longer trusted
+    for p in (own, dead, other_owner, *user):
         p.write_bytes(b"x")
-    dead_dir.mkdir()
-    (dead_dir / "0").write_bytes(b"x")
-    old = time.time() - 2 * 24 * 3600
-    os.utime(other_host_old, (old, old))
-    removed = sweep_stale_parts(tmp_path)
-    assert sorted(removed) == sorted([dead, dead_dir, other_host_old])
-    assert own.exists() and other_host_fresh.exists() and all(p.exists() for p in not_ours)
+    photos = tmp_path / ".photos.archive-2019.part"
+    photos.mkdir()
+    (photos / "img.jpg").write_bytes(b"jpg")
+    for d in (dead_dir, dead_unstamped):
+        d.mkdir()
+        (d / "0").write_bytes(b"x")
+    (dead_dir / DIR_STAMP).write_text("ours")
+    target = tmp_path / "precious.txt"
+    target.write_text("keep")
+    link = _as_dead(tmp_path / "f.tif")  # our pattern, but a link: never followed, never removed
+    link.symlink_to(target)
+    _age(own, dead, other_owner, *user, photos, dead_dir, dead_unstamped, link)
+    removed = sweep_stale_temps(tmp_path)
+    assert sorted(removed) == sorted([dead, dead_dir])
+    for p in (own, other_owner, *user, photos / "img.jpg", dead_unstamped / "0", link, target):
+        assert p.exists(), p
+    assert target.read_text() == "keep"
 
 
 def test_save_result_sweeps_its_folder(tmp_path: Path) -> None:
-    stale = tmp_path / f".x_all_in_focus.tif.{part_prefix(tmp_path).split('.')[-2].rsplit('-', 1)[0]}-{_dead_pid()}.q.part.tif"
+    stale = _as_dead(tmp_path / "x_all_in_focus.tif")
     stale.write_bytes(b"half a file")
     stack = np.random.default_rng(0).integers(0, 255, (3, 32, 32), dtype=np.uint8)
     save_result(fuse(stack, method="variance"), tmp_path, "x")
     assert not stale.exists() and (tmp_path / "x_all_in_focus.tif").is_file()
+    assert not [p for p in tmp_path.iterdir() if MARKER in p.name]  # and leaves none of its own
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
@@ -65,7 +91,7 @@ def test_killed_streamed_fusion_leaves_no_final_file_and_the_next_run_cleans_up(
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60
-        while time.time() < deadline and not any(p.name.endswith("part") for p in out.glob(".*")):
+        while time.time() < deadline and not any(MARKER in p.name for p in out.glob(".*")):
             assert proc.poll() is None, "finished before it could be killed: make the input bigger"
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
@@ -73,7 +99,7 @@ def test_killed_streamed_fusion_leaves_no_final_file_and_the_next_run_cleans_up(
     finally:
         if proc.poll() is None:
             proc.kill()
-    parts = [p for p in out.glob(".*") if "part" in p.name]
+    parts = [p for p in out.glob(".*") if MARKER in p.name]
     assert parts and not (out / "big_fused.tif").exists()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -62,7 +62,8 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
     from .core.batch import beside_inputs
     from .core.fusion import EstimateMessage, fuse
-    from .core.io import input_files, load_stack, save_result, stack_name
+    from .core.io import input_files, load_stack, result_bytes, save_result, stack_name
+    from .core.safe_files import check_output_folder
 
     lazy = {"auto": None, "on": True, "off": False}[args.lazy]
     stack = load_stack(args.input, lazy=lazy, include=args.include)
@@ -93,7 +94,10 @@ def cmd_fuse(args: argparse.Namespace) -> int:
             warnings.warn(f"{near}: the streamed results sit next to the input stack, and a later `stackmff batch` "
                           f"on that folder would take {out.name} for a stack; use another -o.")
         return 0
-    result = fuse(stack, progress=progress, **_settings(args))
+    check_output_folder(args.output, result_bytes(stack.yx_shape, stack.n_times,
+                                                  stack.n_channels if stack.has_channels else 1,
+                                                  stack.dtype.itemsize, stack.z_positions is not None))
+    result = fuse(stack, progress=progress, **_settings(args))  # only once the results can be written
     bar.close()
     written = save_result(result, args.output, name, inputs=input_files(stack), overwrite=args.overwrite)
     print(f"fused {stack.n_slices} slices of {args.input} with {result.method} in {result.timings['total_s']:.2f} s")
@@ -188,8 +192,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .core.batch import run_batch, survey
+    from .core.safe_files import check_output_folder
 
     jobs, results = survey(args.root, exclude=[args.output], include=args.include)
+    check_output_folder(args.output)  # a read-only or misnamed -o fails now, not once per stack
     if results:
         print(f"skipping {len(results)} result{'s' if len(results) > 1 else ''} of earlier runs (listed in "
               f"*_fusion.json): {', '.join(p.name for p in results)}")
@@ -497,6 +503,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stackmff: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # unreadable input, full disk...: the file and the system's reason, no traceback
+        print(f"stackmff: error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import traceback
 import dataclasses
@@ -79,6 +80,10 @@ def survey(root: str | Path, *, exclude: Iterable[str | Path] = (),
     root = Path(root)
     if not root.is_dir():
         raise StackMFFError(f"{root}: not a folder; batch takes a folder of stacks (root/scene/1.png, or TIFFs).")
+    try:
+        entries = sorted(root.iterdir())
+    except OSError as exc:
+        raise StackMFFError(f"{root}: cannot read this folder ({exc.strerror or exc}).") from None
     skip = {Path(e).resolve() for e in exclude}
     pairs = pair_jobs(root)
     if pairs:
@@ -87,10 +92,12 @@ def survey(root: str | Path, *, exclude: Iterable[str | Path] = (),
     ours = recorded_outputs(root)
     jobs: list[StackJob] = []
     results: list[Path] = []
-    for p in sorted(root.iterdir()):
+    for p in entries:
         if p.name.startswith(".") or p.resolve() in skip:
             continue
-        if p.is_dir() and _holds_images(p):
+        if p.is_dir() and not _readable(p):
+            jobs.append(StackJob(p.name, p, include))  # fails alone, with its reason, when its turn comes
+        elif p.is_dir() and _holds_images(p):
             if list_slice_files(p, warn=False):  # empty when every image is a listed result
                 jobs.append(StackJob(p.name, p, include))
             else:
@@ -126,8 +133,11 @@ def pair_jobs(root: Path) -> list[StackJob]:
         dirs.append(d)
     if len(dirs) < 2:
         return []
-    listings = [{q.stem: q for q in sorted(d.iterdir()) if q.suffix.lower() in IMAGE_SUFFIXES
-                 and not q.name.startswith(".")} for d in dirs]
+    try:
+        listings = [{q.stem: q for q in sorted(d.iterdir()) if q.suffix.lower() in IMAGE_SUFFIXES
+                     and not q.name.startswith(".")} for d in dirs]
+    except OSError as exc:
+        raise StackMFFError(f"{exc.filename}: cannot read this folder of the pair layout ({exc.strerror}).") from None
     common = set(listings[0]).intersection(*listings[1:])
     lonely = sorted(set().union(*listings) - common)
     if lonely:
@@ -173,6 +183,14 @@ def unique_names(jobs: list[StackJob]) -> list[StackJob]:
     if clash:  # e.g. files "a.tif" and "a.TIF"
         raise StackMFFError(f"{clash[0]!r}: several stacks would write results under this name; rename one.")
     return out
+
+
+def _readable(folder: Path) -> bool:
+    try:
+        os.listdir(folder)
+    except OSError:
+        return False
+    return True
 
 
 def _holds_images(folder: Path) -> bool:
@@ -225,7 +243,7 @@ def is_done(job: StackJob, outdir: Path, fp: str) -> bool:
         return False
     if meta.get("fingerprint") != fp:
         return False
-    return all((outdir / name).exists() for name in meta.get("outputs", {}).values())
+    return all((outdir / Path(str(name)).name).exists() for name in meta.get("outputs", {}).values())
 
 
 def fuse_job(job: StackJob, outdir: Path, settings: dict[str, Any], fp: str) -> dict[str, Path]:
@@ -260,6 +278,8 @@ def process_job(job: StackJob, outdir: str | Path, settings: dict[str, Any], ove
         return "done", ""
     except StackMFFError as exc:
         return "failed", str(exc)
+    except OSError as exc:  # unreadable file or folder, vanished input...: one line, the batch goes on
+        return "failed", f"{exc.filename or job.source}: {exc.strerror or exc}"
     except Exception as exc:  # keep going; say what broke
         where = traceback.extract_tb(exc.__traceback__)[-1].name if exc.__traceback__ else "?"
         return "failed", f"unexpected {type(exc).__name__}: {exc} (at {where})"

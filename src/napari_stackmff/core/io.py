@@ -12,17 +12,16 @@ import dataclasses
 import fnmatch
 import json
 import os
-import shutil
 import re
-import tempfile
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
 from .errors import OutputError, StackError
+from .safe_files import atomic_write, check_output_folder, commit, discard, sweep_stale_temps, temp_path  # noqa: F401
 from .preview import colorize, focus_map_picture, to_uint8_preview  # noqa: F401  (colorize: re-exported)
 from .stack import FocalStack, as_focal_stack, check_finite
 
@@ -34,8 +33,6 @@ TIFF_SUFFIXES = {".tif", ".tiff"}
 _UNIT_ALIASES = {"micron": "um", "microns": "um", "µm": "um", "\\u00B5m": "um", "micrometer": "um", "nanometer": "nm"}
 
 PathLike = str | os.PathLike
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 # --------------------------------------------------------------------------------------- reading
@@ -86,7 +83,8 @@ def select_slices(files: Sequence[Path]) -> tuple[list[Path], list[Path]]:
 def recorded_outputs(folder: PathLike) -> set[str]:
     """Names of files an earlier run of ours wrote in ``folder``: each ``<name>_fusion.json`` and
     what it lists under "outputs". Results written next to their inputs (``-o`` = the input's
-    folder) are thereby never read back as slices or stacks."""
+    folder) are thereby never read back as slices or stacks. A record is trusted only for names its
+    stack's result set can have (:func:`result_paths`), so no record can hide a user's file."""
     names: set[str] = set()
     for info in Path(folder).glob("*_fusion.json"):
         listed = listed_outputs(info)
@@ -97,23 +95,31 @@ def recorded_outputs(folder: PathLike) -> set[str]:
 
 
 def listed_outputs(info: PathLike) -> set[str] | None:
-    """File names (no folders) a ``_fusion.json`` lists as its result set (None: missing, unreadable
-    or not ours)."""
+    """File names a ``<name>_fusion.json`` lists as its result set, kept only where they are names
+    that set can have (``<name>_all_in_focus.tif``...). None: missing, unreadable or not ours."""
+    info = Path(info)
+    if not info.name.endswith("_fusion.json"):
+        return None
     try:
-        outputs = json.loads(Path(info).read_text()).get("outputs")
-    except (OSError, ValueError, AttributeError):
+        outputs = json.loads(info.read_text()).get("outputs")
+    except (OSError, ValueError, AttributeError, UnicodeDecodeError):
         return None
     if not isinstance(outputs, dict):
         return None
-    return {Path(str(n)).name for n in outputs.values()}
+    possible = {p.name for p in result_paths(info.parent, info.name[: -len("_fusion.json")]).values()}
+    return {str(n) for n in outputs.values() if isinstance(n, str)} & possible
 
 
 def _image_files(folder: Path) -> tuple[list[Path], list[str]]:
     """(image files, names of other entries) of a folder; hidden files and our own results
     (see :func:`recorded_outputs`) are neither."""
     images, other = [], []
+    try:
+        entries = list(folder.iterdir())
+    except OSError as exc:
+        raise StackError(f"{folder}: cannot read this folder ({exc.strerror or exc}).") from None
     ours = recorded_outputs(folder)
-    for p in folder.iterdir():
+    for p in entries:
         if p.name.startswith(".") or p.name in ours:
             continue
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
@@ -480,90 +486,12 @@ def input_files(stack: FocalStack) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------- writing
-#: A temporary file of ours: ``.<final name>.<host>-<pid>.<anything>part<anything>``, so a later run can
-#: tell whose it is and whether that process still lives.
-_PART = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.(?:.*\.)?part(?:\..*)?$")
-#: Temporary files of another host (shared folders on a cluster) are only swept when this old: their
-#: writer cannot be asked whether it lives, and no single result takes a day to write.
-STALE_PART_SECONDS = 24 * 3600
-
-
-def _host() -> str:
-    import socket
-
-    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
-
-
-def part_prefix(path: Path) -> str:
-    """Start of the name of our temporary file for ``path`` (see :func:`sweep_stale_parts`)."""
-    return f".{path.name}.{_host()}-{os.getpid()}."
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
-_swept: set[Path] = set()
+# Temporary names, the sweep and atomic writes live in safe_files (re-exported here for old imports).
 
 
 def sweep_stale_parts(folder: PathLike, *, again: bool = False) -> list[Path]:
-    """Remove temporary files that a killed run of ours left in ``folder``: those whose process on
-    this host is gone, or, from another host, older than :data:`STALE_PART_SECONDS`. Files that are
-    not ours (other names) and those of live writers are never touched.
-
-    Once per folder per process unless ``again``: a batch writes thousands of results into one
-    folder, and what a killed earlier run left is there from the start."""
-    import time
-
-    folder = Path(folder)
-    removed: list[Path] = []
-    key = folder.resolve()
-    if key in _swept and not again:
-        return removed
-    _swept.add(key)
-    try:
-        entries = list(folder.iterdir())
-    except OSError:
-        return removed
-    host, now = _host(), time.time()
-    for entry in entries:
-        m = _PART.match(entry.name)
-        if m is None:
-            continue
-        try:
-            old = now - entry.stat().st_mtime > STALE_PART_SECONDS
-        except OSError:
-            continue
-        if (m["host"] == host and not _alive(int(m["pid"]))) or old:
-            try:
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-                removed.append(entry)
-            except OSError:
-                pass
-    return removed
-
-
-def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=part_prefix(path), suffix=".part" + "".join(path.suffixes[-1:]), dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should be readable as usual
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    return path
+    """Old name of :func:`~napari_stackmff.core.safe_files.sweep_stale_temps`."""
+    return sweep_stale_temps(folder, again=again)
 
 
 def write_tiff(path: PathLike, data: np.ndarray, *, pixel_size: tuple[float, float] | None = None,
@@ -680,6 +608,14 @@ def check_output_safe(outputs: Iterable[PathLike], inputs: Iterable[PathLike]) -
             )
 
 
+def result_bytes(shape_yx: tuple[int, int], n_times: int, n_channels: int, itemsize: int,
+                 height: bool) -> int:
+    """Upper bound of a result set's size on disk (uncompressed TIFFs, 8-bit RGB previews), for the
+    free-space check before fusing."""
+    px = int(shape_yx[0]) * int(shape_yx[1]) * max(1, int(n_times))
+    return px * (max(1, n_channels) * itemsize + 4 * (3 if height else 2)) + 2 * 3 * shape_yx[0] * shape_yx[1]
+
+
 def save_result(
     result: "FusionResult",
     outdir: PathLike,
@@ -692,20 +628,55 @@ def save_result(
     """Write a fusion result: TIFFs with metadata, 8-bit PNG previews, and a JSON summary.
 
     A result set is replaced as a whole: existing results of ``name`` are refused unless
-    ``overwrite``, and then every file the old ``_fusion.json`` listed that the new run does not
-    write (say a height map, when the z-step is no longer known) is removed once the new set is
-    complete, so no stale file sits next to newer results.
+    ``overwrite``. Every file is written under a temporary name first; then the set is switched in
+    under the folder's lock (:func:`~napari_stackmff.core.safe_files.commit`), and names of this
+    set the new run does not write (say a height map, when the z-step is no longer known) are
+    removed with the old set. What is removed is decided by :func:`result_paths`, never by the old
+    ``_fusion.json`` (a record on disk can be anything). A failure (disk full, permission) leaves
+    the old set as it was.
     """
-    if Path(outdir).exists() and not Path(outdir).is_dir():
-        raise OutputError(f"{outdir}: is a file, not a folder; -o names the folder the results go to.")
+    outdir = Path(outdir)
     paths = result_paths(outdir, name)
     check_output_safe(paths.values(), inputs)
-    existing = [p for p in paths.values() if p.exists()]
+    existing = [p for p in paths.values() if os.path.lexists(p)]
     if existing and not overwrite:
         raise OutputError(f"{existing[0]}: results named {name!r} already exist here; pass --overwrite "
                           "(overwrite=True) to replace them, or choose another output.")
-    old_set = listed_outputs(paths["info"]) or set()
-    sweep_stale_parts(outdir)
+    aif0 = result.all_in_focus
+    timed0 = result.focus_map.ndim == 3
+    check_output_folder(outdir, result_bytes(result.focus_map.shape[-2:], result.focus_map.shape[0] if timed0 else 1,
+                                             aif0.shape[-1] if aif0.ndim > result.focus_map.ndim else 1,
+                                             aif0.dtype.itemsize, result.height_map is not None))
+    sweep_stale_temps(outdir)
+    staged: dict[str, Path] = {}
+    try:
+        written = _stage_result(result, paths, inputs, extra_info, staged)
+    except BaseException as exc:
+        for tmp in staged.values():
+            discard(tmp)
+        if isinstance(exc, OutputError):
+            raise OutputError(f"{exc} Nothing in {outdir} was changed.") from None
+        raise
+    # Switch the set in whole (commit removes the temporaries itself if that fails).
+    commit({paths[k]: staged[k] for k in written}, overwrite=overwrite,
+           retire=[p for k, p in paths.items() if k not in written and not _is_input(p, inputs)])
+    return {k: paths[k] for k in written}
+
+
+def _is_input(path: Path, inputs: Sequence[PathLike]) -> bool:
+    try:
+        return path.resolve() in {Path(p).resolve() for p in inputs}
+    except OSError:
+        return True  # cannot tell: keep it
+
+
+def _stage_result(result: "FusionResult", paths: dict[str, Path], inputs: Sequence[PathLike],
+                  extra_info: dict | None, staged: dict[str, Path]) -> list[str]:
+    """Write every file of the set under a temporary name (``staged[key]``); returns the keys written."""
+    def stage(key: str) -> Path:
+        staged[key] = temp_path(paths[key])
+        return staged[key]
+
     unit, z_step, pixel = result.unit, result.z_step, result.pixel_size
     written: dict[str, Path] = {}
     aif = result.all_in_focus
@@ -715,7 +686,7 @@ def save_result(
     tif_data, tif_axes = aif, ("T" if timed else "") + ("YXS" if rgb else "YX")
     if channels and not rgb:  # fluorescence channels: OME wants C before YX
         tif_data, tif_axes = np.moveaxis(aif, -1, -3), ("T" if timed else "") + "CYX"
-    written["all_in_focus"] = write_tiff(paths["all_in_focus"], tif_data, pixel_size=pixel, unit=unit, z_step=z_step,
+    written["all_in_focus"] = write_tiff(stage("all_in_focus"), tif_data, pixel_size=pixel, unit=unit, z_step=z_step,
                                          description={"method": result.method}, axes=tif_axes)
     first = aif[0] if timed else aif
     # One stretch for every method's preview of this stack (its own range), so previews compare.
@@ -725,17 +696,17 @@ def save_result(
         preview = np.max([to_uint8_preview(first[..., c], span) for c in range(first.shape[-1])], axis=0)
     else:
         preview = to_uint8_preview(first, span)
-    written["all_in_focus_png"] = write_png(paths["all_in_focus_png"], preview)
-    written["focus_map"] = write_tiff(paths["focus_map"], result.focus_map.astype(np.float32), pixel_size=pixel,
+    written["all_in_focus_png"] = write_png(stage("all_in_focus_png"), preview)
+    written["focus_map"] = write_tiff(stage("focus_map"), result.focus_map.astype(np.float32), pixel_size=pixel,
                                       unit=unit, z_step=z_step, description={"units": "slice index"})
     fm = result.focus_map[0] if timed else result.focus_map
-    written["focus_map_png"] = write_png(paths["focus_map_png"], focus_map_picture(
+    written["focus_map_png"] = write_png(stage("focus_map_png"), focus_map_picture(
         fm, result.n_slices, z_positions=result.z_positions, unit=unit))
     if result.height_map is not None:
-        written["height_map"] = write_tiff(paths["height_map"], result.height_map.astype(np.float32),
+        written["height_map"] = write_tiff(stage("height_map"), result.height_map.astype(np.float32),
                                            pixel_size=pixel, unit=unit, z_step=z_step,
                                            description={"units": unit or "z units"})
-    written["confidence"] = write_tiff(paths["confidence"], result.confidence.astype(np.float32), pixel_size=pixel,
+    written["confidence"] = write_tiff(stage("confidence"), result.confidence.astype(np.float32), pixel_size=pixel,
                                        unit=unit)
     info = {
         "method": result.method,
@@ -755,11 +726,8 @@ def save_result(
         "inputs": [str(Path(p).resolve()) for p in inputs],  # the exact slices, in stack order
         **({"alignment": result.alignment} if result.alignment else {}),
         **({"excluded_slices": result.excluded} if result.excluded else {}),
-        "outputs": {k: p.name for k, p in written.items()},
+        "outputs": {k: paths[k].name for k in written},
     }
     info.update(extra_info or {})
-    written["info"] = write_json(paths["info"], info)
-    keep = {p.name for p in written.values()}
-    for stale in old_set - keep:
-        (Path(outdir) / stale).unlink(missing_ok=True)
-    return written
+    written["info"] = write_json(stage("info"), info)
+    return list(written)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,7 +32,9 @@ import torch
 from .errors import OutputError, StackMFFError
 from .fusion import prepare
 from .pipeline import ProgressFn, check_cancel, iter_fused_tiles, plan_tile, sub_progress
-from .io import check_output_safe, input_files, part_prefix, sweep_stale_parts
+from .io import check_output_safe, input_files, result_bytes
+from .safe_files import (DIR_STAMP, check_output_folder, commit, discard, make_temp_dir, stamp_temp_dir,
+                         sweep_stale_temps, temp_path)
 from .stack import FocalStack
 from .tiling import chunk_shape
 
@@ -263,15 +264,13 @@ def _tiff_paths(path: Path, specs: dict[str, _Spec]) -> dict[str, Path]:
             for name in specs}
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(part_prefix(path) + "part")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+def _ours_zarr(path: Path) -> bool:
+    """An OME-Zarr that fuse_to_disk wrote (its root attributes carry our "stackmff" record): the
+    only kind of folder --overwrite may replace."""
+    try:
+        return "stackmff" in json.loads((path / ".zattrs").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def fuse_to_disk(
@@ -321,18 +320,23 @@ def fuse_to_disk(
     for p in finals.values():
         if p.exists() and not overwrite:
             raise OutputError(f"{p}: already exists; choose another output or pass overwrite=True.")
-    if out.parent.exists() and not out.parent.is_dir():
-        raise OutputError(f"{out.parent}: is a file, not a folder; the results go into a folder.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_parts(out.parent)  # what a killed earlier run left behind
-    tmps = {k: _tmp(p) for k, p in finals.items()}
-    for p in tmps.values():
-        _remove(p)
-    sink: ZarrSink | TiffSink
-    if fmt == "zarr":
-        sink = ZarrSink(tmps["all_in_focus"], specs, stack, info)
-    else:
-        sink = TiffSink(tmps, specs, stack, info)
+    check_output_folder(out.parent, result_bytes(stack.yx_shape, T, stack.n_channels if stack.has_channels else 1,
+                                                 stack.dtype.itemsize, "height_map" in specs))
+    sweep_stale_temps(out.parent)  # what a killed earlier run left behind
+    tmps: dict[str, Path] = {}
+    sink: ZarrSink | TiffSink | None = None
+    try:
+        if fmt == "zarr":
+            tmps["all_in_focus"] = make_temp_dir(out)
+            sink = ZarrSink(tmps["all_in_focus"], specs, stack, info)
+            stamp_temp_dir(tmps["all_in_focus"])  # again: zarr's mode "w" may have cleared the folder
+        else:
+            tmps.update({k: temp_path(p) for k, p in finals.items()})
+            sink = TiffSink(tmps, specs, stack, info)
+    except BaseException:
+        for p in tmps.values():
+            discard(p)
+        raise
     timings: dict[str, float] = {"load_s": time.perf_counter() - t0, "focus_s": 0.0, "gather_s": 0.0, "write_s": 0.0}
     try:
         for t in range(T):
@@ -354,15 +358,14 @@ def fuse_to_disk(
         tw = time.perf_counter()
         sink.close()
         timings["write_s"] += time.perf_counter() - tw
+        commit({finals[k]: tmps[k] for k in finals}, overwrite=overwrite, replaceable=_ours_zarr)
     except BaseException:
         sink.abort()
         for p in tmps.values():
-            _remove(p)
+            discard(p)
         raise
-    for k, p in finals.items():
-        if p.exists():
-            _remove(p)
-        os.replace(tmps[k], p)
+    if fmt == "zarr":
+        (out / DIR_STAMP).unlink(missing_ok=True)  # the published store keeps no temporary stamp
     outputs = {"all_in_focus": out, **{m: out / m for m in MAPS if m in specs}} if fmt == "zarr" else finals
     timings["total_s"] = time.perf_counter() - t0
     return DiskResult(path=out, format=fmt, outputs=outputs, shape=specs["all_in_focus"].shape, method=plan.method,
