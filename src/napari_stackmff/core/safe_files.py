@@ -166,8 +166,10 @@ def sweep_stale_temps(folder: PathLike, *, again: bool = False) -> list[Path]:
     return removed
 
 
-def _os_error(path: PathLike, exc: OSError, unchanged: str = "") -> OutputError:
+def write_error(path: PathLike, exc: OSError, unchanged: str = "") -> OutputError:
     """One line for a failed write: the path, what the system said, what to do."""
+    if exc.errno is None and "requested and" in str(exc):  # numpy's short write: the file system ran out
+        exc = OSError(errno.ENOSPC, str(exc))
     what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
             errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
             errno.EPERM: "permission denied"}.get(exc.errno or 0, exc.strerror or str(exc))
@@ -184,7 +186,7 @@ def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _os_error(path.parent, exc) from None
+        raise write_error(path.parent, exc) from None
     tmp = temp_path(path)
     try:
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_UMASK)
@@ -194,7 +196,7 @@ def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
     except OSError as exc:
         discard(tmp)
         ours = is_temp_name(path.name)  # staging a set: the caller says what is unchanged
-        raise _os_error(path.parent if ours else path, exc, "" if ours else f"{path.name} is unchanged.") from None
+        raise write_error(path.parent if ours else path, exc, "" if ours else f"{path.name} is unchanged.") from None
     except BaseException:
         discard(tmp)
         raise
@@ -212,13 +214,13 @@ def check_output_folder(folder: PathLike, need_bytes: int = 0) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _os_error(folder, exc) from None
+        raise write_error(folder, exc) from None
     probe = temp_path(folder / "write-probe")
     try:
         fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         os.close(fd)
     except OSError as exc:
-        raise _os_error(folder, exc) from None
+        raise write_error(folder, exc) from None
     finally:
         discard(probe)
     if need_bytes:
@@ -255,7 +257,7 @@ def folder_lock(folder: PathLike, wait_s: float = LOCK_WAIT_S) -> Iterator[None]
         try:
             fd = os.open(path, os.O_CREAT | os.O_RDWR | getattr(os, "O_NOFOLLOW", 0), 0o600)
         except OSError as exc:
-            raise _os_error(folder, exc) from None
+            raise write_error(folder, exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -334,7 +336,7 @@ def commit(staged: Mapping[Path, Path], *, retire: Iterable[Path] = (), overwrit
                     placed.append(f)
             except OSError as exc:
                 _roll_back(placed, moved)
-                raise _os_error(folder, exc, "The earlier results are as they were.") from None
+                raise write_error(folder, exc, "The earlier results are as they were.") from None
     except BaseException:
         for f in finals:
             if f not in placed:

@@ -34,7 +34,7 @@ from .fusion import prepare
 from .pipeline import ProgressFn, check_cancel, iter_fused_tiles, plan_tile, sub_progress
 from .io import check_output_safe, input_files, result_bytes
 from .safe_files import (DIR_STAMP, check_output_folder, commit, discard, make_temp_dir, stamp_temp_dir,
-                         sweep_stale_temps, temp_path)
+                         sweep_stale_temps, temp_path, write_error)
 from .stack import FocalStack
 from .tiling import chunk_shape
 
@@ -325,6 +325,7 @@ def fuse_to_disk(
     sweep_stale_temps(out.parent)  # what a killed earlier run left behind
     tmps: dict[str, Path] = {}
     sink: ZarrSink | TiffSink | None = None
+    timings: dict[str, float] = {"load_s": time.perf_counter() - t0, "focus_s": 0.0, "gather_s": 0.0, "write_s": 0.0}
     try:
         if fmt == "zarr":
             tmps["all_in_focus"] = make_temp_dir(out)
@@ -333,12 +334,6 @@ def fuse_to_disk(
         else:
             tmps.update({k: temp_path(p) for k, p in finals.items()})
             sink = TiffSink(tmps, specs, stack, info)
-    except BaseException:
-        for p in tmps.values():
-            discard(p)
-        raise
-    timings: dict[str, float] = {"load_s": time.perf_counter() - t0, "focus_s": 0.0, "gather_s": 0.0, "write_s": 0.0}
-    try:
         for t in range(T):
             check_cancel(cancel)
             engine = engine0 if t == 0 else plan.make_engine(t)
@@ -359,10 +354,13 @@ def fuse_to_disk(
         sink.close()
         timings["write_s"] += time.perf_counter() - tw
         commit({finals[k]: tmps[k] for k in finals}, overwrite=overwrite, replaceable=_ours_zarr)
-    except BaseException:
-        sink.abort()
+    except BaseException as exc:
+        if sink is not None:
+            sink.abort()
         for p in tmps.values():
             discard(p)
+        if isinstance(exc, OSError):  # disk full, permission...: one line; the old results stay
+            raise write_error(out.parent, exc, "The earlier results are as they were.") from None
         raise
     if fmt == "zarr":
         (out / DIR_STAMP).unlink(missing_ok=True)  # the published store keeps no temporary stamp
