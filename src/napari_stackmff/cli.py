@@ -150,7 +150,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
     from .core import events as ev_io
     from .core.errors import OutputError
-    from .core.io import write_tiff
+    from .core.io import check_output_safe, write_tiff
 
     if args.events_command == "info":
         ev = ev_io.read_events(args.input)
@@ -162,29 +162,43 @@ def cmd_events(args: argparse.Namespace) -> int:
               f"{pos:.0%} positive, t {int(ev['t'][0]) if len(ev) else 0}-{int(ev['t'][-1]) if len(ev) else 0} us")
         return 0
     out = Path(args.output)
+    check_output_safe([out], [args.input, *([args.slice_times] if getattr(args, "slice_times", None) else [])])
     if out.exists() and not args.overwrite:
         raise OutputError(f"{out}: already exists; choose another -o or pass --overwrite.")
     if args.events_command == "bin":
-        ev = ev_io.read_events(args.input)
+        offset = (0, 0)
+        if args.offset:
+            try:
+                ox, oy = (int(v) for v in args.offset.split(","))
+            except ValueError:
+                raise OutputError(f"--offset {args.offset!r}: give X,Y in pixels, e.g. 600,450.") from None
+            offset = (ox, oy)
         if args.size:
             try:
                 w, h = (int(v) for v in args.size.lower().split("x"))
             except ValueError:
                 raise OutputError(f"--size {args.size!r}: give WIDTHxHEIGHT, e.g. 1280x720.") from None
-        else:
+            w, h = ev_io.check_sensor_size((w, h), f"--size {args.size}")
+        ev = ev_io.read_events(args.input)
+        if not args.size:
             w, h = ev_io.sensor_size_of(args.input, ev)
         times = ev_io.read_slice_times(args.slice_times) if args.slice_times else None
-        frames = ev_io.bin_events(ev, args.slices, (h, w), times, source=str(args.input))
+        frames = ev_io.bin_events(ev, args.slices, (h, w), times, source=str(args.input), offset=offset)
+        edges = ev_io.bin_edges(ev, args.slices, times, source=str(args.input))
+        binned = int(np.count_nonzero((ev["t"] >= edges[0]) & (ev["t"] < edges[-1])))
+        counts = (f"{len(ev):,} events read, {binned:,} of them in the sweep window binned; net count "
+                  f"{int(np.abs(frames).sum()):,} (ON and OFF events at one pixel and slice cancel)")
     else:
-        from .core.io import load_stack
+        from .core.io import input_files, load_stack
 
         stack = load_stack(args.input, lazy=False)
+        check_output_safe([out], input_files(stack))
         frames = ev_io.simulate_events(np.asarray(stack.data), threshold=args.threshold, substeps=args.substeps,
                                        refractory=args.refractory, noise_rate=args.noise_rate,
                                        rng=np.random.default_rng(args.seed))
-    write_tiff(out, frames.astype(np.float32), description={"units": "signed event count per slice"})
-    print(f"{frames.shape[0]} event frames of {frames.shape[2]}x{frames.shape[1]} "
-          f"({int(np.abs(frames).sum()):,} events) written to {out}")
+        counts = f"net event count {int(np.abs(frames).sum()):,}"
+    write_tiff(out, np.asarray(frames, np.float32), description={"units": "signed event count per slice"})
+    print(f"{frames.shape[0]} event frames of {frames.shape[2]}x{frames.shape[1]} written to {out}: {counts}")
     return 0
 
 
@@ -380,14 +394,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev_sub = p.add_subparsers(dest="events_command", required=True)
     q = ev_sub.add_parser("info", help="what a recording holds (.raw EVT2/EVT3, .dat, .aedat4, .es, .h5, .npy, "
                                        ".npz, .csv)")
-    q.add_argument("input", type=Path)
+    recording = ("the event recording: .raw (Prophesee EVT2/EVT3), .dat, .aedat4, .es, .h5/.hdf5, .npy, .npz, "
+                 ".csv/.txt (columns t [us], x, y, p)")
+    q.add_argument("input", type=Path, help=recording)
     q = ev_sub.add_parser("bin", help="bin a recording into one signed event frame per focal slice (TIFF)")
-    q.add_argument("input", type=Path)
+    q.add_argument("input", type=Path, help=recording)
     q.add_argument("--slices", type=int, required=True, help="number of focal slices of the sweep")
     q.add_argument("--slice-times", type=Path, default=None, metavar="CSV",
                    help="when each slice was taken (microseconds, one per line), or the N+1 bin edges; "
                         "default: the recording cut into equal parts")
-    q.add_argument("--size", default=None, metavar="WxH", help="sensor size (default: from the file)")
+    q.add_argument("--size", default=None, metavar="WxH",
+                   help="size of the frames (default: the sensor's, from the file); the image stack's size to "
+                        "place a smaller sensor in it with --offset")
+    q.add_argument("--offset", default=None, metavar="X,Y",
+                   help="where the sensor's pixel (0, 0) lies in the frames (default 0,0)")
     q.add_argument("-o", "--output", required=True, type=Path, help="TIFF to write")
     q.add_argument("--overwrite", action="store_true")
     q = ev_sub.add_parser("simulate", help="simulate event frames for an image stack (ESIM-style, approximate)")
