@@ -63,7 +63,7 @@ def _watch_parent(pid: int) -> None:
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
-                os._exit(1)  # temporary files are swept by the next run (core.io.sweep_stale_parts)
+                os._exit(1)  # temporary files are swept by the next run (core.safe_files.sweep_stale_temps)
             except PermissionError:  # pid taken by another user's process: ours is gone
                 os._exit(1)
 
