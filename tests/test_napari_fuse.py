@@ -37,6 +37,13 @@ def _results(viewer):
     return [layer for layer in viewer.layers if RESULT_KEY in layer.metadata]
 
 
+def _focus_map(viewer, source_name):
+    """The focus-map layer made from the layer named ``source_name`` (its name ends in its unit)."""
+    (layer,) = [layer for layer in _results(viewer) if layer.metadata[RESULT_KEY]["kind"] == "focus_map"
+                and layer.name.startswith(f"{source_name} focus map")]
+    return layer
+
+
 def test_fuse_synthetic_stack(make_napari_viewer, qtbot, isolated_settings, sample):
     viewer = make_napari_viewer()
     stack = viewer.add_image(sample.slices, name="cells", scale=(2.0, 0.5, 0.25), translate=(0, 10, 20),
@@ -52,7 +59,7 @@ def test_fuse_synthetic_stack(make_napari_viewer, qtbot, isolated_settings, samp
     wait_idle(qtbot, widget)
 
     aif = viewer.layers["cells all-in-focus"]
-    fmap = viewer.layers["cells focus map"]
+    fmap = viewer.layers["cells focus map (µm)"]  # the unit in the name: it labels the colour bar
     assert aif.data.shape == (128, 128) and aif.data.dtype == np.uint16
     np.testing.assert_allclose(aif.scale, [0.5, 0.25])
     np.testing.assert_allclose(aif.translate, [10, 20])
@@ -105,7 +112,7 @@ def test_rgb_and_timelapse(make_napari_viewer, qtbot, isolated_settings, sample)
         aif = viewer.layers[f"{name} all-in-focus"]
         assert aif.data.shape == shape and aif.data.dtype == viewer.layers[name].data.dtype
         assert aif.rgb == (name == "colour")
-        assert viewer.layers[f"{name} focus map"].data.shape == shape[:3] if name == "timelapse" else (64, 64)
+        assert _focus_map(viewer, name).data.shape == shape[:3] if name == "timelapse" else (64, 64)
 
 
 def test_multichannel_uses_chosen_channel(make_napari_viewer, qtbot, isolated_settings, sample):
@@ -295,7 +302,7 @@ def test_aligned_soft_fusion_overlays_the_input(make_napari_viewer, qtbot, isola
     aif = viewer.layers["moved all-in-focus"]
     np.testing.assert_array_equal(aif.data, expected.all_in_focus)
     np.testing.assert_allclose(aif.translate, [3 + 0.5 * crop["y"][0], 4 + 0.5 * crop["x"][0]])
-    np.testing.assert_allclose(viewer.layers["moved focus map"].translate, aif.translate)
+    np.testing.assert_allclose(_focus_map(viewer, "moved").translate, aif.translate)
     info = aif.metadata["stackmff"]
     assert info["blend"] == "soft" and info["alignment"][0]["aligned"]
     assert widget.align_info.isVisibleTo(widget) and "similarity onto slice 4" in widget.align_info.text()
@@ -320,6 +327,76 @@ def test_two_selected_images_fuse_as_a_pair(make_napari_viewer, qtbot, isolated_
     assert pair.data.shape == (2, 96, 96)
     expected = fuse(s.slices, method="wavelet")
     np.testing.assert_array_equal(viewer.layers["A + B all-in-focus"].data, expected.all_in_focus)
-    fmap = viewer.layers["A + B focus map"].data
+    fmap = viewer.layers["A + B focus map (slices)"].data  # no z step: slice numbers
     assert fmap.min() >= 0 and fmap.max() <= 1  # a pair has slices 0 and 1 only
     np.testing.assert_array_equal(fmap, expected.focus_map)
+
+
+def test_focus_map_shows_a_colour_bar_labelled_with_its_unit(make_napari_viewer, qtbot, isolated_settings, sample):
+    """The focus map gets napari's colour bar, and its name (drawn beside the bar) ends in the unit: µm
+    with a z step, slices without. A re-run keeps a bar the user turned off."""
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(sample.slices[:, :96, :96], name="cells")
+    widget = _widget(viewer, qtbot)
+    widget.select_method("variance")
+    widget.surface_check.setChecked(False)
+    widget.run()
+    wait_idle(qtbot, widget)
+    fmap = widget.result_layers["focus_map"]
+    assert fmap.name == "cells focus map (slices)" and fmap.metadata["stackmff"]["units"] == "slices"
+    assert fmap.colorbar.visible and fmap.name_overlay.visible
+    assert str(fmap.name_overlay.position) == str(fmap.colorbar.position) == "top_right"  # side by side
+
+    # Drawn on the canvas: hiding the bar changes the top of the canvas (the bar at the right edge, the
+    # name moving into its place), nothing else.
+    viewer.layers["cells all-in-focus"].visible = False
+    viewer.reset_view()
+    qtbot.wait(200)
+    with_bar = viewer.screenshot(canvas_only=True, flash=False)
+    fmap.colorbar.visible = False
+    qtbot.wait(200)
+    changed = np.argwhere(np.any(viewer.screenshot(canvas_only=True, flash=False) != with_bar, axis=-1))
+    h, w = with_bar.shape[:2]
+    assert len(changed) > 500, len(changed)
+    assert changed[:, 0].max() < h / 2 and changed[:, 1].max() > w - 40, (changed.min(0), changed.max(0), (h, w))
+
+    widget.z_step.setValue(2.5)  # a z step: the map is in µm, the same layer renamed
+    widget.run()
+    wait_idle(qtbot, widget)
+    assert widget.result_layers["focus_map"] is fmap and fmap.name == "cells focus map (µm)"
+    assert not fmap.colorbar.visible  # the user's choice is kept
+    assert tuple(fmap.contrast_limits) == (0.0, 2.5 * (sample.slices.shape[0] - 1))  # the bar's range, in µm
+
+
+def test_restored_settings_are_said_and_can_be_reset(make_napari_viewer, qtbot, isolated_settings):
+    viewer = make_napari_viewer()
+    first = _widget(viewer, qtbot)
+    assert not first.restored_row.isVisibleTo(first)  # a first session restores nothing
+    defaults = (first.methods.key(), first.align_combo.currentData(), first.blend_combo.currentData())
+    first.select_method("tenengrad")
+    first.align_combo.setCurrentIndex(first.align_combo.findData("translation"))
+
+    again = FusionWidget(viewer)  # the next session
+    qtbot.addWidget(again)
+    assert again.methods.key() == "tenengrad" and again.align_combo.currentData() == "translation"
+    assert again.restored_row.isVisibleTo(again) and again.reset_button.isVisibleTo(again)
+    tip = again.restored_label.toolTip()
+    assert "method: tenengrad" in tip and f"align: {again.align_combo.currentText()}" in tip, tip
+
+    again.reset_button.click()
+    assert (again.methods.key(), again.align_combo.currentData(), again.blend_combo.currentData()) == defaults
+    assert not again.restored_row.isVisibleTo(again) and "reset" in again.status.text()
+    fresh = FusionWidget(viewer)  # and the session after starts from the defaults, saying nothing
+    qtbot.addWidget(fresh)
+    assert (fresh.methods.key(), fresh.align_combo.currentData()) == defaults[:2]
+    assert not fresh.restored_row.isVisibleTo(fresh)
+
+    fresh.select_method("laplacian")
+    shown = FusionWidget(viewer)
+    qtbot.addWidget(shown)
+    viewer.add_image(np.zeros((3, 16, 16), np.uint8), name="tiny")
+    shown.layer_combo.set_current_layer(viewer.layers["tiny"])
+    assert shown.restored_row.isVisibleTo(shown)
+    shown.run()  # running with them accepts them: the line goes
+    assert not shown.restored_row.isVisibleTo(shown)
+    wait_idle(qtbot, shown)

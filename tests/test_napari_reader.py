@@ -88,12 +88,42 @@ def test_single_images_are_left_to_other_readers(tmp_path):
     tifffile.imwrite(tmp_path / "one.tif", np.zeros((20, 30), np.uint16))
     tifffile.imwrite(tmp_path / "one_rgb.tif", np.zeros((20, 30, 3), np.uint8), photometric="rgb")
     Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "one.png")
-    single = _write_slices(tmp_path / "single", n=1)
     for p in ("one.tif", "one_rgb.tif", "one.png"):
         assert get_stack_reader(str(tmp_path / p)) is None, p
-    assert get_stack_reader(str(single)) is None
     assert get_stack_reader(str(tmp_path / "missing")) is None
     assert get_stack_reader([str(tmp_path / "one.tif"), str(tmp_path / "one.png")]) is None
+
+
+def test_folder_that_is_no_stack_says_why(make_napari_viewer, stackmff_plugin, tmp_path):
+    """A one-image (or image-less) folder opened with our plugin: the core's one-line reason, as the CLI
+    prints it, in a napari notification; no layer, and not napari's generic "refused the file"."""
+    from napari.utils.notifications import notification_manager
+
+    from napari_stackmff.core.errors import StackMFFError
+    from napari_stackmff.core.io import load_stack
+
+    single = _write_slices(tmp_path / "single", n=1)
+    (tmp_path / "empty").mkdir()
+    viewer = make_napari_viewer()
+    shown = []
+    notification_manager.notification_ready.connect(shown.append)
+    try:
+        for folder in (single, tmp_path / "empty"):
+            with pytest.raises(StackMFFError) as cli_says:  # what the CLI prints for the folder
+                load_stack(folder)
+            shown.clear()
+            assert viewer.open(str(folder), plugin="napari-stackmff") == []  # no "refused the file" error
+            messages = [str(n.message) for n in shown]
+            assert messages == [str(cli_says.value)], messages
+            assert "\n" not in messages[0]
+            if folder == single:
+                assert "at least 2 slices" in messages[0] and "slice_1.png" in messages[0], messages
+    finally:
+        notification_manager.notification_ready.disconnect(shown.append)
+    assert len(viewer.layers) == 0
+    # A folder of event frames is still declined here (the event reader takes it), photos still read.
+    assert get_stack_reader(str(_write_event_frames(tmp_path / "ev", n=3))) is None
+    assert get_stack_reader(str(_write_slices(tmp_path / "two", n=2))) is not None
 
 
 def test_unreadable_stack_shows_one_line_instead_of_traceback(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from qtpy.QtWidgets import (QApplication, QCheckBox, QComboBox, QLineEdit, QPush
                             QStyle, QStyleOptionFrame)
 
 from napari_stackmff._widgets import FusionWidget, TrainingWidget  # noqa: E402
+from napari_stackmff._widgets._layout import is_collapsed_away  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("stackmff_plugin")
 
@@ -152,6 +153,10 @@ def test_both_widgets_fit_1280x800_side_by_side(make_napari_viewer, qtbot, isola
     assert fusion_dock.x() + fusion_dock.width() <= train_dock.x()  # side by side, not stacked
     assert _cut_off(fusion) == [] and _cut_off(trainer) == []
     assert trainer.objective_combo.width() >= _combo_needs(trainer.objective_combo)
+    _save(fusion, "side_by_side_fusion.png")
+    trainer.more_section.expand(animate=False)  # the objective, schedule and file rows
+    qtbot.wait(100)
+    assert _cut_off(trainer) == []
     # The checkpoint path shows both ends (folder start and file name); the tooltip holds all of it.
     shown = QLineEdit.text(trainer.checkpoint_edit)
     assert shown != long_path and shown.startswith("/home") and shown.endswith("stackmff-v2-final.pt"), shown
@@ -160,10 +165,88 @@ def test_both_widgets_fit_1280x800_side_by_side(make_napari_viewer, qtbot, isola
 
     SCREENSHOTS.mkdir(exist_ok=True)
     _save(window, "side_by_side_1280x800.png")
-    _save(fusion, "side_by_side_fusion.png")
-    scroll = trainer.findChild(QScrollArea)  # the settings scroll: the checkpoint row is at its end
+    scroll = trainer.findChild(QScrollArea)  # the opened section scrolls inside the dock where it must
     scroll.ensureWidgetVisible(trainer.checkpoint_edit)
     qtbot.wait(100)
-    assert scroll.verticalScrollBar().value() > 0  # it scrolled: the settings are taller than the room
     assert not trainer.checkpoint_edit.visibleRegion().isEmpty()
     _save(trainer, "side_by_side_training.png")
+
+
+def _unscrolled(widget) -> bool:
+    """No scroll area of ``widget`` is scrolled: what is seen is what shows without scrolling."""
+    return all(a.verticalScrollBar().value() == 0 for a in widget.findChildren(QScrollArea))
+
+
+def _not_fully_shown(window, controls: dict) -> list[str]:
+    """Every control that is not whole on screen: hidden, in a collapsed section, clipped by a scroll
+    area or a dock (its visible region is less than its rectangle), or outside the window."""
+    bad = []
+    for name, w in controls.items():
+        if not w.isVisible() or is_collapsed_away(w):
+            bad.append(f"{name}: not shown")
+            continue
+        seen = w.visibleRegion().boundingRect()
+        top_left = w.mapTo(window, w.rect().topLeft())
+        inside = window.rect().contains(top_left) and window.rect().contains(
+            w.mapTo(window, w.rect().bottomRight()))
+        if seen != w.rect() or not inside or w.height() < w.minimumSizeHint().height():
+            bad.append(f"{name}: shows {seen.width()}x{seen.height()} of {w.width()}x{w.height()} at "
+                       f"({top_left.x()}, {top_left.y()}) in a {window.width()}x{window.height()} window")
+    return bad
+
+
+def test_docked_pair_at_1280x800_shows_the_main_controls(make_napari_viewer, qtbot, isolated_settings):
+    """Both widgets docked as napari docks them (one above the other, right of the canvas) on a
+    1280×800 screen, with last session's settings restored (the line that says so takes room too):
+    Method, Align, Blend and Fuse, and the training Start/Stop and loss plot, are whole on screen
+    without scrolling; still so with every collapsed section opened (the sections scroll instead)."""
+    from napari_stackmff._widgets import _settings
+
+    _settings.save("fusion", {"method": "tenengrad", "align": "similarity"})  # a returning user
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(SCREEN)
+    viewer.open_sample("napari-stackmff", "cells")
+    fusion_dock, fusion = viewer.window.add_plugin_dock_widget("napari-stackmff", "All-in-focus fusion")
+    train_dock, trainer = viewer.window.add_plugin_dock_widget("napari-stackmff", "Train a focus model")
+    QApplication.processEvents()
+    qtbot.wait(300)
+    assert window.width() <= SCREEN.width() and window.height() <= SCREEN.height(), window.size()
+    assert fusion.restored_row.isVisible()
+    controls = {"fusion Layer": fusion.layer_combo, "fusion Method": fusion.method_combo,
+                "fusion Align": fusion.align_combo, "fusion Blend": fusion.blend_combo,
+                "fusion Fuse": fusion.run_button, "fusion Reset": fusion.reset_button,
+                "training Start": trainer.start_button, "training Stop": trainer.stop_button,
+                "training loss plot": trainer.plot}
+    SCREENSHOTS.mkdir(exist_ok=True)
+    _save(window, "docked_pair_1280x800.png")
+    print(f"docks: fusion {fusion_dock.geometry().getRect()}, training {train_dock.geometry().getRect()}")
+    assert _unscrolled(fusion) and _unscrolled(trainer)
+    assert _not_fully_shown(window, controls) == []
+    assert _cut_off(fusion) == [] and _cut_off(trainer) == []
+
+    for box in (fusion.stack_section, fusion.more_section, trainer.more_section):
+        box.expand(animate=False)
+    QApplication.processEvents()
+    qtbot.wait(300)
+    _save(window, "docked_pair_1280x800_expanded.png")
+    assert window.width() <= SCREEN.width() and window.height() <= SCREEN.height(), window.size()
+    assert _not_fully_shown(window, controls) == []
+    assert not is_collapsed_away(fusion.device_combo) and not is_collapsed_away(trainer.lr_spin)
+
+    # For people to look at: the pair with a result (the focus map's colour bar) and a loss history.
+    for box in (fusion.stack_section, fusion.more_section, trainer.more_section):
+        box.collapse(animate=False)
+    fusion.align_combo.setCurrentIndex(fusion.align_combo.findData(None))
+    fusion.run()
+    wait_idle(qtbot, fusion)
+    for i in range(1, 301):
+        trainer.plot.add_train(i, 0.08 * math.exp(-i / 120) + 0.01 + 0.01 * np.sin(i * 1.7) ** 2)
+        if i % 100 == 0:
+            trainer.plot.add_val(i, 0.06 * math.exp(-i / 150) + 0.015)
+    viewer.layers[-1].visible = False  # the all-in-focus image: show the focus map under it
+    QApplication.processEvents()
+    qtbot.wait(300)
+    _save(window, "docked_pair_1280x800_result.png")
+    del controls["fusion Reset"]  # the "restored" line goes once a run accepts the settings
+    assert _not_fully_shown(window, controls) == []

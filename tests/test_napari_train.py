@@ -3,6 +3,7 @@ and the fusion widget can use it straight away; Stop ends a run cleanly."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from qtpy.QtCore import Qt  # noqa: E402
 from qtpy.QtWidgets import QLineEdit  # noqa: E402
 
 from napari_stackmff._widgets import FusionWidget, TrainingWidget  # noqa: E402
+from napari_stackmff._widgets._settings import readable_label  # noqa: E402
 from napari_stackmff.core import synth  # noqa: E402
 from napari_stackmff.core.models import registry  # noqa: E402
 
@@ -166,18 +168,65 @@ def test_short_training_run_feeds_fusion(make_napari_viewer, qtbot, isolated_set
 
 
 def test_stop_keeps_a_checkpoint(make_napari_viewer, qtbot, isolated_settings, tmp_path, dataset):
+    """Stop keeps the best weights so far and says so (epoch, score, the name they are listed under); the
+    name is short and whole in the fusion list (the path in the tooltip); one click takes it off again."""
     viewer = make_napari_viewer()
+    fusion = FusionWidget(viewer)
+    qtbot.addWidget(fusion)
     trainer = TrainingWidget(viewer)
     qtbot.addWidget(trainer)
-    trainer.checkpoint_edit.setText(str(tmp_path / "stopped.pt"))
+    ckpt = tmp_path / "stackmff-v2-20260101-1200.pt"  # the widget's own naming: model, date, time
+    trainer.checkpoint_edit.setText(str(ckpt))
     _use_folder(trainer, dataset)
     trainer.start(**{**TINY, "epochs": 50, "steps_per_epoch": 1000})
     qtbot.waitUntil(lambda: len(trainer.plot.train) >= 2, timeout=60_000)
     trainer.stop()
+    assert "keeping the best weights" in trainer.status.text()
     wait_idle(qtbot, trainer, timeout=30_000)
     assert trainer.result is not None and trainer.result.stopped
-    assert (tmp_path / "stopped.pt").is_file() and trainer.registered_label is not None
+    assert ckpt.is_file() and trainer.registered_label is not None
     assert trainer.start_button.isEnabled() and not trainer.stop_button.isEnabled()
+
+    label = trainer.registered_label
+    best = ckpt.with_name("stackmff-v2-20260101-1200.best.pt")
+    assert label == readable_label(best, "stackmff-v2") and label.startswith("v2 1 ") and label.endswith(" 12:00")
+    assert re.fullmatch(rf"Stopped at epoch 1 of 50: kept the best weights so far \(epoch 1, validation "
+                        rf"[-\d.]+ (dB|loss [-\d.e+]+)\) as '{re.escape(label)}' in the fusion methods\.",
+                        trainer.status.text()), trainer.status.text()
+    assert str(best) in trainer.status.toolTip()
+    i = fusion.method_combo.findData(f"user:{label}")
+    assert fusion.method_combo.itemText(i) == f"{label} (yours)" and "…" not in fusion.method_combo.itemText(i)
+    assert str(best) in fusion.method_combo.itemData(i, Qt.ItemDataRole.ToolTipRole)
+
+    assert trainer.remove_button.isVisibleTo(trainer)
+    trainer.remove_button.click()
+    assert label not in registry.user_weights() and fusion.method_combo.findData(f"user:{label}") < 0
+    assert best.is_file() and "Removed" in trainer.status.text()
+    registry._user_weights.clear()
+    again = FusionWidget(viewer)  # not back in a later session either
+    qtbot.addWidget(again)
+    assert again.method_combo.findData(f"user:{label}") < 0
+
+
+def test_readable_model_names(isolated_settings, tmp_path):
+    """Short names for checkpoints: the widget's default file name becomes model + date, a name the user
+    chose stays theirs, two files never share a name, and labels of older sessions read the same way."""
+    from napari_stackmff._widgets import _settings
+
+    assert readable_label("/m/stackmff-v2-20260101-1200.best.pt", "stackmff-v2").startswith("v2 1 ")
+    assert readable_label("/m/stackmff-v3-beetle.best.pt", "stackmff-v3") == "v3 beetle"
+    assert readable_label("/m/my microscope.best.pt", "stackmff-v2") == "my microscope"
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "mine.best.pt").write_bytes(b"")
+    first = _settings.register_user_weights(tmp_path / "a" / "mine.best.pt", "stackmff-v2")
+    second = _settings.register_user_weights(tmp_path / "b" / "mine.best.pt", "stackmff-v2")
+    assert (first, second) == ("mine", "mine (2)")
+    assert _settings.register_user_weights(tmp_path / "a" / "mine.best.pt", "stackmff-v2") == "mine"  # same file
+    old = registry.register_weights(tmp_path / "a" / "stackmff-v2-20250505-0930.best.pt", "stackmff-v2")
+    assert old == "stackmff-v2 (stackmff-v2-20250505-0930.best.pt)"  # a label from before readable names
+    assert _settings.display_name(old) == readable_label(tmp_path / "a" / "stackmff-v2-20250505-0930.best.pt",
+                                                         "stackmff-v2")
 
 
 def test_unsupervised_run_on_open_layers(make_napari_viewer, qtbot, isolated_settings, tmp_path):

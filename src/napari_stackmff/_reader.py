@@ -1,7 +1,8 @@
 """napari readers: focal stacks (slice folders, multi-page/OME TIFF) and event-frame folders.
 
-``get_*_reader(path)`` must be cheap and must say no (return None) to anything that is not a
-stack, so napari's own reader keeps handling ordinary single images. The two readers never
+``get_*_reader(path)`` must be cheap and must say no (return None) to any file that is not a
+stack, so napari's own reader keeps handling ordinary single images; a folder that is not a stack
+is accepted and explained in one line instead (see ``get_stack_reader``). The two readers never
 accept the same folder: a folder of red/blue event previews goes to the event reader only.
 A folder's slices are chosen as in ``core.io.list_slice_files`` (its naming pattern: a
 reference ``expected.jpg`` among ``pcb_001.jpg...`` is left out, with a warning naming it); to
@@ -114,8 +115,15 @@ def _slice_list(path: Any) -> list[Path] | None:
 
 
 def get_stack_reader(path: Any) -> ReaderFunction | None:
-    """Accept a slice folder (>= 2 images), a multi-page TIFF or a list of slice files; decline
-    everything else."""
+    """Accept a slice folder (>= 2 images), a multi-page TIFF or a list of slice files; decline other
+    files, and folders of event frames (the event reader's).
+
+    Any other folder is accepted too, to be explained rather than refused: napari offers its own
+    reader beside ours for every folder and asks which to use, so a folder reaches us only when the
+    user chose us, and a refusal would show napari's generic "refused the file". Reading it shows the
+    core's one-line reason instead (``…/slice_1.png: a focal stack needs at least 2 slices, only one
+    image was given.``), as the CLI does, and adds no layer.
+    """
     if _slice_list(path) is not None:
         return read_stack
     p = _single_path(path)
@@ -123,9 +131,7 @@ def get_stack_reader(path: Any) -> ReaderFunction | None:
         return None
     if p.is_dir():
         files = _image_files(p)
-        if len(files) == 1 and files[0].suffix.lower() in _TIFF and tiff_is_stack(files[0]):
-            return read_stack
-        if len(files) < 2 or is_event_folder(p, files):
+        if is_event_folder(p, files) or paired_folders(p):
             return None
         return read_stack
     if p.suffix.lower() in _TIFF and p.is_file() and tiff_is_stack(p):

@@ -13,9 +13,11 @@ from typing import Any
 from qtpy.QtCore import QEvent, QObject, QSize, Qt
 from qtpy.QtGui import QFontMetrics
 from qtpy.QtWidgets import QFrame, QLineEdit, QScrollArea, QStyle, QStyleOptionFrame, QWidget
+from superqt import QCollapsible
 
-#: Shortest the settings area may get: two form rows stay visible, enough to see it scrolls.
-MIN_SCROLL_HEIGHT = 80
+#: Shortest the settings area may get: an opened section's header and a row stay visible, enough to
+#: see it scrolls (and two docked widgets with their sections open still fit a 1280×800 screen).
+MIN_SCROLL_HEIGHT = 64
 #: QLineEdit's fixed inner horizontal margin (qlineedit_p.h: horizontalMargin = 2, each side).
 LINE_EDIT_MARGIN = 2
 
@@ -42,13 +44,41 @@ class VerticalScroll(QScrollArea):
         return self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
 
     def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt name)
-        """The content's minimum width (never cut off sideways), but only a little height."""
-        return QSize(self.widget().minimumSizeHint().width() + self._extra_width(), MIN_SCROLL_HEIGHT)
+        """The content's minimum width (never cut off sideways), but only a little height: no more than
+        the content needs (a few collapsed sections), at most :data:`MIN_SCROLL_HEIGHT`."""
+        needed = self.widget().sizeHint().height() + 2 * self.frameWidth()
+        return QSize(self.widget().minimumSizeHint().width() + self._extra_width(), min(needed, MIN_SCROLL_HEIGHT))
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt name)
         """The content's full size: shown without scrolling wherever the dock has the room."""
         hint = self.widget().sizeHint()
         return QSize(hint.width() + self._extra_width(), hint.height() + 2 * self.frameWidth())
+
+
+def section(title: str, content: QWidget, *, expanded: bool = False) -> QCollapsible:
+    """A collapsible section (superqt's QCollapsible) holding ``content``: the less used settings stay
+    one click away without taking the room of the most used ones. Expands and collapses at once
+    (no animation: a dock that resizes itself for 300 ms is restless to look at)."""
+    box = QCollapsible(title, expandedIcon="▾", collapsedIcon="▸")
+    box.setDuration(0)
+    box.layout().setContentsMargins(0, 0, 0, 0)
+    box.layout().setSpacing(0)
+    box.content().layout().setContentsMargins(12, 0, 0, 0)
+    box.addWidget(content)
+    if expanded:
+        box.expand(animate=False)
+    return box
+
+
+def is_collapsed_away(widget: QWidget) -> bool:
+    """True when ``widget`` sits in a collapsed section (QCollapsible squeezes its content to zero
+    height instead of hiding it, so ``isVisible()`` alone does not tell)."""
+    w = widget.parentWidget()
+    while w is not None:
+        if isinstance(w, QCollapsible) and not w.isExpanded():
+            return True
+        w = w.parentWidget()
+    return False
 
 
 class PathEdit(QLineEdit):

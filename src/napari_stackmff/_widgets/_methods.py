@@ -16,6 +16,7 @@ from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QToolButton, QWi
 from ..core.classical import CLASSICAL_METHODS
 from ..core.models import registry
 from ._layout import PathEdit
+from ._settings import display_name
 
 USER_PREFIX = "user:"
 #: A trained model's label is cut to this many characters in the list (the tooltip has it all),
@@ -93,8 +94,9 @@ class MethodPicker(QObject):
             shipped = registry.shipped_weights(name) is not None
             self._add(f"{name} ({'network' if shipped else 'no weights'})", name,
                       registry.get_spec(name).description + ("" if shipped else " Choose a weights file."))
-        for label, (_, path) in registry.user_weights().items():
-            self._add(f"{_shorten(label)} (yours)", f"{USER_PREFIX}{label}", f"Trained by you: {label}\n{path}")
+        for label, (model, path) in registry.user_weights().items():
+            self._add(f"{_shorten(display_name(label))} (yours)", f"{USER_PREFIX}{label}",
+                      f"{display_name(label)}: {model} weights you trained\n{path}")
         self.combo.blockSignals(False)
         if current is not None:
             self.select(current)

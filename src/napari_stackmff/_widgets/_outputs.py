@@ -17,7 +17,7 @@ from napari.layers import Layer
 from .._layerdata import drop_axes, height_surface, to_layer_order
 from ..core.align import crop_offset
 from ..core.fusion import FusionResult
-from ._layers import remove_result, upsert_result
+from ._layers import find_result, remove_result, upsert_result
 
 FOCUS_COLORMAP = "viridis"
 CONFIDENCE_COLORMAP = "magma"
@@ -69,6 +69,23 @@ def focus_values(result: FusionResult, z_positions: np.ndarray | None = None
     return result.focus_map, (0.0, float(max(result.n_slices - 1, 1))), "slices"
 
 
+def focus_map_name(source_name: str, unit: str) -> str:
+    """``cells focus map (µm)``: the unit in the name, so the colour bar's label (the name, drawn beside
+    it) and napari's value read-out in the status bar both say what the numbers are."""
+    return f"{source_name} focus map ({unit})" if unit else f"{source_name} focus map"
+
+
+def show_legend(layer: Layer) -> None:
+    """napari's colour bar for ``layer``, with the layer's name (which carries the unit) beside it at the
+    top right of the canvas; both show while the layer is visible, and are toggled in napari as usual."""
+    try:
+        layer.colorbar.visible = True
+        layer.name_overlay.position = "top_right"  # tiled next to the colour bar
+        layer.name_overlay.visible = True
+    except AttributeError:  # pragma: no cover - a napari without layer overlays (< 0.6)
+        pass
+
+
 def show_result(viewer: napari.Viewer, source: Layer, source_id: str, axes: str, result: FusionResult,
                 options: OutputOptions, z_positions: np.ndarray | None = None) -> dict[str, Layer]:
     """Add or update the result layers of ``source``; returns them by kind."""
@@ -96,9 +113,12 @@ def show_result(viewer: napari.Viewer, source: Layer, source_id: str, axes: str,
             **_geometry(source, dims, "TC", off))
     else:
         remove_result(viewer, source_id, "surface")
+    before = find_result(viewer, source_id, "focus_map")
     out["focus_map"] = upsert_result(
-        viewer, source_id, "focus_map", "image", values, name=f"{name} focus map", colormap=FOCUS_COLORMAP,
+        viewer, source_id, "focus_map", "image", values, name=focus_map_name(name, unit), colormap=FOCUS_COLORMAP,
         contrast_limits=limits, metadata={"stackmff": info}, **_geometry(source, dims, "ZC", off))
+    if out["focus_map"] is not before:  # a new layer: show its legend; a re-run keeps what the user chose
+        show_legend(out["focus_map"])
     aif_kwargs: dict[str, Any] = {"rgb": bool(source.rgb)}
     if not source.rgb:
         aif_kwargs.update(contrast_limits=tuple(source.contrast_limits), colormap=source.colormap,

@@ -24,7 +24,7 @@ class LossPlot(QWidget):
         self.train: list[tuple[float, float]] = []
         self.val: list[tuple[float, float]] = []
         self.val_label = val_label
-        self.setMinimumHeight(170)
+        self.setMinimumHeight(130)  # axes, a legend row and a readable curve, with a docked pair at 1280×800
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
     # ------------------------------------------------------------------------- data

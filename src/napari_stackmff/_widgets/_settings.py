@@ -8,6 +8,8 @@ ones on a process-wide signal so every open fusion widget refreshes its list at 
 from __future__ import annotations
 
 import json
+import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,15 +66,73 @@ def hub() -> _Hub:
     return _hub
 
 
+def clear(group: str) -> None:
+    """Forget every stored setting of ``group`` (the widgets then start from their defaults)."""
+    s = settings()
+    s.remove(group)
+    s.sync()
+
+
+def short_model_name(model: str) -> str:
+    """``stackmff-v2`` -> ``v2``, ``eventstackmff`` -> ``event``: the family name is the same for all."""
+    return model.replace("stackmff-", "").replace("stackmff", "") or model
+
+
+def readable_label(path: str | Path, model: str) -> str:
+    """A short name for a checkpoint: ``v2 1 Jan 12:00`` for the training widget's default file name
+    (``stackmff-v2-20260101-1200.best.pt``), ``v2 beetle`` for ``stackmff-v2-beetle.pt``, else the file's
+    own name without ``.best.pt`` (the user chose it). The full path goes in tooltips."""
+    stem = Path(path).name
+    for suffix in (Path(path).suffix, ".best"):
+        if suffix and stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    if not stem.startswith(f"{model}-"):
+        return stem or Path(path).name
+    rest = stem[len(model) + 1:]
+    stamp = re.fullmatch(r"(\d{8})-(\d{4})", rest)
+    if stamp:
+        try:
+            when = datetime.strptime("".join(stamp.groups()), "%Y%m%d%H%M")
+            rest = f"{when.day} {when:%b %H:%M}"
+        except ValueError:
+            pass
+    return f"{short_model_name(model)} {rest}"
+
+
+def display_name(label: str) -> str:
+    """What the lists show for a registered checkpoint: its label, or for a label made before readable
+    names (``stackmff-v2 (stackmff-v2-20260101-1200.best.pt)``) the readable name of its file."""
+    entry = registry.user_weights().get(label)
+    if entry is not None and label == f"{entry[0]} ({Path(entry[1]).name})":
+        return readable_label(entry[1], entry[0])
+    return label
+
+
 def register_user_weights(path: str | Path, model: str) -> str:
-    """Register a checkpoint everywhere (registry, settings, open widgets); returns its label."""
+    """Register a checkpoint everywhere (registry, settings, open widgets) under a short readable
+    label (``v2 1 Jan 12:00``; ``(2)`` added if another file has it); returns the label."""
     path = Path(path).resolve()
-    label = registry.register_weights(path, model)
+    base = label = readable_label(path, model)
+    taken = registry.user_weights()
+    n = 1
+    while label in taken and Path(taken[label][1]).resolve() != path:
+        n += 1
+        label = f"{base} ({n})"
+    label = registry.register_weights(path, model, label=label)
     known = _stored_weights()
     known[label] = [model, str(path)]
     save("weights", {"user": json.dumps(known)})
     hub().weights_changed.emit(label)
     return label
+
+
+def unregister_user_weights(label: str) -> None:
+    """Take a checkpoint off the method lists, now and in later sessions; its file stays."""
+    registry.unregister_weights(label)
+    known = _stored_weights()
+    known.pop(label, None)
+    save("weights", {"user": json.dumps(known)})
+    hub().weights_changed.emit(label)
 
 
 def restore_user_weights() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from napari.layers import Layer
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel,
                             QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..core.align import summary
@@ -32,7 +32,7 @@ from ._inputs import AXES_TEXT, ZInfo, axes_choices, channel_choices, is_event_c
 from ._inputs import is_stack_layer, layer_stack, z_info
 from ._layers import LayerCombo, connect_layer_list, is_result, source_key
 from ._methods import MethodPicker
-from ._layout import VerticalScroll
+from ._layout import VerticalScroll, section
 from ._outputs import OutputOptions, oblique_view, show_result
 from ._worker import run_in_thread, user_message
 
@@ -116,13 +116,19 @@ class FusionWidget(QWidget):
     def _build(self) -> None:
         root = QVBoxLayout(self)
         root.setContentsMargins(6, 6, 6, 6)
-        # Settings scroll; Fuse, progress and status stay in view below them.
+        # The most used settings first, always in view (layer, method, align, blend); the rest in two
+        # collapsed sections that scroll; Fuse, progress and status stay in view below them. At 1280×800
+        # with the training widget docked too, this is what fits (tests/test_napari_screenshots.py).
         self.settings_panel = QWidget()
         panel = QVBoxLayout(self.settings_panel)
         panel.setContentsMargins(0, 0, 0, 0)
-        root.addWidget(VerticalScroll(self.settings_panel))
-        inp = QGroupBox("Input stack")
-        form = QFormLayout(inp)
+        root.addWidget(self.settings_panel)
+        self._main_form = main = QFormLayout()
+        main.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        panel.addLayout(main)
+        stack_box = QWidget()
+        form = QFormLayout(stack_box)
+        form.setContentsMargins(0, 0, 0, 0)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.layer_combo = LayerCombo(self.viewer, is_stack_layer)
         self.layer_combo.setToolTip("The focal stack (z-stack) to fuse: (z, y, x), RGB, time-lapse or channels.")
@@ -150,28 +156,24 @@ class FusionWidget(QWidget):
         self.event_combo = LayerCombo(self.viewer, is_event_candidate, none_text="none", prefer=is_event_layer)
         self.event_combo.setToolTip("Focal-plane event frames (one per slice), used by event-based models only.")
         # Short row labels (the tooltips say more): the label column is part of the dock's width.
-        form.addRow("Layer", self.layer_combo)
+        self.layer_combo.setToolTip(self.layer_combo.toolTip() + "\nTwo or more single images (e.g. an A/B pair) "
+                                    "selected in the layer list: a button beside Fuse fuses them.")
         form.addRow("Axes", self.axes_combo)
         form.addRow("Channel", self.channel_combo)
         form.addRow("Z step", z_row)
         form.addRow("", self.z_hint)
-        form.addRow("Events", self.event_combo)
+        # Shown beside Fuse while two or more single images are selected in the layer list.
         self.pair_button = QPushButton("Fuse selected images")
         self.pair_button.setToolTip(
             "Select two or more single images of one size in the layer list (e.g. an A/B pair of photos "
             "focused near and far): they are stacked into a new layer, in the list's order, and fused.")
         self.pair_button.setEnabled(False)
-        form.addRow("", self.pair_button)
-        # Only event-based models read event frames: without one in the registry, hide the row.
-        self.event_label = form.labelForField(self.event_combo)
-        has_event_models = any(registry.get_spec(m).uses_events for m in registry.model_names())
-        self.event_combo.setVisible(has_event_models)
-        self.event_label.setVisible(has_event_models)
-        panel.addWidget(inp)
+        self.pair_button.setVisible(False)
 
-        meth = QGroupBox("Method")
-        form = QFormLayout(meth)
-        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        more_box = QWidget()
+        more = QFormLayout(more_box)
+        more.setContentsMargins(0, 0, 0, 0)
+        more.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.methods = MethodPicker(self)
         self.method_combo = self.methods.combo
         self.device_combo = QComboBox()
@@ -200,18 +202,21 @@ class FusionWidget(QWidget):
             "hard: every pixel copied from one slice (pixel-faithful, for measurements). soft: slices mixed "
             "with weights that follow image edges: fewer seams and halos at depth edges, but values are "
             "mixes, not measurements.")
-        form.addRow("Method", self.method_combo)
-        form.addRow("Weights", self.methods.weights_row)
-        form.addRow("Device", self.device_combo)
-        form.addRow("Tile", self.tile_spin)
-        form.addRow("Window", self.window_spin)
-        form.addRow("Align", self.align_combo)
-        form.addRow("Blend", self.blend_combo)
-        form.addRow(self.denoise_check)
-        panel.addWidget(meth)
-
-        outs = QGroupBox("Also show")
-        box = QVBoxLayout(outs)
+        main.addRow("Layer", self.layer_combo)
+        main.addRow("Method", self.method_combo)
+        main.addRow("Weights", self.methods.weights_row)  # networks only: shown when one is chosen
+        main.addRow("Events", self.event_combo)  # event-based networks only
+        main.addRow("Align", self.align_combo)
+        main.addRow("Blend", self.blend_combo)
+        self.weights_label = main.labelForField(self.methods.weights_row)
+        self.event_label = main.labelForField(self.event_combo)
+        more.addRow("Device", self.device_combo)
+        more.addRow("Tile", self.tile_spin)
+        more.addRow("Window", self.window_spin)
+        more.addRow(self.denoise_check)
+        box = QVBoxLayout()
+        box.setContentsMargins(0, 0, 0, 0)
+        box.addWidget(QLabel("Also show"))
         self.confidence_check = QCheckBox("Confidence map")
         self.confidence_check.setToolTip("How clearly one slice wins at each pixel (0 to 1).")
         self.surface_check = QCheckBox("Height surface (3-D view)")
@@ -231,7 +236,34 @@ class FusionWidget(QWidget):
         box.addWidget(self.confidence_check)
         box.addWidget(self.surface_check)
         box.addLayout(s_row)
-        panel.addWidget(outs)
+        more.addRow(box)
+
+        # "Restored last session · Reset": remembered settings are said, and can be undone in one click.
+        self.restored_label = QLabel("Restored last session's settings")
+        self.restored_label.setStyleSheet("color: gray;")
+        self.reset_button = QPushButton("Reset")
+        self.reset_button.setFlat(True)
+        self.reset_button.setToolTip("Back to the default settings (method auto, the default alignment and "
+                                     "blend...); your trained models stay in the list.")
+        self.restored_row = QWidget()
+        r_row = QHBoxLayout(self.restored_row)
+        r_row.setContentsMargins(0, 0, 0, 0)
+        r_row.addWidget(self.restored_label, 1)
+        r_row.addWidget(self.reset_button)
+        self.restored_row.setVisible(False)
+        panel.addWidget(self.restored_row)
+
+        self.stack_section = section("Stack: axes, channel, z step", stack_box,
+                                     expanded=_settings.load(GROUP, "open_stack", False))
+        self.more_section = section("More: device, tiles, extra layers", more_box,
+                                    expanded=_settings.load(GROUP, "open_more", False))
+        sections = QWidget()
+        s_box = QVBoxLayout(sections)
+        s_box.setContentsMargins(0, 0, 0, 0)
+        s_box.setSpacing(2)
+        s_box.addWidget(self.stack_section)
+        s_box.addWidget(self.more_section)
+        panel.addWidget(VerticalScroll(sections))
 
         self.run_button = QPushButton("Fuse")
         self.run_button.setMinimumHeight(30)
@@ -244,7 +276,10 @@ class FusionWidget(QWidget):
         self.align_info.setWordWrap(True)
         self.align_info.setStyleSheet("color: gray;")
         self.align_info.setVisible(False)
-        root.addWidget(self.run_button)
+        run_row = QHBoxLayout()
+        run_row.addWidget(self.run_button, 1)
+        run_row.addWidget(self.pair_button)
+        root.addLayout(run_row)
         root.addWidget(self.progress_bar)
         root.addWidget(self.status)
         root.addWidget(self.align_info)
@@ -257,6 +292,9 @@ class FusionWidget(QWidget):
         self.z_unit.currentIndexChanged.connect(self._update_z_hint)
         self.run_button.clicked.connect(self._on_run_clicked)
         self.pair_button.clicked.connect(self.fuse_selected_images)
+        self.reset_button.clicked.connect(self.reset_settings)
+        self.stack_section.toggled.connect(lambda open_: _settings.save(GROUP, {"open_stack": open_}))
+        self.more_section.toggled.connect(lambda open_: _settings.save(GROUP, {"open_more": open_}))
         self.viewer.layers.selection.events.changed.connect(self._on_selection_changed)
         for w in (self.device_combo, self.z_unit, self.align_combo, self.blend_combo):
             w.currentIndexChanged.connect(self._save_settings)
@@ -270,7 +308,16 @@ class FusionWidget(QWidget):
     # ---------------------------------------------------------------------------- settings
     def _load_settings(self) -> None:
         self._loading = True
-        load = _settings.load
+        #: Settings that came back from an earlier session different from their defaults (said in the
+        #: "Restored last session's settings · Reset" line).
+        self.restored: dict[str, Any] = {}
+
+        def load(group: str, key: str, default: Any) -> Any:
+            value = _settings.load(group, key, default)
+            if value != default:
+                self.restored[key] = value
+            return value
+
         self.methods.custom_weights = load(GROUP, "weights_file", "")
         self.methods.select(load(GROUP, "method", "auto"))
         self._select_text(self.device_combo, load(GROUP, "device", "auto"))
@@ -285,7 +332,29 @@ class FusionWidget(QWidget):
         self.surface_conf.setValue(load(GROUP, "surface_min_confidence", 0.3))
         self.surface_conf.setEnabled(self.surface_check.isChecked())
         self.surface_conf_label.setEnabled(self.surface_check.isChecked())
+        self._show_restored()
         self._loading = False
+
+    def _show_restored(self) -> None:
+        """Say that settings came back from the last session (which ones, in the tooltip), or nothing."""
+        if self.restored.get("method") not in (None, self.methods.key()):
+            del self.restored["method"]  # remembered, but gone (e.g. a removed model): auto is shown
+        shown = {"method": self.method_combo, "align": self.align_combo, "blend": self.blend_combo,
+                 "device": self.device_combo}
+        lines = [f"{key}: {shown[key].currentText() if key in shown else value}"
+                 for key, value in self.restored.items()]
+        self.restored_row.setVisible(bool(lines))
+        self.restored_label.setToolTip("Restored from your last session:\n" + "\n".join(lines))
+
+    def reset_settings(self) -> None:
+        """Forget the remembered settings and go back to the defaults."""
+        _settings.clear(GROUP)
+        _settings.save(GROUP, {"open_stack": self.stack_section.isExpanded(),
+                               "open_more": self.more_section.isExpanded()})  # layout, not settings
+        self._load_settings()
+        self._on_method_changed()
+        self.restored_row.setVisible(False)
+        self.status.setText("Settings reset to their defaults.")
 
     def _save_settings(self, *_: Any) -> None:
         if getattr(self, "_loading", True):
@@ -325,6 +394,14 @@ class FusionWidget(QWidget):
         self.tile_spin.setEnabled(key == "auto" or self.methods.is_model())
         self.window_spin.setEnabled(key == "auto" or method in CLASSICAL_METHODS)
         self.event_combo.setEnabled(self.methods.uses_events())
+        # Rows that only networks use are shown only for them (the main rows stay few).
+        for w in (self.methods.weights_row, self.weights_label):
+            w.setVisible(self.methods.is_model())
+        for w in (self.event_combo, self.event_label):
+            w.setVisible(self.methods.uses_events())
+        if hasattr(self._main_form, "setRowVisible"):  # Qt >= 6.4: no spacing left for the hidden rows
+            self._main_form.setRowVisible(self.weights_label, self.methods.is_model())
+            self._main_form.setRowVisible(self.event_label, self.methods.uses_events())
         self._save_settings()
 
     # ---------------------------------------------------------------------------- input layer
@@ -377,6 +454,7 @@ class FusionWidget(QWidget):
     def _on_selection_changed(self, *_: Any) -> None:
         images = self.selected_images()
         self.pair_button.setEnabled(bool(images) and not self.running)
+        self.pair_button.setVisible(bool(images))
         self.pair_button.setText(f"Fuse {len(images)} selected images" if images else "Fuse selected images")
 
     def fuse_selected_images(self) -> None:
@@ -442,6 +520,7 @@ class FusionWidget(QWidget):
             self._fail(str(exc))
             return
         self._save_settings()
+        self.restored_row.setVisible(False)  # said once; running with them accepts them
         self.run_button.setText("Cancel")
         self.progress_bar.setRange(0, 0)
         self.status.setText(f"{self._doing(job)}…")

@@ -19,9 +19,9 @@ from typing import Any
 import napari
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
-                            QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QProgressBar, QPushButton, QSpinBox,
-                            QToolButton, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+                            QListWidget, QListWidgetItem, QProgressBar, QPushButton, QSpinBox, QToolButton, QVBoxLayout,
+                            QWidget)
 
 from ..core.defaults import UNSUPERVISED_DEFAULTS
 from ..core.devices import available_devices
@@ -31,7 +31,7 @@ from . import _settings
 from ._inputs import axes_choices, is_stack_layer, z_info
 from ._inputs import layer_stack as stack_of_layer
 from ._layers import connect_layer_list
-from ._layout import PathEdit, VerticalScroll
+from ._layout import PathEdit, VerticalScroll, section
 from ._plot import LossPlot
 from ._worker import run_in_thread, user_message
 
@@ -114,6 +114,40 @@ def _model_settings(model: str, init_path: Path | str | None, device: str) -> di
     return out
 
 
+def best_epoch(result: Any, objective: str) -> dict | None:
+    """The history record of the epoch whose weights the ``.best`` checkpoint holds (by the objective's
+    own validation score, as core.train picks it)."""
+    from ..core.train import get_objective
+
+    score = get_objective(objective).score
+    scored = [r for r in result.history if _scores(score, r)]
+    return min(scored, key=score) if scored else None
+
+
+def _scores(score: Any, record: dict) -> bool:
+    try:
+        return score(record) == score(record)  # not NaN
+    except (KeyError, TypeError):
+        return False
+
+
+def kept_message(result: Any, config: Any, name: str) -> str:
+    """One line saying what a run kept: ``Stopped at epoch 3 of 20: kept the best weights so far (epoch 2,
+    validation 21.3 dB) as 'v2 1 Jan 12:00' in the fusion methods.``"""
+    best = best_epoch(result, config.objective)
+    if best is None:
+        how = ""
+    elif "val_psnr" in best and best["val_psnr"] == best["val_psnr"]:
+        how = f" (epoch {best['epoch'] + 1}, validation {best['val_psnr']:.1f} dB)"
+    else:
+        how = f" (epoch {best['epoch'] + 1}, validation loss {best.get('val_loss', float('nan')):.3g})"
+    last = result.history[-1]["epoch"] + 1 if result.history else 0
+    if result.stopped:
+        return (f"Stopped at epoch {last} of {config.epochs}: kept the best weights so far{how} as '{name}' in "
+                "the fusion methods.")
+    return f"Finished {last} epochs: the best weights{how} are in the fusion methods as '{name}'."
+
+
 class TrainingWidget(QWidget):
     """Dock widget: train a focus model and make it available to the fusion widget."""
 
@@ -134,13 +168,19 @@ class TrainingWidget(QWidget):
     def _build(self) -> None:
         root = QVBoxLayout(self)
         root.setContentsMargins(6, 6, 6, 6)
-        # Settings scroll; the buttons, bars, status and loss plot stay in view below them.
-        self.settings_panel = QWidget()
+        # The most used settings first, always in view (source, model, epochs); the rest in a collapsed
+        # section that scrolls; the buttons, bars, status and loss plot stay in view below them. At
+        # 1280×800 with the fusion widget docked too, this is what fits (tests/test_napari_screenshots.py).
+        self.settings_panel = QWidget()  # disabled as a whole during a run
         panel = QVBoxLayout(self.settings_panel)
         panel.setContentsMargins(0, 0, 0, 0)
-        root.addWidget(VerticalScroll(self.settings_panel))
-        data = QGroupBox("Training data")
-        form = QFormLayout(data)
+        root.addWidget(self.settings_panel)
+        self._main_form = main = QFormLayout()
+        main.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        panel.addLayout(main)
+        more = QWidget()
+        form = QFormLayout(more)
+        form.setContentsMargins(0, 0, 0, 0)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.source_combo = _combo()
         self.source_combo.addItem("Synthetic stacks", SYNTHETIC)
@@ -153,7 +193,7 @@ class TrainingWidget(QWidget):
                                      "CPU for one stack).")
         self.layer_list = QListWidget()
         self.layer_list.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
-        self.layer_list.setMaximumHeight(90)
+        self.layer_list.setMaximumHeight(72)  # three layers; it scrolls for more
         self.layer_list.setToolTip("Ticked image stacks are used for training (the first time point of a series).")
         self.layer_label = QLabel("Layers")
         self.folder_edit = PathEdit()
@@ -177,18 +217,6 @@ class TrainingWidget(QWidget):
         self.pool_label.setToolTip(self.pool_spin.toolTip())
         self.val_spin = _spin(1, 256, d.get("val_stacks", 16))
         self.val_spin.setToolTip("Held-out synthetic stacks scored after every epoch.")
-        form.addRow("Source", self.source_combo)
-        form.addRow(self.folder_label, f_row)
-        form.addRow(self.layer_label, self.layer_list)
-        form.addRow(self.n_label, self.n_min)
-        form.addRow(self.n_max_label, self.n_max)
-        form.addRow(self.pool_label, self.pool_spin)
-        form.addRow("Validation", self.val_spin)
-        panel.addWidget(data)
-
-        run = QGroupBox("Model and schedule")
-        form = QFormLayout(run)
-        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.model_combo = _combo()
         for name in registry.model_names():
             self.model_combo.addItem(name, name)
@@ -224,44 +252,63 @@ class TrainingWidget(QWidget):
                                    "checkpoint trained earlier (fine-tuning).")
         self._fill_init_combo()
         self.objective_combo.setCurrentIndex(max(0, self.objective_combo.findData(d.get("objective", "hybrid"))))
-        form.addRow("Model", self.model_combo)
+        self.checkpoint_edit = PathEdit()
+        self.checkpoint_edit.setPlaceholderText("where the weights are saved")
+        self.checkpoint_button = QToolButton()
+        self.checkpoint_button.setText("…")
+        ckpt_row = QHBoxLayout()
+        ckpt_row.addWidget(self.checkpoint_edit, 1)
+        ckpt_row.addWidget(self.checkpoint_button)
+        main.addRow("Source", self.source_combo)
+        main.addRow(self.folder_label, f_row)
+        main.addRow(self.layer_label, self.layer_list)
+        main.addRow("Model", self.model_combo)
+        main.addRow("Epochs", self.epochs_spin)
         form.addRow("Objective", self.objective_combo)
         form.addRow("Start from", self.init_combo)
-        form.addRow("Epochs", self.epochs_spin)
         form.addRow("Steps/epoch", self.steps_spin)
         form.addRow("Batch size", self.batch_spin)
         form.addRow("Crop size", self.crop_spin)
         form.addRow("Learn rate", self.lr_spin)
         form.addRow("Device", self.device_combo)
-        panel.addWidget(run)
-
-        out = QGroupBox("Save checkpoint as")
-        row = QHBoxLayout(out)
-        self.checkpoint_edit = PathEdit()
-        self.checkpoint_button = QToolButton()
-        self.checkpoint_button.setText("…")
-        row.addWidget(self.checkpoint_edit, 1)
-        row.addWidget(self.checkpoint_button)
-        panel.addWidget(out)
+        form.addRow(self.n_label, self.n_min)
+        form.addRow(self.n_max_label, self.n_max)
+        form.addRow(self.pool_label, self.pool_spin)
+        form.addRow("Validation", self.val_spin)
+        form.addRow(QLabel("Save the weights as"))
+        form.addRow(ckpt_row)  # the whole width: a path shows both its ends (/home/…/model.pt)
+        self.more_section = section("More: objective, schedule, file", more,
+                                    expanded=_settings.load(GROUP, "more_open", False))
+        self.more_section.toggled.connect(lambda open_: _settings.save(GROUP, {"more_open": open_}))
+        panel.addWidget(VerticalScroll(self.more_section))
 
         buttons = QHBoxLayout()
         self.start_button = QPushButton("Start training")
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
-        self.stop_button.setToolTip("Finish the current batch, validate, save the checkpoint and stop.")
+        self.stop_button.setToolTip("Finish the current batch, validate, and stop. The best weights so far are kept\n"
+                                    "and added to the fusion methods (you can remove them there after).")
         buttons.addWidget(self.start_button, 2)
         buttons.addWidget(self.stop_button, 1)
         root.addLayout(buttons)
-        bars = QFormLayout()
+        bars = QHBoxLayout()  # one row: height is what a docked pair lacks, width it has
         self.epoch_bar, self.batch_bar = QProgressBar(), QProgressBar()
-        for bar in (self.epoch_bar, self.batch_bar):
+        for label, bar in (("Epoch", self.epoch_bar), ("Batch", self.batch_bar)):
             bar.setFormat("%v / %m")
-        bars.addRow("Epoch", self.epoch_bar)
-        bars.addRow("Batch", self.batch_bar)
+            bars.addWidget(QLabel(label))
+            bars.addWidget(bar, 1)
         root.addLayout(bars)
         self.status = QLabel("Set up a run and press Start training.")
         self.status.setWordWrap(True)
         root.addWidget(self.status)
+        # After a run: what was kept, and a way to not keep it (Stop keeps the best weights so far).
+        self.remove_button = QPushButton("Remove from methods")
+        self.remove_button.setToolTip("Take these weights off the fusion methods (the file stays on disk).")
+        self.remove_button.setVisible(False)
+        kept_row = QHBoxLayout()
+        kept_row.addStretch(1)
+        kept_row.addWidget(self.remove_button)
+        root.addLayout(kept_row)
         self.plot = LossPlot(val_label="validation loss")
         root.addWidget(self.plot, 1)
 
@@ -276,6 +323,7 @@ class TrainingWidget(QWidget):
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
+        self.remove_button.clicked.connect(self.remove_registered)
         self.n_min.valueChanged.connect(lambda v: self.n_max.setValue(max(v, self.n_max.value())))
         self.n_max.valueChanged.connect(lambda v: self.n_min.setValue(min(v, self.n_min.value())))
         self.epochs_spin.valueChanged.connect(self._show_schedule)
@@ -343,6 +391,9 @@ class TrainingWidget(QWidget):
             w.setVisible(source == "folder")
         for w in (self.layer_label, self.layer_list):
             w.setVisible(layers)
+        if hasattr(self._main_form, "setRowVisible"):  # Qt >= 6.4: no spacing left for the hidden rows
+            self._main_form.setRowVisible(self.folder_label, source == "folder")
+            self._main_form.setRowVisible(self.layer_label, layers)
         for w in (self.pool_label, self.pool_spin):
             w.setEnabled(synthetic)
         unsupervised = self.objective_combo.currentData() == "unsupervised"
@@ -375,7 +426,7 @@ class TrainingWidget(QWidget):
         if registry.shipped_weights(self.model_combo.currentData() or registry.model_names()[0]) is not None:
             self.init_combo.addItem("shipped weights", SHIPPED)
         for label, (model, path) in registry.user_weights().items():
-            self.init_combo.addItem(label, f"user:{label}")
+            self.init_combo.addItem(_settings.display_name(label), f"user:{label}")
             self.init_combo.setItemData(self.init_combo.count() - 1, str(path), Qt.ItemDataRole.ToolTipRole)
         self.init_combo.setCurrentIndex(max(0, self.init_combo.findData(current)))
         self.init_combo.blockSignals(False)
@@ -471,6 +522,8 @@ class TrainingWidget(QWidget):
         self._save_settings()
         self.plot.clear()
         self.result, self.registered_label = None, None
+        self.remove_button.setVisible(False)
+        self.status.setToolTip("")
         self.epoch_bar.setRange(0, config.epochs)
         self.epoch_bar.setValue(0)
         self.batch_bar.setRange(0, 0)  # busy until the first batch: rendering scenes has no progress
@@ -492,7 +545,7 @@ class TrainingWidget(QWidget):
         if self.stop_event is not None:
             self.stop_event.set()
             self.stop_button.setEnabled(False)
-            self.status.setText("Stopping after this batch: validating and saving the checkpoint…")
+            self.status.setText("Stopping after this batch: validating, then keeping the best weights so far…")
 
     def _on_event(self, ev: Any) -> None:
         if ev.kind == "batch":
@@ -519,10 +572,22 @@ class TrainingWidget(QWidget):
             self.status.setText("Stopped before the first epoch ended: no checkpoint was saved.")
             return
         self.registered_label = _settings.register_user_weights(path, self._config.model)
-        verb = "Stopped" if result.stopped else "Finished"
-        self.status.setText(f"{verb} after {len(result.history)} epoch(s). Saved {path}; choose "
-                            f"'{self.registered_label}' in the fusion widget.")
-        show_info(f"Model saved and added to the fusion methods: {self.registered_label}")
+        name = _settings.display_name(self.registered_label)
+        self.status.setText(kept_message(result, self._config, name))
+        self.status.setToolTip(f"Saved as {path}")
+        self.remove_button.setVisible(True)
+        show_info(f"Added to the fusion methods: {name} ({path})")
+
+    def remove_registered(self) -> None:
+        """Take the weights of the last run off the method lists (the files stay on disk)."""
+        label = self.registered_label
+        if label is None:
+            return
+        name, path = _settings.display_name(label), registry.user_weights().get(label, (None, ""))[1]
+        _settings.unregister_user_weights(label)
+        self.registered_label = None
+        self.remove_button.setVisible(False)
+        self.status.setText(f"Removed '{name}' from the fusion methods; the file stays: {path}")
 
     def _on_errored(self, exc: BaseException) -> None:
         self._fail(user_message(exc))

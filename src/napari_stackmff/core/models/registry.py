@@ -225,6 +225,11 @@ def register_weights(path: str | Path, model: str, label: str | None = None) -> 
     return label
 
 
+def unregister_weights(label: str) -> None:
+    """Forget a registered checkpoint (its file is left alone)."""
+    _user_weights.pop(label, None)
+
+
 def user_weights() -> dict[str, tuple[str, Path]]:
     """label -> (model name, checkpoint path) for every registered user checkpoint."""
     return dict(_user_weights)
