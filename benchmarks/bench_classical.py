@@ -54,9 +54,15 @@ def baseline_variance_argmax(stack: np.ndarray, window: int = 9) -> tuple[np.nda
     return np.take_along_axis(stack, sel, 0)[0], idx
 
 
-def quality(n_stacks: int, seed: int = 1234) -> None:
+def quality(n_stacks: int, seed: int = 1234, decisions: tuple[str, ...] = ("robust",),
+            methods: tuple[str, ...] = METHODS) -> None:
+    """``decisions``: "robust" (the default, core/decision.py) and/or "legacy" (best/mean confidence, one
+    fill scale), each method under each, side by side on the same stacks (issue 26)."""
+    from napari_stackmff.core import decision
+
     rng = np.random.default_rng(seed)
-    rows: dict[str, list] = {m: [] for m in ("baseline", *METHODS)}
+    names = [m if decisions == ("robust",) else f"{m}/{d}" for m in methods for d in decisions]
+    rows: dict[str, list] = {m: [] for m in ("baseline", *names)}
     for i in range(n_stacks):
         rgb = i % 2 == 0
         s = random_stack(rng, size=160, n=int(rng.integers(5, 31)), dtype="uint8" if rgb else "uint16", rgb=rgb,
@@ -64,16 +70,20 @@ def quality(n_stacks: int, seed: int = 1234) -> None:
         mask = texture_mask(s.aif, quantile=0.5)
         aif, idx = baseline_variance_argmax(s.slices)
         rows["baseline"].append((psnr(aif, s.aif), ssim(aif, s.aif), *focus_error(idx, s.focus_index, mask).values()))
-        for m in METHODS:
-            r = fuse(s.slices, method=m, device="cpu")
-            rows[m].append((psnr(r.all_in_focus, s.aif), ssim(r.all_in_focus, s.aif),
-                            *focus_error(r.focus_map, s.focus_index, mask).values()))
+        for m in methods:
+            for d in decisions:
+                decision.ENABLED = d == "robust"
+                r = fuse(s.slices, method=m, device="cpu")
+                rows[m if decisions == ("robust",) else f"{m}/{d}"].append(
+                    (psnr(r.all_in_focus, s.aif), ssim(r.all_in_focus, s.aif),
+                     *focus_error(r.focus_map, s.focus_index, mask).values()))
+        decision.ENABLED = True
     print(f"\n## Quality on {n_stacks} synthetic stacks (seed {seed}; N 5-30; 8-bit RGB / 16-bit gray; noisy)")
-    print(f"{'method':12s} {'PSNR dB':>8s} {'SSIM':>7s} {'focus MAE':>10s} {'within±1':>9s} {'within±0.5':>10s} {'ΔPSNR vs base':>14s}")
+    print(f"{'method':18s} {'PSNR dB':>8s} {'SSIM':>7s} {'focus MAE':>10s} {'within±1':>9s} {'within±0.5':>10s} {'ΔPSNR vs base':>14s}")
     base = np.mean([r[0] for r in rows["baseline"]])
     for m, vals in rows.items():
         a = np.mean(vals, axis=0)
-        print(f"{m:12s} {a[0]:8.2f} {a[1]:7.4f} {a[2]:10.3f} {100 * a[3]:8.1f}% {100 * a[4]:9.1f}% {a[0] - base:+14.2f}")
+        print(f"{m:18s} {a[0]:8.2f} {a[1]:7.4f} {a[2]:10.3f} {100 * a[3]:8.1f}% {100 * a[4]:9.1f}% {a[0] - base:+14.2f}")
 
 
 def _one(method: str, path: str, repeat: int) -> dict:
@@ -119,11 +129,16 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--real", type=Path, default=SHARED / "keyboard_sweep")
     p.add_argument("--child", default=None)
+    p.add_argument("--decisions", default="robust", help="comma list of robust,legacy (issue 26: old vs new)")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--no-speed", action="store_true")
     args = p.parse_args()
     if args.child:
         print(json.dumps(_one(args.child, str(args.real), args.repeat)))
         return
-    quality(args.stacks)
+    quality(args.stacks, decisions=tuple(args.decisions.split(",")), methods=tuple(args.methods.split(",")))
+    if args.no_speed:
+        return
     if args.real.exists():
         speed(args.real, args.repeat)
     else:

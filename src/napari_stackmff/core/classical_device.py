@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from . import classical
+from . import decision
 from .pipeline import FocusMaps, ProgressFn, check_cancel, classical_support, peak_maps, renumber
 from .stack import LUMA_WEIGHTS, FocalStack, dtype_scale
 
@@ -155,13 +156,19 @@ class DeviceClassicalEngine:
                 scores = classical.focus_measure(self._focus_images(raw[z0:z0 + len(host)]), self.method,
                                                  self.window)[:, 0]
                 _merge(state, scores, z0)
+                if decision.ENABLED and self.denoise and self.fill_threshold > 0:  # the robust decision's noise test
+                    coarse = classical.box_mean(scores[:, None].contiguous(), decision.coarse_window(self.window))[:, 0]
+                    cmax, csum = coarse.max(dim=0).values, coarse.sum(0)
+                    state["best2"] = torch.maximum(state["best2"], cmax) if "best2" in state else cmax
+                    state["total2"] = state["total2"] + csum if "total2" in state else csum
                 if progress is not None:
                     progress(min(z0 + len(host), n), n, "measuring focus")
             if self._copy_stream is not None:
                 self._copy_stream.synchronize()  # the pinned buffers are freed on return: no copy may still read them
             self._raw = raw
             maps = peak_maps(state["best"], state["idx"], state["left"], state["right"], state["total"], n,
-                             window=self.window, fill_threshold=self.fill_threshold, denoise=self.denoise)
+                             window=self.window, fill_threshold=self.fill_threshold, denoise=self.denoise,
+                             best2=state.get("best2"), total2=state.get("total2"))
             return renumber(maps, self.keep)
 
     def gather(self, crop: tuple[slice, slice], index: np.ndarray) -> np.ndarray | None:

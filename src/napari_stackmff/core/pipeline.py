@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import classical
+from . import classical, decision
 from .blend import SoftBlend, soft_blend_window
 from .errors import StackMFFError
 from .heap import heap_reuse
@@ -211,20 +211,28 @@ def classical_maps(
 def _classical_stream(images: Iterator[np.ndarray], n: int, method: str, device: torch.device, *, window: int,
                       fill_threshold: float, denoise: bool, progress: ProgressFn | None,
                       cancel: threading.Event | None) -> FocusMaps:
-    best = left = right = prev = total = None
+    best = left = right = prev = total = best2 = total2 = None
     idx: torch.Tensor | None = None
+    robust = decision.ENABLED and denoise and fill_threshold > 0
     try:
         for z in range(n):
             check_cancel(cancel)
             x = _to_tensor(next(images), device)
             with native_cpu_conv(device):
                 f = classical.focus_measure(x[None, None], method, window)[0, 0]
+            # The robust decision's noise test: the same measure over a coarser window (decision.py).
+            g = classical.box_mean(f[None, None], decision.coarse_window(window))[0, 0] if robust else None
             if best is None:
                 best, idx = f.clone(), torch.zeros(f.shape, dtype=torch.int32, device=device)
                 left = torch.full_like(f, float("nan"))
                 right = torch.full_like(f, float("nan"))
                 total = f.clone()
+                if g is not None:
+                    best2, total2 = g.clone(), g.clone()
             else:
+                if g is not None:
+                    torch.maximum(best2, g, out=best2)
+                    total2 += g
                 # In place, no temporaries: at 2k×2k each allocation costs as much as the arithmetic.
                 torch.where(idx == z - 1, f, right, out=right)
                 new = f > best
@@ -240,13 +248,15 @@ def _classical_stream(images: Iterator[np.ndarray], n: int, method: str, device:
         images.close()  # type: ignore[attr-defined]
     assert best is not None and idx is not None
     return peak_maps(best, idx, left, right, total, n, window=window, fill_threshold=fill_threshold,
-                     denoise=denoise)
+                     denoise=denoise, best2=best2, total2=total2)
 
 
 def peak_maps(best: torch.Tensor, idx: torch.Tensor, left: torch.Tensor, right: torch.Tensor, total: torch.Tensor,
-              n: int, *, window: int, fill_threshold: float, denoise: bool) -> FocusMaps:
+              n: int, *, window: int, fill_threshold: float, denoise: bool, best2: torch.Tensor | None = None,
+              total2: torch.Tensor | None = None) -> FocusMaps:
     """Maps from a streamed argmax: the best score, its slice, its neighbours' scores (NaN at the stack's
-    ends) and the sum over slices. Used by the streaming and the device-resident classical engines."""
+    ends) and the sum over slices; ``best2``/``total2`` the same over the coarse window (the robust
+    decision's noise test, decision.py). Used by the streaming and the device-resident classical engines."""
     # Sub-slice peak: vertex of the parabola through (z-1, z, z+1); none at the stack's ends.
     denom = left - 2 * best + right
     offset = 0.5 * (left - right) / torch.where(denom.abs() > 1e-20, denom, torch.ones_like(denom))
@@ -256,15 +266,24 @@ def peak_maps(best: torch.Tensor, idx: torch.Tensor, left: torch.Tensor, right: 
     mean = total / n
     conf = ((1 - mean / best.clamp_min(1e-20)) * (n / (n - 1))).clamp(0, 1)
     conf = torch.where(best > 1e-12, conf, torch.zeros_like(conf))
-    return finish_maps(focus, conf, n, window=window, fill_threshold=fill_threshold, denoise=denoise)
+    robust = decision.ENABLED and denoise and fill_threshold > 0
+    if robust:  # flat regions and defocus halos are unconfident (decision.py)
+        conf = decision.robust_confidence(conf, best, best2, total2, n)
+    return finish_maps(focus, conf, n, window=window, fill_threshold=fill_threshold, denoise=denoise,
+                       robust=robust)
 
 
 def finish_maps(
-    focus: torch.Tensor, conf: torch.Tensor, n: int, *, window: int, fill_threshold: float, denoise: bool
+    focus: torch.Tensor, conf: torch.Tensor, n: int, *, window: int, fill_threshold: float, denoise: bool,
+    robust: bool = False,
 ) -> FocusMaps:
-    """Shared clean-up of a raw focus map: low-confidence fill, 3×3 median, integer index."""
+    """Shared clean-up of a raw focus map: low-confidence fill (``robust``: multi-scale, decision.py),
+    3×3 median, integer index."""
     if denoise:
-        focus = fill_low_confidence(focus, conf, fill_threshold, sigma=2.0 * window)
+        if robust:
+            focus = decision.multiscale_fill(focus, conf, fill_threshold, window, n)
+        else:
+            focus = fill_low_confidence(focus, conf, fill_threshold, sigma=2.0 * window)
         focus = median3(focus)
     focus = focus.clamp(0, n - 1)
     index = torch.round(focus).long().clamp(0, n - 1)
@@ -335,7 +354,7 @@ def classical_support(method: str, window: int, *, denoise: bool = True, fill_th
     r = _MEASURE_RADIUS[method] + (int(window) | 1) // 2
     if denoise:
         if fill_threshold > 0:
-            r += gaussian_radius(2.0 * window)
+            r += decision.decision_radius(window) if decision.ENABLED else gaussian_radius(2.0 * window)
         r += 1  # median3
     return r
 
