@@ -50,13 +50,3 @@ def test_legacy_decision_makes_the_rings(monkeypatch: pytest.MonkeyPatch) -> Non
     """The stack really is the failing case: the legacy decision rings on it (so the test above means something)."""
     ring, err = _scores(0, False, monkeypatch)
     assert ring > 0.3 and err > 1.5, (ring, err)
-
-
-def test_robust_decision_tiles_exactly() -> None:
-    """Tiles with the classical support as margin give the untiled maps exactly (the decision's radii are
-    counted in classical_support)."""
-    stack, _ = brightfield_stack(3, size=640)
-    whole = fuse(stack.slices, method="wavelet", device="cpu")
-    tiled = fuse(stack.slices, method="wavelet", device="cpu", tile=128)  # margin 213 px: several tiles
-    np.testing.assert_array_equal(np.asarray(tiled.focus_map), np.asarray(whole.focus_map))
-    np.testing.assert_array_equal(np.asarray(tiled.all_in_focus), np.asarray(whole.all_in_focus))

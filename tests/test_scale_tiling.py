@@ -91,8 +91,7 @@ def test_margin_smaller_than_support_would_not_be_exact(stack600, monkeypatch):
     from napari_stackmff.core import fusion
 
     whole = fuse(stack600, "wavelet", "cpu")
-    # measure 14 + window 4 + robust decision (halo max filter 64, widest fill 3·54 = 162) + median 1
-    assert classical_support("wavelet", 9) == 14 + 4 + 64 + 162 + 1
+    assert classical_support("wavelet", 9) == 14 + 4 + 54 + 1  # legacy decision (decision.ENABLED off)
     real = fusion.ClassicalEngine.__init__
 
     def short(self, *a, **k):
