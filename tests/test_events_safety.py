@@ -410,3 +410,17 @@ def test_events_commands_say_what_their_input_is(capsys) -> None:
             main(["events", command, "-h"])
         positional = capsys.readouterr().out.split("positional arguments:")[1].split("options:")[0]
         assert "the event recording: .raw (Prophesee EVT2/EVT3)" in " ".join(positional.split()), positional
+
+
+def test_event_frames_are_not_written_under_another_format_s_name(tmp_path: Path, capsys) -> None:
+    """`events bin -o x.npy` wrote a TIFF named .npy; now it says to name it .tif."""
+    from napari_stackmff.cli import main
+
+    rng = np.random.default_rng(0)
+    n = 500
+    np.save(tmp_path / "rec.npy", np.rec.fromarrays([np.sort(rng.integers(0, 10_000, n)), rng.integers(0, 40, n),
+                                                      rng.integers(0, 30, n), rng.integers(0, 2, n)],
+                                                     names="t,x,y,p"))
+    assert main(["events", "bin", str(tmp_path / "rec.npy"), "--slices", "4", "-o", str(tmp_path / "x.npy")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "name the output *.tif" in err[0] and not (tmp_path / "x.npy").exists()

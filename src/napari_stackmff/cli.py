@@ -163,6 +163,8 @@ def cmd_events(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.output)
     check_output_safe([out], [args.input, *([args.slice_times] if getattr(args, "slice_times", None) else [])])
+    if out.suffix.lower() not in (".tif", ".tiff"):  # the frames are written as a TIFF, whatever the name says
+        raise OutputError(f"{out}: event frames are written as a TIFF; name the output *.tif.")
     if out.exists() and not args.overwrite:
         raise OutputError(f"{out}: already exists; choose another -o or pass --overwrite.")
     if args.events_command == "bin":
