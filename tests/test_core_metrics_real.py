@@ -64,7 +64,8 @@ def test_n_sources_pool_edge_weights_not_per_source_scores(make_synth):
     assert abs(pooled - np.mean(per_source)) > 1e-3  # the two readings differ on this stack
 
 
-@pytest.mark.parametrize("kw", [dict(seed=0), dict(seed=1, rgb=True), dict(seed=5, scene="cells", dtype="uint16")])
+@pytest.mark.parametrize("kw", [dict(seed=0), pytest.param(dict(seed=1, rgb=True), marks=pytest.mark.slow),
+                                dict(seed=5, scene="cells", dtype="uint16")])
 def test_truth_beats_every_slice_and_blurred_fusions(make_synth, kw):
     s = make_synth(**kw)
     blurred = {"truth blurred": _blur(s.aif, 1.5), "mean of slices": s.slices.astype(np.float64).mean(axis=0)}

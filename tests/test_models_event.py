@@ -75,6 +75,7 @@ def test_shipped_event_weights_fuse_with_simulated_events(make_synth) -> None:
     assert psnr(r.all_in_focus, s.aif) > psnr(v2.all_in_focus, s.aif) - 0.5
 
 
+@pytest.mark.slow  # issue 24: ~2 min; clean fraction of image stacks: test_synth
 def test_clean_fraction_renders_that_share_of_event_stacks_without_sensor_noise() -> None:
     """--clean-fraction for the event model: some pool stacks are exactly the noise-free render, the others not."""
     from napari_stackmff.core.train import EventPool, render_event_item
@@ -87,6 +88,7 @@ def test_clean_fraction_renders_that_share_of_event_stacks_without_sensor_noise(
     assert not np.array_equal(noisy.items[0][0], render_event_item([noisy.seed, 1], 32, noisy.dense, noise=False)[0])
 
 
+@pytest.mark.slow  # issue 24: ~20 s; render workers for image stacks: tests/test_realism.py
 def test_render_workers_feed_the_event_pool_with_what_the_loop_would_render() -> None:
     """--render-workers for the event model (a GPU must not wait on the event simulator): the workers' first
     renders are the in-loop ones (same seeds: the same events, the same frames to float rounding, as a worker
@@ -139,6 +141,7 @@ def _noise_free_psnr(weights: Path, seeds: range) -> float:
     return float(np.mean(out))
 
 
+@pytest.mark.slow  # issue 24: ~100 s; the prior itself: test_focus_prior_log_energy_peaks_at_the_sharp_slice
 def test_focus_prior_adds_sharpness_on_noise_free_stacks_and_old_weights_load_without_it(tmp_path) -> None:
     """The same trained event weights with and without the focus prior: with it, noise-free stacks (where
     the wavelet measure is exact and the network picks off-by-one slices on smooth depth) fuse sharper.
@@ -157,6 +160,7 @@ def test_focus_prior_adds_sharpness_on_noise_free_stacks_and_old_weights_load_wi
     assert _noise_free_psnr(with_prior, range(3)) > _noise_free_psnr(without, range(3)) + 0.5  # 1.5-2.0 measured
 
 
+@pytest.mark.slow  # issue 24: ~90 s; event training: test_a_few_training_steps_on_image_and_event_stacks
 def test_training_the_prior_alone_leaves_the_trained_network_untouched(tmp_path) -> None:
     """--train-only prior from weights without the prior: only the prior's gate moves."""
     from napari_stackmff.core.train import TrainConfig, train
@@ -174,6 +178,7 @@ def test_training_the_prior_alone_leaves_the_trained_network_untouched(tmp_path)
         train(TrainConfig(**{**cfg.__dict__, "train_only": "nothing"}))
 
 
+@pytest.mark.slow  # issue 24: ~40 s; the cross-fade of tiles it relies on: tests/test_models_v2_tiles.py
 def test_focus_prior_tiles_agree_with_the_whole_image(tmp_path, make_synth) -> None:
     """The prior's measure reaches ~20 px; the tile margin covers it: tiled and whole runs agree and the
     cross-fade leaves no step at tile boundaries (bounds as tests/test_models_v2_tiles.py)."""

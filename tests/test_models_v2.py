@@ -69,7 +69,8 @@ def test_reproduces_official_outputs(official_model: StackMFFV2) -> None:
     assert index.dtype == torch.long and depth.shape == index.shape == (1, 384, 512)
 
 
-@pytest.mark.parametrize(("n", "h", "w"), [(2, 32, 64), (3, 64, 32), (5, 96, 64)])
+@pytest.mark.parametrize(("n", "h", "w"), [(2, 32, 64), pytest.param(3, 64, 32, marks=pytest.mark.slow),
+                                             pytest.param(5, 96, 64, marks=pytest.mark.slow)])
 def test_any_n_and_shape(n: int, h: int, w: int) -> None:
     torch.manual_seed(0)
     model = StackMFFV2()

@@ -126,6 +126,7 @@ def test_cli_weights_flag_rejects_a_non_checkpoint(tmp_path: Path, capsys) -> No
     assert code == 2 and len(err) == 1 and "model.pth" in err[0]
 
 
+@pytest.mark.slow  # issue 24: ~1 min; training + resume: test_train_unsupervised.py::test_cli_trains_resumes_*
 def test_short_training_run_learns_and_resumes(tmp_path: Path) -> None:
     """A few steps on synthetic data lower the loss, write best/last checkpoints, and resume continues."""
     torch.manual_seed(0)
@@ -149,6 +150,7 @@ def test_short_training_run_learns_and_resumes(tmp_path: Path) -> None:
     assert r.all_in_focus.shape == (40, 40)
 
 
+@pytest.mark.slow  # issue 24: ~40 s each; hybrid read-out: test_hybrid_checkpoint_is_read_out_by_argmax
 @pytest.mark.parametrize("objective", ["depth", "hybrid"])
 def test_v2_objective_fits_a_fixed_batch(objective: str) -> None:
     """Each objective and the network's gradients work: loss drops on one batch, and the slices the
@@ -205,6 +207,7 @@ def test_hybrid_checkpoint_is_read_out_by_argmax(tmp_path: Path) -> None:
     assert ModelRunner("stackmff-v2", cpu, weights=str(bare)).readout == "softargmax"
 
 
+@pytest.mark.slow  # issue 24: ~30 s; Stop through train(stop=): test_napari_train.py::test_stop_keeps_a_checkpoint
 def test_training_stop_event_keeps_checkpoint(tmp_path: Path) -> None:
     import threading
 

@@ -92,8 +92,9 @@ def _one_model_per_worker(infos: list[dict]) -> dict[int, set]:
     return per_pid
 
 
-@pytest.mark.parametrize("runner", ["dask", "pool"])
-@pytest.mark.parametrize("method", ["wavelet", "stackmff-v2"])
+@pytest.mark.parametrize("method, runner", [  # V2 in a process pool (three V2 batches, ~20 s): slow
+    pytest.param(m, r, id=f"{m}-{r}", marks=pytest.mark.slow if (m, r) == ("stackmff-v2", "pool") else ())
+    for m in ("wavelet", "stackmff-v2") for r in ("dask", "pool")])
 def test_parallel_batch_matches_sequential_and_resumes(batch_root, cluster, tmp_path, runner, method):
     jobs = discover_stacks(batch_root / "in")
     settings = _settings(batch_root, method)
@@ -130,6 +131,7 @@ def test_parallel_batch_matches_sequential_and_resumes(batch_root, cluster, tmp_
     assert third.done == ["s2"] and len(third.skipped) == 5
 
 
+@pytest.mark.slow  # issue 24: starts worker processes; dask: test_parallel_batch_matches_sequential_and_resumes[*-dask]
 def test_dask_local_cluster_of_processes_via_cli(batch_root, tmp_path):
     pytest.importorskip("dask.distributed")
     from napari_stackmff.cli import main

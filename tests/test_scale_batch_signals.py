@@ -82,7 +82,7 @@ def _whole(out: Path) -> None:
             assert (out / name).is_file(), name
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGKILL, marks=pytest.mark.slow), signal.SIGTERM])
 def test_killing_the_batch_takes_its_workers_along(root: Path, tmp_path: Path, sig: int) -> None:
     out = tmp_path / "out"
     proc, mark = _start(root, out)
@@ -101,6 +101,7 @@ def test_killing_the_batch_takes_its_workers_along(root: Path, tmp_path: Path, s
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow  # issue 24: queues 48 stacks; stopping a batch: test_killing_the_batch_takes_its_workers_along
 def test_ctrl_c_cancels_the_queue_at_once(root: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc, mark = _start(root, out)

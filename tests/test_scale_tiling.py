@@ -131,7 +131,7 @@ def _v2_weights(tmp_path_factory) -> str:
 OFFICIAL = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "stackmff_v2_official" / "model.pth"
 
 
-@pytest.mark.parametrize("which", ["random", "official"])
+@pytest.mark.parametrize("which", [pytest.param("random", marks=pytest.mark.slow), "official"])
 def test_v2_tiled_matches_untiled_within_tolerance(tmp_path_factory, which):
     if which == "official" and not OFFICIAL.exists():
         pytest.skip("../shared/reference not present")
@@ -151,6 +151,7 @@ def test_v2_tiled_matches_untiled_within_tolerance(tmp_path_factory, which):
     np.testing.assert_array_equal(tiled.all_in_focus, picked)
 
 
+@pytest.mark.slow  # issue 24: ~250 s loaded; channels_last: test_speed_paths, prefetch: test_tile_from_memory_budget
 def test_v2_prefetch_and_channels_last_do_not_change_results(tmp_path_factory):
     weights = _v2_weights(tmp_path_factory)
     data = _stack600(n=3)[:, :192, :224]
