@@ -103,12 +103,19 @@ def test_lazy_stack_is_aligned_window_by_window(tmp_path: Path) -> None:
     assert lazy.timings["tiles"] > 1
     assert lazy.alignment[0]["crop"] == eager.alignment[0]["crop"]
     diff = np.abs(lazy.all_in_focus.astype(int) - eager.all_in_focus.astype(int))
-    assert diff.max() <= 1 and diff.mean() < 0.01
+    # Windows are resampled from float32 coordinates relative to the window read (torch's grid_sample), so
+    # a warped window agrees with the whole-slice warp to +-1 grey level (on 4e-5 of the pixels here); that
+    # can tip a focus decision that is a tie (5 of 57,120 fused pixels). Exact before issue 24 (scipy).
+    assert (diff > 1).mean() < 1e-3 and diff.mean() < 0.01
+    from napari_stackmff.core.align import align_stack
+
+    st_e, _ = align_stack(FocalStack(moved), "similarity")
+    st_l, _ = align_stack(FocalStack(_Recorded(moved)), "similarity")
+    window = (slice(None), slice(10, 150), slice(20, 170))
+    assert np.abs(np.asarray(st_l.data[window]).astype(int) - np.asarray(st_e.data)[window].astype(int)).max() <= 1
     slice_px = moved.shape[1] * moved.shape[2]
     assert max(lazy_data.reads) <= slice_px  # never more than one slice at a time
     assert sum(r < 0.7 * slice_px for r in lazy_data.reads) > moved.shape[0]  # windows, not whole slices
-    from napari_stackmff.core.align import align_stack
-
     st, _ = align_stack(FocalStack(_Recorded(moved)), "translation")
     assert isinstance(st.data, AlignedArray)
     assert st.data[3, 10:20, 5:9].shape == (10, 4) and st.data[2].shape == st.data.shape[1:]
@@ -161,3 +168,91 @@ def test_time_series_of_rgb_slices_aligns_each_time_point_with_one_crop() -> Non
     crop0 = single.alignment[0]["crop"]
     assert crop0["share"] >= r.alignment[0]["crop"]["share"]
     np.testing.assert_allclose(np.asarray(r.alignment[0]["matrices"]), np.asarray(single.alignment[0]["matrices"]))
+
+
+def _drifting(slices: np.ndarray, shift: tuple[float, float], zoom: float) -> tuple[np.ndarray, float]:
+    """``slices`` moved as a stack that drifts and breathes: slice z shifted by (z - mid) * ``shift`` (dy, dx) px
+    and zoomed by (z - mid) * ``zoom`` about the centre. Returns the slices and the largest corner move (px)."""
+    from napari_stackmff.core.align import similarity_matrix, warp_slice
+
+    n, h, w = slices.shape
+    mid, c = n // 2, ((w - 1) / 2, (h - 1) / 2)
+    mats = [similarity_matrix(1 + zoom * (z - mid), 0.0, np.array(shift) * (z - mid), c) for z in range(n)]
+    corners = np.array([[0, w - 1, 0, w - 1], [0, 0, h - 1, h - 1], [1, 1, 1, 1]], float)
+    move = max(float(np.max(np.hypot(*(m @ corners - corners)[:2]))) for m in mats)
+    # warp_slice samples at matrix @ p: a slice whose content sits at T(p) is the original sampled at T^-1.
+    return np.stack([warp_slice(s, np.linalg.inv(m)) for s, m in zip(slices, mats)]), move
+
+
+def test_auto_aligns_a_drifting_breathing_stack_and_leaves_a_still_one_exactly() -> None:
+    """align="auto": the probe reads a still stack as still and fuses it exactly as align=None does; the same
+    stack drifting 0.8 px and breathing 0.4% per slice is read as moving (within 25% of the truth),
+    aligned with similarity, and fuses far closer to the truth than unaligned."""
+    from napari_stackmff.core.align import AUTO_MOVE_PX
+
+    s, _, _ = moved_stack(105, 192, "cells")  # s.slices: captured unmoved
+    plain = fuse(s.slices, method="wavelet")
+    auto = fuse(s.slices, method="wavelet", align="auto")
+    np.testing.assert_array_equal(auto.all_in_focus, plain.all_in_focus)
+    np.testing.assert_array_equal(auto.focus_map, plain.focus_map)
+    rec = auto.alignment[0]
+    assert rec["aligned"] is False and rec["motion"] is None and "crop" not in rec
+    assert not rec["auto"]["moves"] and rec["auto"]["max_px"] < AUTO_MOVE_PX / 2
+    assert rec["auto"]["slices"] == [0, 2, 4, 5, 7]
+
+    moving, true_move = _drifting(s.slices, (0.8, 0.5), 0.004)
+    r = fuse(moving, method="wavelet", align="auto")
+    rec = r.alignment[0]
+    assert rec["auto"]["moves"] and rec["aligned"] and rec["motion"] == "similarity"
+    assert abs(rec["auto"]["max_px"] - true_move) < 0.25 * true_move, (rec["auto"]["max_px"], true_move)
+    unaligned = fuse(moving, method="wavelet")
+    crop = rec["crop"]
+    box = (slice(crop["y"][0] + 8, crop["y"][1] - 8), slice(crop["x"][0] + 8, crop["x"][1] - 8))
+    aligned = in_reference_frame(r, s.aif.shape)
+    assert psnr(aligned[box], s.aif[box]) > psnr(unaligned.all_in_focus[box], s.aif[box]) + 3
+
+
+def test_auto_leaves_slices_of_different_scenes_alone() -> None:
+    """Slices that do not correlate once registered (a confocal z-stack shows other nuclei in every slice;
+    here five unrelated scenes) are not one scene moved: auto measures no motion and does not align."""
+    from napari_stackmff.core import synth
+
+    rng = np.random.default_rng(3)
+    stack = np.stack([synth.random_stack(rng, size=160, n=2, rgb=False, noise=False, dtype="uint8").slices[0]
+                      for _ in range(5)])
+    r = fuse(stack, method="variance", align="auto")
+    pr = r.alignment[0]["auto"]
+    assert not pr["moves"] and len(pr["unmeasured"]) == 4 and r.alignment[0]["aligned"] is False
+    assert r.all_in_focus.shape == stack.shape[1:]
+
+
+def test_cli_auto_by_default_one_line_and_a_bare_align_is_similarity(tmp_path: Path, capsys) -> None:
+    from napari_stackmff.cli import build_parser
+
+    parse = lambda *a: build_parser().parse_args(["fuse", "in", "-o", "out", *a]).align  # noqa: E731
+    assert (parse(), parse("--align"), parse("--align", "translation"), parse("--align", "off")) == \
+        ("auto", "similarity", "translation", "off")
+    assert build_parser().parse_args(["batch", "root", "-o", "out", "--align"]).align == "similarity"
+    s, _, _ = moved_stack(105, 192, "cells")
+    moving, _ = _drifting(s.slices, (0.8, 0.5), 0.004)
+    for name, data in (("still", s.slices), ("moving", moving)):
+        tifffile.imwrite(tmp_path / f"{name}.tif", data, photometric="minisblack", metadata={"axes": "ZYX"})
+
+    def run(name: str, *extra: str) -> tuple[list[str], dict]:
+        out = tmp_path / f"o_{name}_{len(extra)}"
+        assert main(["-q", "fuse", str(tmp_path / f"{name}.tif"), "-o", str(out), "--method", "variance", *extra]) == 0
+        lines = [ln for ln in capsys.readouterr().out.splitlines() if "align" in ln]
+        return lines, json.loads((out / f"{name}_fusion.json").read_text())
+
+    lines, info = run("still")
+    assert len(lines) == 1 and lines[0].startswith("  align auto: slices move up to ") and \
+        lines[0].endswith("-> not aligned"), lines
+    assert info["alignment"][0]["auto"]["moves"] is False and info["alignment"][0]["aligned"] is False
+    lines, info = run("moving")
+    assert len(lines) == 1 and "-> aligned (similarity onto slice 4" in lines[0], lines
+    assert info["alignment"][0]["aligned"] and "crop" in info["alignment"][0]
+    lines, info = run("moving", "--align")  # bare: similarity, no probe
+    assert len(lines) == 1 and lines[0].startswith("  aligned: similarity onto slice 4"), lines
+    assert "auto" not in info["alignment"][0]
+    lines, info = run("moving", "--align", "off")
+    assert lines == [] and "alignment" not in info

@@ -25,9 +25,12 @@ def _add_fuse_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, default=None, help=f"focus-measure window in pixels (default {DEFAULT_WINDOW})")
     p.add_argument("--weights", type=Path, default=None, help="checkpoint for a model method (ours or the official one)")
     p.add_argument("--z-step", type=float, default=None, help="slice spacing, when the files do not carry it")
-    p.add_argument("--align", choices=("translation", "similarity", "homography"), default=None,
-                   help="register the slices onto the middle one before fusing (drift, shake, focus breathing); "
-                        "the transforms go into the _fusion.json")
+    p.add_argument("--align", nargs="?", const="similarity", default="auto",
+                   choices=("auto", "similarity", "translation", "homography", "off", "none"),
+                   help="register the slices onto the middle one before fusing (drift, shake, focus breathing). "
+                        "auto (default): a quick probe measures how far the slices move and aligns (similarity) "
+                        "only when they do; a bare --align: similarity; off: never. What was found and done is "
+                        "printed, and the transforms go into the _fusion.json")
     p.add_argument("--blend", choices=("hard", "soft"), default=None,
                    help="hard (default): each pixel copied from one slice; soft: slices mixed with edge-following "
                         "weights, fewer seams and halos at depth edges, but not pixel-faithful")
@@ -46,7 +49,8 @@ def _add_fuse_options(p: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> dict:
     s = {"method": args.method, "device": args.device, "channel": args.channel, "window": args.window,
          "weights": str(args.weights) if args.weights else None, "z_step": args.z_step,
-         "tile": getattr(args, "tile", None), "align": getattr(args, "align", None),
+         "tile": getattr(args, "tile", None),
+         "align": None if getattr(args, "align", None) in (None, "off", "none") else args.align,
          "blend": getattr(args, "blend", None),
          "events": str(args.events) if getattr(args, "events", None) else None,
          "slice_times": str(args.slice_times) if getattr(args, "slice_times", None) else None}
@@ -114,7 +118,7 @@ def _print_alignment(args: argparse.Namespace, records: list[dict] | None) -> No
     from .core.align import summary
 
     for line in summary(records).splitlines():
-        print(f"  aligned: {line}")
+        print(f"  align {line}" if line.startswith("auto:") else f"  aligned: {line}")
 
 
 def cmd_align(args: argparse.Namespace) -> int:

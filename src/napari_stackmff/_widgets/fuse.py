@@ -40,7 +40,7 @@ GROUP = "fusion"
 #: (shown text, fuse(align=...)) and (shown text, fuse(blend=...)).
 #: Short texts: the dock's width is shared with the training widget (tests/test_napari_screenshots.py);
 #: the tooltips say more.
-ALIGN_CHOICES = (("off", None), ("shift", "translation"), ("shift + scale", "similarity"),
+ALIGN_CHOICES = (("auto", "auto"), ("off", None), ("shift", "translation"), ("shift + scale", "similarity"),
                  ("homography", "homography"))
 BLEND_CHOICES = (("hard (exact pixels)", "hard"), ("soft (fewer halos)", "soft"))
 
@@ -194,8 +194,10 @@ class FusionWidget(QWidget):
         self.denoise_check.setToolTip("Fill flat areas from their surroundings and smooth with a 3×3 median.")
         self.align_combo = _choice_combo(
             ALIGN_CHOICES,
-            "Register the slices onto the middle one before fusing: drift and shake (shift); focus breathing "
-            "(shift + scale, with rotation); tilted views (homography). The result is cropped to the part every "
+            "Register the slices onto the middle one before fusing. auto: a quick probe measures how far the "
+            "slices move and aligns them (shift + scale) only when they do. Or always: drift and shake (shift); "
+            "focus breathing (shift + scale, with rotation); tilted views (homography). The result is cropped to "
+            "the part every "
             "slice covers; the transforms are shown below and kept in the layers' metadata.")
         self.blend_combo = _choice_combo(
             BLEND_CHOICES,
@@ -325,7 +327,7 @@ class FusionWidget(QWidget):
         self.tile_spin.setValue(load(GROUP, "tile", 0))
         self.window_spin.setValue(load(GROUP, "window", DEFAULT_WINDOW))
         self.denoise_check.setChecked(load(GROUP, "denoise", True))
-        self._select_data(self.align_combo, load(GROUP, "align", "off"))
+        self._select_data(self.align_combo, load(GROUP, "align", "auto"))
         self._select_data(self.blend_combo, load(GROUP, "blend", "hard"))
         self.confidence_check.setChecked(load(GROUP, "confidence", False))
         self.surface_check.setChecked(load(GROUP, "surface", True))
@@ -571,7 +573,9 @@ class FusionWidget(QWidget):
         took = result.timings.get("total_s", 0.0)
         note = " (3-D surface: single time points only)" if job.outputs.surface and result.n_times > 1 else ""
         self.status.setText(f"Done: {job.layer.name} fused with {result.method} in {took:.1f} s{note}.")
-        self.align_info.setText("Aligned: " + summary(result.alignment) if result.alignment else "")
+        auto = bool(result.alignment) and "auto" in result.alignment[0]  # "auto: slices move up to ... -> ..."
+        self.align_info.setText(("Align " if auto else "Aligned: ") + summary(result.alignment)
+                                if result.alignment else "")
         self.align_info.setVisible(bool(result.alignment))
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(1)

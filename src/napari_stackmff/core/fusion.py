@@ -283,7 +283,15 @@ def fuse(
         Register the slices before fusing (drift, shake, focus breathing): ``"translation"``,
         ``"similarity"`` (scale, rotation, shift; ``True``) or ``"homography"``, each slice onto the
         middle one (:mod:`napari_stackmff.core.align`); the transforms are in ``result.alignment``.
-        A stack that cannot be registered is fused unaligned with a warning. In-memory stacks only.
+        A stack that cannot be registered is fused unaligned with a warning. ``"auto"``: a quick probe
+        (a few slices at 256 px, a fraction of the fusion's time) measures how far the slices move, and
+        the stack is aligned (similarity) only when a slice corner moves more than 1 px; otherwise the
+        result is exactly the unaligned one. ``result.alignment`` records what the probe found either
+        way. The command line and the napari widget use ``"auto"`` by default. Here the default is
+        None (no alignment, no probe): a script gets results on its input's pixel grid, of its shape,
+        every pixel copied from an input slice (with ``blend="hard"``), whatever the data; an aligned
+        result is resampled and cropped, which a pipeline must ask for. Camera focus brackets (macro
+        rails, hand-focused microscopes) usually breathe: use ``align="auto"`` for them.
     blend
         ``"hard"`` (default): every output pixel is copied from the slice the focus map names
         (pixel-faithful). ``"soft"``: slices are mixed with edge-following weights (a guided filter of
