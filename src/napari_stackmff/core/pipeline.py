@@ -59,11 +59,16 @@ class EstimateMessage(str):
 
 @dataclass
 class FocusMaps:
-    """Per time point: focus map (sub-slice), integer index and confidence, all (H, W)."""
+    """Per time point: focus map (sub-slice), integer index and confidence, all (H, W).
+
+    ``prob`` (N, H, W): the per-slice probabilities the index is the argmax of, for order-free models
+    (whose slice numbers must not be averaged): tiles are cross-faded on these, not on the focus map.
+    """
 
     focus: torch.Tensor
     index: torch.Tensor
     confidence: torch.Tensor
+    prob: torch.Tensor | None = None
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -290,17 +295,39 @@ def finish_maps(
     return FocusMaps(focus=focus, index=index, confidence=conf)
 
 
+def prob_maps(prob: torch.Tensor, conf: torch.Tensor) -> FocusMaps:
+    """(N, H, W) per-slice probabilities -> maps whose index is their argmax (never an average of slices).
+
+    Sub-slice refinement from the two index neighbours: for an ordered stack they are the neighbouring
+    focus planes; for a shuffled one they carry ~no probability and change nothing. It never moves the
+    focus by more than half a slice, so round(focus) is always the winner.
+    """
+    n = prob.shape[0]
+    pmax, idx = prob.max(dim=0)
+    lo, hi = (idx - 1).clamp(0, n - 1), (idx + 1).clamp(0, n - 1)
+    p_lo = prob.gather(0, lo[None])[0] * (lo != idx)
+    p_hi = prob.gather(0, hi[None])[0] * (hi != idx)
+    focus = (lo * p_lo + idx * pmax + hi * p_hi) / (p_lo + pmax + p_hi).clamp_min(1e-30)
+    focus = torch.minimum(torch.maximum(focus, idx - 0.49), idx + 0.49)
+    return FocusMaps(focus=focus, index=idx, confidence=conf, prob=prob)
+
+
 def renumber(maps: FocusMaps, keep: Sequence[int] | None) -> FocusMaps:
-    """Maps computed over the slices ``keep`` (some left out) -> maps in the stack's own slice numbers."""
+    """Maps computed over the slices ``keep`` (some left out) -> maps in the stack's own slice numbers
+    (probabilities: zero for the slices left out)."""
     if keep is None:
         return maps
+    prob = None
+    if maps.prob is not None:
+        prob = maps.prob.new_zeros((max(keep) + 1, *maps.prob.shape[1:]))
+        prob[list(keep)] = maps.prob
     k = torch.tensor(list(keep), dtype=torch.float32, device=maps.focus.device)
     lo = maps.focus.floor().long().clamp(0, len(k) - 1)
     hi = (lo + 1).clamp(max=len(k) - 1)
     focus = k[lo] + (maps.focus - lo.float()) * (k[hi] - k[lo])  # sub-slice positions between kept slices
     index = k.long()[maps.index]
     return FocusMaps(focus=torch.where(focus.round().long() == index, focus, index.float()), index=index,
-                     confidence=maps.confidence)
+                     confidence=maps.confidence, prob=prob)
 
 
 # ---------------------------------------------------------------------------------- gather
@@ -464,14 +491,17 @@ class TileFeather:
     by its own tile, and one tile's maps are enough. A raised-cosine ramp goes from the
     neighbour (at the boundary, continuing its side) to this tile; rows are blended first, then
     the row of tiles above, so corners are covered.
+
+    The planes blended are any (C, h, w) stack: focus and confidence for ordered models, the per-slice
+    probabilities and confidence for order-free ones (the winner is then read again from the blend).
     """
 
     def __init__(self, band: int, width: int) -> None:
-        self.band = band
+        self.band, self.width = band, width
         self.ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(band) + 0.5) / band)).astype(np.float32)
-        self._left: np.ndarray | None = None  # (2, read rows, band): previous tile's maps right of its write
-        self._above = np.zeros((2, band, width), np.float32)  # row of tiles above: maps below its write
-        self._below = np.zeros((2, band, width), np.float32)  # filled by this row of tiles
+        self._left: np.ndarray | None = None  # (C, read rows, band): previous tile's maps right of its write
+        self._above: np.ndarray | None = None  # (C, band, width) row of tiles above: maps below its write
+        self._below: np.ndarray | None = None  # filled by this row of tiles
 
     def _fade(self, old: np.ndarray, new: np.ndarray, axis: int) -> None:
         """new[..., :k] (along ``axis``) <- ramp-weighted mix of old and new, in place."""
@@ -481,9 +511,13 @@ class TileFeather:
         new[sl] = old[sl] + r * (new[sl] - old[sl])
 
     def blend(self, tl: Tile, maps: np.ndarray) -> np.ndarray:
-        """(2, read h, read w) focus and confidence of tile ``tl`` -> blended (2, write h, write w)."""
+        """(C, read h, read w) maps of tile ``tl`` -> blended (C, write h, write w)."""
         (ys, xs), (wy, wx), (cy, cx) = tl.read, tl.write, tl.crop
         band = self.band
+        if self._above is None or self._above.shape[0] != maps.shape[0]:
+            self._above = np.zeros((maps.shape[0], band, self.width), np.float32)
+            self._below = np.zeros_like(self._above)
+        assert self._below is not None
         rows = maps[:, :, cx].copy()  # this tile's columns over all its read rows
         if wx.start > 0 and self._left is not None:
             self._fade(self._left, rows, -1)
@@ -527,9 +561,13 @@ def iter_fused_tiles(stack: FocalStack, engine: TileEngine, t: int, tile: int, o
                     index = maps.index[tl.crop].cpu().numpy()
                     focus = maps.focus[tl.crop].float().cpu().numpy()
                     conf = maps.confidence[tl.crop].float().cpu().numpy()
-                else:
+                elif getattr(maps, "prob", None) is None:
                     focus, conf = feather.blend(tl, torch.stack((maps.focus, maps.confidence)).float().cpu().numpy())
                     index = np.rint(focus).astype(np.int64).clip(0, stack.n_slices - 1)
+                else:  # order-free: blend the probabilities, read the winner again (slice numbers never averaged)
+                    planes = feather.blend(tl, torch.cat((maps.prob, maps.confidence[None])).float().cpu().numpy())
+                    m = prob_maps(torch.from_numpy(planes[:-1]), torch.from_numpy(planes[-1]))
+                    focus, conf, index = m.focus.numpy(), m.confidence.numpy(), m.index.numpy()
                 del maps
                 if engine.estimate_s is not None:
                     timings["estimate_s"] = engine.estimate_s

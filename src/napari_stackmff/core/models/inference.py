@@ -5,8 +5,10 @@ input is scaled, how big images are cut into overlapping tiles, how the probabil
 becomes a sub-slice focus map and a confidence map.
 
 Big images: neighbouring tiles' maps are cross-faded over the tile margin (tiles normalise
-themselves, so hard stitching left seams), and the first tile's time, scaled to all tiles and
-time points, is reported as an estimate of the run time before the rest of the run.
+themselves, so hard stitching left seams; an order-free model's per-slice probabilities), a model
+with image-wide pools (V3) first gathers the whole image's pooled means so that its tiles decide in
+the image's context (:meth:`ModelEngine._gather_context`), and the first tile's time, scaled to all
+tiles and time points, is reported as an estimate of the run time before the rest of the run.
 
 GPU path: fp16 autocast (bf16 where fp16 is missing), channels_last weights, optional
 torch.compile, and the next tile read, pinned and copied to the GPU on a side CUDA stream while
@@ -16,6 +18,7 @@ reads with compute; the rest is off by default there.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -27,10 +30,10 @@ import torch.nn.functional as F
 
 from ..errors import StackMFFError
 from ..pipeline import (EstimateMessage, FocusMaps, FusionCancelled, finish_maps, iter_fused_tiles, plan_tile,
-                        renumber)
+                        prob_maps, renumber)
 from ..prefetch import prefetch
 from ..stack import FocalStack
-from ..tiling import auto_tile_side, memory_budget
+from ..tiling import auto_tile_side, iter_tiles, memory_budget
 from .registry import get_spec, load_model
 
 #: Rough peak bytes per pixel per slice of a V2 forward pass in float32 (measured 190-270 on
@@ -181,7 +184,8 @@ def order_free_maps(logits: torch.Tensor, *, denoise: bool, window: int = MODEL_
     right when neighbouring numbers are neighbouring focus planes, wrong for a shuffled stack (the
     mean of slices 3 and 7 is some unrelated slice 5). Here the same clean-up acts on each slice's
     probability map instead (a 3x3 vote, then low-confidence pixels take the confidence-weighted
-    probabilities of their neighbours), and the winner is the argmax, so every index is a real vote.
+    probabilities of their neighbours), and the winner is the argmax, so every index is a real vote
+    (:func:`pipeline.prob_maps`, which also reads the winner of cross-faded tiles).
     """
     from .. import classical
     from ..pipeline import gaussian_blur
@@ -197,16 +201,7 @@ def order_free_maps(logits: torch.Tensor, *, denoise: bool, window: int = MODEL_
             filled = torch.where(den > 1e-12, num / den.clamp_min(1e-12), prob)
             alpha = (conf / fill_threshold).clamp(0, 1)
             prob = alpha * prob + (1 - alpha) * filled
-    pmax, idx = prob.max(dim=0)
-    # Sub-slice refinement from the two index neighbours: for an ordered stack they are the neighbouring
-    # focus planes; for a shuffled one they carry ~no probability and change nothing. It never moves
-    # the focus by more than half a slice, so round(focus) is always the winner.
-    lo, hi = (idx - 1).clamp(0, n - 1), (idx + 1).clamp(0, n - 1)
-    p_lo = prob.gather(0, lo[None])[0] * (lo != idx)
-    p_hi = prob.gather(0, hi[None])[0] * (hi != idx)
-    focus = (lo * p_lo + idx * pmax + hi * p_hi) / (p_lo + pmax + p_hi)
-    focus = torch.minimum(torch.maximum(focus, idx - 0.49), idx + 0.49)
-    return FocusMaps(focus=focus, index=idx, confidence=conf)
+    return prob_maps(prob, conf)
 
 
 _compiled: dict[int, Any] = {}
@@ -250,7 +245,14 @@ class ModelRunner:
         Pixels of mirror margin on image-border tile sides (default 0: the network's zero padding,
         better on synthetic stacks; see :data:`BORDER_PAD`).
     feather
-        Cross-fade neighbouring tiles' maps over the tile margin instead of cutting them hard.
+        Cross-fade neighbouring tiles' maps over the tile margin instead of cutting them hard (an
+        order-free model's per-slice probabilities, whose winner is then read again).
+    context
+        For a model with image-wide pools (V3): encoder passes over all tiles first gather the whole
+        image's pooled means, which every tile then uses instead of its own (tiles no longer each decide
+        in their own context). ~15% of a forward per pass (V3: 3); only when there are >= 2 tiles.
+    overlap
+        Tile margin in pixels (default: the model's ``tile_overlap``, else :data:`TILE_OVERLAP`).
     autotune
         Let cuDNN time its kernels for each new input shape (``torch.backends.cudnn.benchmark``). It pays
         when one shape repeats (many tiles of one size) and costs a search per shape otherwise: the
@@ -275,6 +277,8 @@ class ModelRunner:
         border_pad: int = BORDER_PAD,
         feather: bool = True,
         autotune: bool | None = None,
+        context: bool = True,
+        overlap: int | None = None,
     ) -> None:
         self.spec = get_spec(name)
         self.name = name
@@ -289,6 +293,8 @@ class ModelRunner:
         self.prefetch = bool(prefetch)
         self.border_pad = int(border_pad)
         self.feather = bool(feather)
+        self.context = bool(context)
+        self.overlap = None if overlap is None else int(overlap)
         self.autotune = autotune
         self._tune = False  # this run's setting (ModelEngine.schedule decides it from the tile count)
         if self.border_pad < 0:
@@ -314,12 +320,24 @@ class ModelRunner:
         return xp, (slice(top, top + h), slice(left, left + w))
 
     @torch.inference_mode()
-    def logits(self, x: torch.Tensor, pads: Pads = (0, 0, 0, 0)) -> torch.Tensor:
+    def collect_context(self, context: Any, x: torch.Tensor, pads: Pads, share: tuple[int, int, int, int], *,
+                        first: int = 0, total: int | None = None) -> None:
+        """Add one window to an image context (``model.new_image_context()``): ``x`` holds slices ``first``...
+        of ``total``; ``share`` (y0, y1, x0, x1 in the window's pixels) is the part of the image it stands for."""
+        xp, (ys, xs) = self._pad(x, pads)
+        y0, y1, x0, x1 = share
+        with torch.autocast(self.device.type, dtype=autocast_dtype(self.device), enabled=self.half):
+            context.collect(self.model, xp, (ys.start + y0, ys.start + y1, xs.start + x0, xs.start + x1),
+                            first=first, total=total)
+
+    @torch.inference_mode()
+    def logits(self, x: torch.Tensor, pads: Pads = (0, 0, 0, 0), context: Any = None) -> torch.Tensor:
         """(N, h, w) normalised focus images -> (N, h, w) logits (padding handled here). An event model
-        gets (2N, h, w): the N slices, then their N event frames."""
+        gets (2N, h, w): the N slices, then their N event frames. ``context``: a frozen image context."""
         xp, (ys, xs) = self._pad(x, pads)
         args = (xp[:, :xp.shape[1] // 2], xp[:, xp.shape[1] // 2:]) if self.spec.uses_events else (xp,)
-        with torch.autocast(self.device.type, dtype=autocast_dtype(self.device), enabled=self.half):
+        with torch.autocast(self.device.type, dtype=autocast_dtype(self.device), enabled=self.half), \
+                (self.model.use_context(context) if context is not None else contextlib.nullcontext()):
             if self.device.type == "cuda":
                 tune = self._tune if self.autotune is None else self.autotune
                 with torch.backends.cudnn.flags(enabled=True, benchmark=tune):
@@ -386,6 +404,25 @@ class ModelRunner:
         return FocusMaps(focus=focus, index=index, confidence=conf)
 
 
+def tile_shares(windows: Sequence[tuple[slice, slice]]) -> list[tuple[int, int, int, int]]:
+    """For each read window, the part of the image it stands for, (y0, y1, x0, x1) in the window's own
+    pixels: overlapping windows are cut in the middle of their overlap, so the shares tile the image."""
+
+    def cuts(spans: set[tuple[int, int]]) -> dict[tuple[int, int], tuple[int, int]]:
+        order = sorted(spans)
+        out = {}
+        for i, (a, b) in enumerate(order):
+            lo = a if i == 0 else max(a, (a + order[i - 1][1]) // 2)
+            hi = b if i == len(order) - 1 else min(b, (order[i + 1][0] + b) // 2)
+            out[(a, b)] = (lo - a, hi - a)
+        return out
+
+    span = lambda s: (s.start, s.stop)  # noqa: E731
+    ys = cuts({span(w[0]) for w in windows})
+    xs = cuts({span(w[1]) for w in windows})
+    return [(*ys[span(w[0])], *xs[span(w[1])]) for w in windows]
+
+
 class ModelEngine:
     """A network on tiles of one time point: the tile engine :func:`core.fusion.fuse` drives.
 
@@ -399,11 +436,12 @@ class ModelEngine:
                  denoise: bool, exclude: Sequence[int] = ()) -> None:
         self.runner, self.stack, self.t, self.channel, self.denoise = runner, stack, t, channel, denoise
         self.single_tile = runner.compat
-        self.overlap = 0 if runner.compat else TILE_OVERLAP
-        self.min_overlap = 0 if runner.compat else 16
-        # Cross-fading averages focus values: never for an order-free model, whose tiles may number a
-        # shuffled stack's slices in any order (its tiles are cut hard at the centre of the margin).
-        self.feather = TILE_OVERLAP if runner.feather and not runner.compat and not runner.spec.order_free else 0
+        margin = getattr(runner.model, "tile_overlap", TILE_OVERLAP) if runner.overlap is None else runner.overlap
+        self.overlap = 0 if runner.compat else margin
+        self.min_overlap = 0 if runner.compat else min(16, margin)
+        # Over the margin: an ordered model's focus maps, an order-free model's per-slice probabilities
+        # (averaging its slice numbers would be wrong: a shuffled stack's 3 and 7 average to an unrelated 5).
+        self.feather = margin if runner.feather and not runner.compat else 0
         if runner.spec.uses_events and stack.events is None:
             raise StackMFFError(f"{runner.name} reads event frames with the slices: pass events= (an array, a "
                                 "folder of event frames, or a recording with slice_times=), or --events.")
@@ -413,12 +451,16 @@ class ModelEngine:
         self.keep = keep if 0 < len(keep) < stack.n_slices else None
         self.estimate_s: float | None = None
         self._plan: list[int] = []  # voxels the network computes for each scheduled tile
+        self._windows: list[tuple[slice, slice]] = []  # the scheduled read windows
+        self._context: Any = None  # the frozen image context (models with image-wide pools), once gathered
+        self._context_due = False
+        self._context_s = 0.0
         dev = runner.device
         self._copy_stream = torch.cuda.Stream(dev) if dev.type == "cuda" else None
         self._ahead: Iterator[tuple[tuple[slice, slice], torch.Tensor, Any, Pads]] | None = None
 
     def bytes_per_pixel(self) -> float:
-        return BYTES_PER_VOXEL * self.stack.n_slices
+        return getattr(self.runner.model, "bytes_per_voxel", BYTES_PER_VOXEL) * self.stack.n_slices
 
     # ---------------------------------------------------------------- input pipeline
     def _pads(self, window: tuple[slice, slice]) -> Pads:
@@ -429,12 +471,15 @@ class ModelEngine:
         return (b if xs.start == 0 else 0, b if xs.stop >= w else 0, b if ys.start == 0 else 0,
                 b if ys.stop >= h else 0)
 
-    def _load(self, window: tuple[slice, slice]) -> tuple[tuple[slice, slice], torch.Tensor, Any, Pads]:
-        x = normalise_stack(focus_block(self.stack, self.t, self.channel, window, self.keep), self.lo, self.hi)
+    def _load(self, window: tuple[slice, slice], slices: Sequence[int] | None = None
+              ) -> tuple[tuple[slice, slice], torch.Tensor, Any, Pads]:
+        """The network's input for ``window``: the kept slices (or ``slices``), normalised, on the device."""
+        zs = self.keep if slices is None else slices
+        x = normalise_stack(focus_block(self.stack, self.t, self.channel, window, zs), self.lo, self.hi)
         if self.runner.spec.uses_events:  # events ride along as N more planes, padded with the slices
             from .event import event_scale
 
-            ev = event_scale(torch.from_numpy(event_block(self.stack, self.t, window, self.keep)))
+            ev = event_scale(torch.from_numpy(event_block(self.stack, self.t, window, zs)))
             x = torch.cat([x, ev])
         pads = self._pads(window)
         if self._copy_stream is None:
@@ -460,6 +505,10 @@ class ModelEngine:
     def schedule(self, windows: Sequence[tuple[slice, slice]]) -> None:
         """Start reading ``windows`` one ahead of :meth:`maps` (which must then follow that order)."""
         self._plan = [self._padded_voxels(w) for w in windows]
+        self._windows = list(windows)
+        self._context = None
+        self._context_due = (self.runner.context and len(windows) > 1 and not self.single_tile
+                             and hasattr(self.runner.model, "new_image_context"))
         self.runner._tune = len(windows) >= AUTOTUNE_MIN_TILES
         if self.runner.prefetch and not self.single_tile and len(windows) > 1:
             self.close()
@@ -478,6 +527,53 @@ class ModelEngine:
         else:
             item = self._load(window)
         return self._ready(item)
+
+    def _gather_context(self, progress: ProgressFn | None, cancel: threading.Event | None) -> None:
+        """Image-wide pooled means (V3's context) from encoder passes, each window contributing its share of
+        the image (:func:`tile_shares`).
+
+        The windows are as large as the tile's memory allows the encoder (``model.context_pixels``), slices
+        a group at a time: usually the whole image, where one pass gives the untiled means exactly. Else
+        the image's tiles at that size, in ``model.context_passes`` passes (the pools are nested: each pass
+        pools with the last one's means).
+        """
+        r = self.runner
+        h, w = self.stack.yx_shape
+        zs = self.keep or list(range(self.stack.n_slices))
+        t0 = time.perf_counter()
+        ctx = r.model.new_image_context()
+        if len(zs) < 2:  # one informative slice: no network run (maps)
+            self._context, self._context_due = ctx.freeze(), False
+            return
+        limit = r.model.context_pixels(max(self._plan) / len(zs) * self.bytes_per_pixel())
+        if self._area((slice(0, h), slice(0, w))) <= limit:
+            windows, passes = [(slice(0, h), slice(0, w))], 1
+        else:
+            side = max(self.overlap * 2 + 64, int(math.sqrt(limit)) // 32 * 32)
+            windows = [tl.read for tl in iter_tiles(h, w, side, self.overlap)]
+            passes = int(getattr(r.model, "context_passes", 1))
+        shares = tile_shares(windows)
+        steps = [(wi, z0) for wi, win in enumerate(windows)
+                 for z0 in range(0, len(zs), max(1, limit // self._area(win)))]
+        for k in range(passes):
+            for j, (wi, z0) in enumerate(steps):
+                if cancel is not None and cancel.is_set():
+                    raise FusionCancelled()
+                if progress is not None:
+                    progress(0, 1, f"{r.name}: image context {k * len(steps) + j + 1}/{passes * len(steps)}")
+                group = zs[z0:z0 + max(1, limit // self._area(windows[wi]))]
+                _, x, done, pads = self._load(windows[wi], group)
+                x, pads = self._ready((windows[wi], x, done, pads))
+                r.collect_context(ctx, x, pads, shares[wi], first=z0, total=len(zs))
+            ctx.freeze()
+        self._context = ctx
+        self._context_due = False
+        self._context_s = time.perf_counter() - t0
+
+    def _area(self, window: tuple[slice, slice]) -> int:
+        """Pixels of ``window`` as the network sees them (border margin, multiple of 32)."""
+        n = self.stack.n_slices if self.keep is None else len(self.keep)
+        return self._padded_voxels(window) // n
 
     # ---------------------------------------------------------------- run-time estimate
     def _padded_voxels(self, window: tuple[slice, slice]) -> int:
@@ -500,7 +596,7 @@ class ModelEngine:
         n_tiles, times = len(self._plan), self.stack.n_times
         if n_tiles * times < 2:
             return None
-        self.estimate_s = seconds * sum(self._plan) / self._padded_voxels(window) * times
+        self.estimate_s = (self._context_s + seconds * sum(self._plan) / self._padded_voxels(window)) * times
         per_time = f" x {times} time points" if times > 1 else ""
         return EstimateMessage(f"{self.runner.name}: about {format_duration(self.estimate_s)} for {n_tiles} "
                                f"tile{'s' if n_tiles > 1 else ''}{per_time}", self.estimate_s)
@@ -516,12 +612,14 @@ class ModelEngine:
             if progress is not None:
                 progress(1, 1, f"{r.name}: whole image")
             return out
+        if self._context_due:
+            self._gather_context(progress, cancel)
         t0 = time.perf_counter()
         x, pads = self._input(window)
         if x.shape[0] == (2 if r.spec.uses_events else 1):  # one informative slice: the answer everywhere
             logits = torch.zeros((1, *x.shape[-2:]), device=x.device)
         else:
-            logits = r.logits(x, pads)
+            logits = r.logits(x, pads, self._context)
         if r.spec.order_free:
             maps = order_free_maps(logits, denoise=self.denoise)
             focus = None

@@ -14,6 +14,10 @@ can train on a CPU. Input height and width must be multiples of 32 (the inferenc
 
 from __future__ import annotations
 
+import contextvars
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,6 +28,90 @@ FEATURES = 16  # per pixel per slice, the transformer's token width
 HEADS, FFN, LAYERS = 4, 64, 2
 DROP_PATH = 0.1
 PPM_BINS = (1, 2, 3, 6)
+
+
+class ImageContext:
+    """The image-wide means that V3's global average pools see, gathered over the tiles of a big image.
+
+    Why: every block's PyramidFC and the decoder's 1-bin pyramid pool average over the whole input. On a
+    tile that is the tile, so each tile gets its own context and its focus decisions shift as a whole:
+    a seam at every tile border (beetle crop, 14 x 256 x 384, left half alone vs the whole: same argmax on
+    96.5% of pixels far from the cut; with the whole image's pooled vectors put in, 99.6%).
+
+    :meth:`collect` runs the encoder on one window (some slices of it) and adds up, per pool and per
+    slice, the pool's input over the part of the window that is its share of the image (the windows'
+    shares partition the image); :meth:`freeze` turns the sums into means, and a forward inside
+    :func:`image_context` then uses them instead of the tile's own. Every slice is encoded alone, so a
+    window can be the whole image taken a slice at a time: then one pass gives exactly the untiled
+    means. When even one slice is too big for the memory, the windows are tiles, and since the pools are
+    nested (a deeper pool's input depends on the shallower means) the first pass, whose pools are each
+    window's own, is only close; a further pass pools with the last pass's means and moves toward the
+    whole image's (:attr:`StackMFFV3.context_passes`).
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[int, torch.Tensor] = {}  # per pool: (slices, C, 1, 1) sums over the shares
+        self._count: dict[int, int] = {}  # per pool: pixels summed (per slice)
+        self.means: dict[int, torch.Tensor] | None = None
+        self._region: tuple[int, int, int, int] | None = None  # y0, y1, x0, x1 of the input being collected
+        self._size = (1, 1)  # that input's (H, W)
+        self._slices = 0  # slices in the stack
+        self._first = 0  # the stack's slice that the input's first is
+        self.group = slice(None)  # the input's slices the encoder is running on now (StackMFFV3.encode)
+
+    def pool(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """(g, C, h, w) -> (g, C, 1, 1): the image-wide means (the last pass's, while collecting), else this
+        input's own; collects ``x`` over the share while a pass runs."""
+        key = id(module)
+        g = self.group if self.group.start is None else slice(self._first + self.group.start,
+                                                               self._first + self.group.stop)
+        if self._region is not None:
+            y0, y1, x0, x1 = self._region
+            sy, sx = self._size[0] / x.shape[-2], self._size[1] / x.shape[-1]
+            r = x[..., round(y0 / sy):round(y1 / sy), round(x0 / sx):round(x1 / sx)]
+            if key not in self._sums:
+                self._sums[key] = torch.zeros((self._slices, x.shape[1], 1, 1), dtype=torch.float32, device=x.device)
+            self._sums[key][g] += r.float().sum((-2, -1), keepdim=True)
+            if g.start in (None, 0):
+                self._count[key] = self._count.get(key, 0) + r.shape[-2] * r.shape[-1]
+        if self.means is not None:
+            return self.means[key][g].to(x.dtype)
+        return F.adaptive_avg_pool2d(x, 1)
+
+    def collect(self, model: "StackMFFV3", x: torch.Tensor, region: tuple[int, int, int, int], *, first: int = 0,
+                total: int | None = None) -> None:
+        """Add one (1, n, H, W) window holding slices ``first``.. of ``total`` (default: all n): ``region``
+        (y0, y1, x0, x1 in its pixels) is its share of the image. Runs the encoder only (~15% of a forward)."""
+        b, n, h, w = x.shape
+        self._region, self._size, self._slices, self._first = region, (h, w), total or b * n, first
+        with image_context(self):
+            for feats in model.encode(x):
+                self.pool(model.decoder, feats[-1])
+        self._region, self._first, self.group = None, 0, slice(None)
+
+    def freeze(self) -> "ImageContext":
+        """The collected sums become the means (used by every forward, and by a further pass's pools)."""
+        self.means = {k: s / max(self._count[k], 1) for k, s in self._sums.items()}
+        self._sums, self._count = {}, {}
+        return self
+
+
+_CONTEXT: contextvars.ContextVar[ImageContext | None] = contextvars.ContextVar("stackmff_v3_context", default=None)
+
+
+@contextmanager
+def image_context(ctx: ImageContext | None) -> Iterator[None]:
+    """Forward passes inside use ``ctx``'s frozen image-wide pools (None: each input's own)."""
+    token = _CONTEXT.set(ctx)
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+def global_pool(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    ctx = _CONTEXT.get()
+    return F.adaptive_avg_pool2d(x, 1) if ctx is None else ctx.pool(module, x)
 
 
 class ConvX(nn.Sequential):
@@ -72,7 +160,7 @@ class PyramidFC(nn.Module):
             if y.shape[-2:] != size:
                 y = F.interpolate(y, size=size, mode="nearest")
             out = y if out is None else out + y
-        g = self.maps[3](F.adaptive_avg_pool2d(x, 1))
+        g = self.maps[3](global_pool(self, x))
         return F.gelu(out + g)
 
 
@@ -143,19 +231,37 @@ class Decoder(nn.Module):
         self.head = nn.Sequential(nn.Conv2d(out, out, 3, padding=1, bias=False), nn.BatchNorm2d(out))
 
     def forward(self, feats: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        x = F.interpolate(self.quarter(feats), size=size, mode="bilinear", align_corners=False)
+        return torch.sigmoid(self.head(x))
+
+    def rows(self, q: torch.Tensor, size: tuple[int, int], r0: int, r1: int) -> torch.Tensor:
+        """Rows [r0, r1) of ``forward``'s output from its 1/4-resolution map ``q`` (:meth:`quarter`), computed
+        on those rows alone: the bilinear upsampling reads q rows r0/4 - 2 .. r1/4 + 2, the 3x3 head one
+        full-resolution row either side (zeros beyond the image, as its padding)."""
+        h, w = size
+        qh = q.shape[-2]
+        a, b = max(0, r0 // 4 - 2), min(qh, r1 // 4 + 2)
+        up = F.interpolate(q[..., a:b, :], size=(4 * (b - a), w), mode="bilinear", align_corners=False)
+        lo, hi = max(r0 - 1, 0), min(r1 + 1, h)
+        band = up[..., lo - 4 * a:hi - 4 * a, :]
+        band = F.pad(band, (0, 0, lo - (r0 - 1), (r1 + 1) - hi))  # the conv's zero padding at the image edge
+        conv, bn = self.head[0], self.head[1]
+        return torch.sigmoid(bn(F.conv2d(band, conv.weight, None, padding=(0, 1))))
+
+    def quarter(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Fused features at 1/4 resolution, before the upsampling and the head."""
         top = feats[-1]
-        pooled = [top] + [F.interpolate(conv(F.adaptive_avg_pool2d(top, b)), size=top.shape[-2:], mode="bilinear",
-                                        align_corners=False) for b, conv in zip(PPM_BINS, self.ppm)]
+        pooled = [top] + [F.interpolate(conv(global_pool(self, top) if b == 1 else F.adaptive_avg_pool2d(top, b)),
+                                        size=top.shape[-2:], mode="bilinear", align_corners=False)
+                          for b, conv in zip(PPM_BINS, self.ppm)]
         levels = [self.ppm_out(torch.cat(pooled, 1))]
         for lat, f in zip(reversed(self.laterals), reversed(feats[:-1])):
             up = F.interpolate(levels[0], size=f.shape[-2:], mode="bilinear", align_corners=False)
             levels.insert(0, lat(f) + up)
         levels = [s(lv) for s, lv in zip(self.smooth, levels[:-1])] + [levels[-1]]
         q = levels[0].shape[-2:]
-        x = self.fuse(torch.cat([levels[0]] + [F.interpolate(lv, size=q, mode="bilinear", align_corners=False)
-                                               for lv in levels[1:]], 1))
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        return torch.sigmoid(self.head(x))
+        return self.fuse(torch.cat([levels[0]] + [F.interpolate(lv, size=q, mode="bilinear", align_corners=False)
+                                                  for lv in levels[1:]], 1))
 
 
 def rotary(x: torch.Tensor) -> torch.Tensor:
@@ -214,8 +320,43 @@ class CrossSlice(nn.Module):
 class StackMFFV3(nn.Module):
     """(B, N, H, W) slices in [0, 1] -> (B, N, H, W) logits; H and W multiples of 32."""
 
-    #: Pixels per chunk of the cross-slice attention (bounds its memory: N x chunk x dim tokens).
-    ATTENTION_CHUNK = 65536
+    #: Tokens (pixels x slices) per chunk of the cross-slice attention: ~1.25 kB of temporaries each
+    #: (qkv, scores, FFN), so a chunk is ~40 MB whatever the tile (2^14-2^17 tokens: same speed). A fixed
+    #: 65,536 pixels per chunk was 1.1 GB at N = 14, more than the rest of a 256-px tile.
+    ATTENTION_TOKENS = 1 << 15
+    #: Tokens per band of rows in which inference computes the full-resolution features (see forward).
+    BAND_TOKENS = 1 << 18
+    #: Slice pixels per encoder batch at inference: the encoder's first stage holds ~200 B per input pixel
+    #: (48 channels at half resolution), so it runs on a few slices at a time (each slice is encoded alone
+    #: anyway), not on all N: 14 x 448 x 448 peaked at 570 MB in the encoder, now ~100 MB per group.
+    ENCODER_PIXELS = 1 << 19
+    #: Peak bytes of the encoder per input pixel of one slice (measured 130-220; the context pass's memory).
+    CONTEXT_BYTES_PER_PIXEL = 224
+    #: Tile margin for tiled inference (inference.ModelEngine), in pixels. With the image context, 32 and
+    #: 64 px agree with the untiled map alike (rpi crop, 11 x 640 x 896, 512-px tiles: same index 94.2% vs
+    #: 94.3%, for 1.6x the compute), so the cheaper margin stays.
+    tile_overlap = 32
+    #: Encoder passes over tiles that gather the image context when a slice is too big to encode whole
+    #: (each ~15% of a forward). rpi crop, 11 x 640 x 896, 512-px tiles as context windows, same index as
+    #: untiled: old tiles (own pools, cut hard) 51%, 1 pass 76%, 2 passes 93.3%, 3 passes 94.2%, exact
+    #: means 94.3% (what is left are near-ties along region edges).
+    context_passes = 3
+    #: Peak working bytes per voxel of a tile (inference.ModelEngine sizes tiles with it): measured ~50
+    #: (forward, read-out, cross-fade) plus ~250 MB that does not grow with the tile; was ~250 plus a
+    #: fixed 1.1 GB before the bands and groups (issue 24). Budgeted with margin.
+    bytes_per_voxel = 96
+
+    @staticmethod
+    def new_image_context() -> ImageContext:
+        """An empty image context: gather it tile by tile, freeze it, run tiles inside :meth:`use_context`."""
+        return ImageContext()
+
+    use_context = staticmethod(image_context)
+
+    def context_pixels(self, tile_bytes: float) -> int:
+        """Pixels of one slice the context pass may encode at once: what the tile's own forward may use
+        (``tile_bytes``), never below one encoder batch."""
+        return max(self.ENCODER_PIXELS, int(tile_bytes / self.CONTEXT_BYTES_PER_PIXEL))
 
     def __init__(self, widths: tuple[int, ...] = WIDTHS) -> None:
         super().__init__()
@@ -234,16 +375,44 @@ class StackMFFV3(nn.Module):
         f = self.decoder(self.encoder(x.reshape(b * n, 1, h, w)), (h, w))
         return f.reshape(b, n, FEATURES, h, w)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor) -> Iterator[list[torch.Tensor]]:
+        """Encoder features of (B, N, H, W) slices, a group of slices at a time (inference; every slice is
+        encoded on its own, so grouping changes nothing but the peak memory). An image context is told
+        which slices each group holds."""
         b, n, h, w = x.shape
-        f = self.features(x)  # (B, N, D, H, W)
+        flat = x.reshape(b * n, 1, h, w)
+        step = b * n if self.training else max(1, self.ENCODER_PIXELS // (h * w))
+        ctx = _CONTEXT.get()
+        for i in range(0, b * n, step):
+            if ctx is not None:
+                ctx.group = slice(i, min(i + step, b * n))
+            yield self.encoder(flat[i:i + step])
+
+    def _cross_logits(self, f: torch.Tensor) -> torch.Tensor:
+        """(B, N, D, h, w) features -> (B, N, h, w) logits: attention over each pixel's N tokens."""
+        b, n, _, h, w = f.shape
         tokens = f.permute(0, 3, 4, 1, 2).reshape(b * h * w, n, FEATURES)
         if self.training:  # one graph for backward
             out = self.cross(tokens).amax(-1)
         else:
-            out = torch.cat([self.cross(tokens[s:s + self.ATTENTION_CHUNK]).amax(-1)
-                             for s in range(0, tokens.shape[0], self.ATTENTION_CHUNK)])
+            chunk = max(1, self.ATTENTION_TOKENS // n)
+            out = torch.cat([self.cross(tokens[s:s + chunk]).amax(-1) for s in range(0, tokens.shape[0], chunk)])
         return out.reshape(b, h, w, n).permute(0, 3, 1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, h, w = x.shape
+        if self.training:
+            return self._cross_logits(self.features(x))
+        # Inference: the full-resolution part (upsampling, head, tokens, attention: ~5 copies of N x 16
+        # floats per pixel) runs in bands of rows, so the peak is the encoder's, not 16 features per voxel.
+        q = torch.cat([self.decoder.quarter(feats) for feats in self.encode(x)])
+        out = torch.empty((b, n, h, w), dtype=q.dtype, device=q.device)
+        rows = max(1, self.BAND_TOKENS // (n * w))
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            f = self.decoder.rows(q, (h, w), r0, r1)
+            out[:, :, r0:r1] = self._cross_logits(f.reshape(b, n, FEATURES, r1 - r0, w))
+        return out
 
 
 def count_parameters(model: nn.Module) -> int:
