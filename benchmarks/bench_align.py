@@ -31,9 +31,10 @@ sys.path.insert(0, str(ROOT / "src"))
 from scipy.ndimage import gaussian_filter  # noqa: E402
 from skimage.transform import warp  # noqa: E402
 
-from napari_stackmff.core import fuse, synth  # noqa: E402
-from napari_stackmff.core.align import similarity_matrix, warp_slice  # noqa: E402
-from napari_stackmff.core.metrics import psnr  # noqa: E402
+from napari_stackmff.core import fuse  # noqa: E402
+from napari_stackmff.core.training import synth  # noqa: E402
+from napari_stackmff.core.fusion.align import similarity_matrix, warp_slice  # noqa: E402
+from napari_stackmff.core.fusion.metrics import psnr  # noqa: E402
 
 SCENES = ("cells", "natural", "text", "fibres")
 #: In-focus PSF of the simulated camera (sigma, px at twice the sensor resolution).

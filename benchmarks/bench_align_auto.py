@@ -43,11 +43,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_align import moved_stack  # noqa: E402
 from bench_real import real_sets, score  # noqa: E402
 
-from napari_stackmff.core import fuse, load_stack, synth  # noqa: E402
-from napari_stackmff.core import align as after  # noqa: E402
-from napari_stackmff.core.io import write_png  # noqa: E402
-from napari_stackmff.core.preview import stack_display_range, to_uint8_preview  # noqa: E402
-from napari_stackmff.core.stack import FocalStack  # noqa: E402
+from napari_stackmff.core import fuse, load_stack  # noqa: E402
+from napari_stackmff.core.training import synth  # noqa: E402
+from napari_stackmff.core.fusion import align as after  # noqa: E402
+from napari_stackmff.core.io.write import write_png  # noqa: E402
+from napari_stackmff.core.io.preview import stack_display_range, to_uint8_preview  # noqa: E402
+from napari_stackmff.core.io.stack import FocalStack  # noqa: E402
 
 #: The commit before this work (issue 24, item 2): align.py as it was.
 BEFORE = "b020ae6"
@@ -98,7 +99,7 @@ def part0(before_rev: str, stacks: int) -> None:
     grid of points, seconds of estimation, and PSNR of the aligned wavelet fusion against the truth."""
     from bench_align import in_reference_frame
 
-    from napari_stackmff.core.metrics import psnr
+    from napari_stackmff.core.fusion.metrics import psnr
 
     before = old_align(before_rev)
     print(f"## Similarity registration, before (core/align.py at {before_rev}) and after, synthetic\n")

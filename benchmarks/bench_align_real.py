@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_real import downscale, real_sets, score  # noqa: E402
 
 from napari_stackmff.core import fuse, load_stack  # noqa: E402
-from napari_stackmff.core.align import align_stack  # noqa: E402
-from napari_stackmff.core.io import write_png  # noqa: E402
-from napari_stackmff.core.preview import stack_display_range, to_uint8_preview  # noqa: E402
+from napari_stackmff.core.fusion.align import align_stack  # noqa: E402
+from napari_stackmff.core.io.write import write_png  # noqa: E402
+from napari_stackmff.core.io.preview import stack_display_range, to_uint8_preview  # noqa: E402
 
 
 def main() -> None:

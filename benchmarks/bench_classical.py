@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from napari_stackmff.core import fuse, load_stack  # noqa: E402
-from napari_stackmff.core.metrics import focus_error, psnr, ssim  # noqa: E402
-from napari_stackmff.core.synth import random_stack, texture_mask  # noqa: E402
+from napari_stackmff.core.fusion.metrics import focus_error, psnr, ssim  # noqa: E402
+from napari_stackmff.core.training.synth import random_stack, texture_mask  # noqa: E402
 
 METHODS = ("variance", "laplacian", "tenengrad", "wavelet")
 SHARED = ROOT.parent / "shared" / "data"
@@ -58,7 +58,7 @@ def quality(n_stacks: int, seed: int = 1234, decisions: tuple[str, ...] = ("robu
             methods: tuple[str, ...] = METHODS) -> None:
     """``decisions``: "robust" (the default, core/decision.py) and/or "legacy" (best/mean confidence, one
     fill scale), each method under each, side by side on the same stacks (issue 26)."""
-    from napari_stackmff.core import decision
+    from napari_stackmff.core.tiles import decision
 
     rng = np.random.default_rng(seed)
     names = [m if decisions == ("robust",) else f"{m}/{d}" for m in methods for d in decisions]

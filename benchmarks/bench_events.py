@@ -21,7 +21,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from napari_stackmff.core.events import bin_events, read_events, sensor_size_of  # noqa: E402
+from napari_stackmff.core.events.frames import bin_events  # noqa: E402
+from napari_stackmff.core.events.read import read_events, sensor_size_of  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "events"
 FILES = ["expelliarmus/tests/sample-files/evt3_sample.raw", "expelliarmus/tests/sample-files/evt2_sample.raw",

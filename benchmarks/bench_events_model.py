@@ -33,9 +33,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from napari_stackmff.core import fuse, synth  # noqa: E402
-from napari_stackmff.core.metrics import focus_error, psnr, ssim  # noqa: E402
-from napari_stackmff.core.train import render_event_item  # noqa: E402
+from napari_stackmff.core import fuse  # noqa: E402
+from napari_stackmff.core.training import synth  # noqa: E402
+from napari_stackmff.core.fusion.metrics import focus_error, psnr, ssim  # noqa: E402
+from napari_stackmff.core.training.data import render_event_item  # noqa: E402
 
 CLASSICAL = ("variance", "laplacian", "tenengrad", "wavelet")
 CEILING = "selection ceiling (truth-picked)"

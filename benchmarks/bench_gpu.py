@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from napari_stackmff.core.fusion import fuse  # noqa: E402
+from napari_stackmff.core.fusion.dispatch import fuse  # noqa: E402
 from napari_stackmff.core.models.v2 import StackMFFV2  # noqa: E402
 
 OFFICIAL = ROOT.parent / "shared" / "reference" / "stackmff_v2_official" / "model.pth"
@@ -100,7 +100,7 @@ def _weights(tmp: Path, official: Path = OFFICIAL) -> dict[str, str]:
 
 
 def _stack(n: int, side: int, seed: int = 0) -> np.ndarray:
-    from napari_stackmff.core.synth import random_stack
+    from napari_stackmff.core.training.synth import random_stack
 
     s = random_stack(np.random.default_rng(seed), size=side, n=n, dtype="uint16", noise=True,
                      max_radius=(6.0, 12.0))
@@ -299,7 +299,7 @@ def gpu_part(weights: dict[str, str], fpv: float, side: int, n: int, compile_: b
 def small_stacks(weights: str, dev: torch.device, side: int = 384, official: str | None = None) -> None:
     """The issue's small-stack case: five 384² stacks of 6-24 slices, each a new shape (s/stack, best of 2
     rounds), our inference with cuDNN autotune off/on, fp32/fp16, and the published inference."""
-    from napari_stackmff.core.synth import random_stack
+    from napari_stackmff.core.training.synth import random_stack
 
     # A dry run takes two short stacks, one round: fp16 is emulated on a CPU without AVX-512 (4.4 s a 64² stack
     # on an AVX2 VM), and the five stacks made the CI's dry-run test take 140 s.

@@ -38,11 +38,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from napari_stackmff.core import fusion, fuse, synth  # noqa: E402
-from napari_stackmff.core.blend import SOFT_RADIUS  # noqa: E402
-from napari_stackmff.core.io import write_png  # noqa: E402
-from napari_stackmff.core.metrics import DEEP_STACK_WEIGHT_POWER, gradient_energy, psnr, qabf  # noqa: E402
-from napari_stackmff.core.preview import stack_display_range, to_uint8_preview  # noqa: E402
+from napari_stackmff.core.fusion import dispatch as fusion  # noqa: E402
+from napari_stackmff.core import fuse  # noqa: E402
+from napari_stackmff.core.training import synth  # noqa: E402
+from napari_stackmff.core.tiles.blend import SOFT_RADIUS  # noqa: E402
+from napari_stackmff.core.io.write import write_png  # noqa: E402
+from napari_stackmff.core.fusion.metrics import DEEP_STACK_WEIGHT_POWER, gradient_energy, psnr, qabf  # noqa: E402
+from napari_stackmff.core.io.preview import stack_display_range, to_uint8_preview  # noqa: E402
 
 BORDER, BAND = 16, 6
 METHODS = ("wavelet", "stackmff-v2")

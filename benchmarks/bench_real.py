@@ -56,9 +56,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from napari_stackmff.core import FocalStack, fuse, load_stack  # noqa: E402
-from napari_stackmff.core.io import write_png  # noqa: E402
-from napari_stackmff.core.metrics import DEEP_STACK_WEIGHT_POWER, qabf, sharpness_scores  # noqa: E402
-from napari_stackmff.core.preview import focus_map_picture, stack_display_range, to_uint8_preview  # noqa: E402
+from napari_stackmff.core.io.write import write_png  # noqa: E402
+from napari_stackmff.core.fusion.metrics import DEEP_STACK_WEIGHT_POWER, qabf, sharpness_scores  # noqa: E402
+from napari_stackmff.core.io.preview import focus_map_picture, stack_display_range, to_uint8_preview  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 DATA = SHARED / "data"
@@ -180,7 +180,7 @@ def run_set(rset: RealSet, cands: dict[str, dict], max_side: int, out: Path,
             events: dict[str, str | None] | None = None) -> dict:
     """Fuse every stack of one row with every method; mean scores and summed seconds per method."""
     if rset.events is not None:  # and the event model with the frames; they match the images' size: no resize
-        from napari_stackmff.core.events import read_event_frames
+        from napari_stackmff.core.events.frames import read_event_frames
 
         frames = read_event_frames(rset.events)
         cands = {**cands, **{name: {"method": "eventstackmff", "events": frames, **({"weights": w} if w else {})}

@@ -108,8 +108,8 @@ def child(spec: dict) -> dict:
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    from napari_stackmff.core.fusion import fuse
-    from napari_stackmff.core.io import load_stack
+    from napari_stackmff.core.fusion.dispatch import fuse
+    from napari_stackmff.core.io.read import load_stack
 
     kind = spec["kind"]
     weights = _weights(spec)
@@ -130,7 +130,7 @@ def child(spec: dict) -> dict:
         out.update(voxels=int(stack.n_slices * np.prod(stack.yx_shape)), tiles=r.timings.get("tiles", 1),
                    reader=stack.metadata.get("lazy"))
     elif kind == "stream":
-        from napari_stackmff.core.writers import fuse_to_disk
+        from napari_stackmff.core.batch.writers import fuse_to_disk
 
         with Meter() as m:
             r = fuse_to_disk(spec["path"], spec["out"], spec["method"], "cpu", lazy=True,
@@ -174,8 +174,9 @@ def child(spec: dict) -> dict:
         out.update(fpv=counter.get_total_flops() / x.numel(), gflops=10 * 2 * 2048**3 / m.seconds / 1e9)
         return out | {"seconds": m.seconds}
     elif kind == "batch":
-        from napari_stackmff.core.batch import discover_stacks, run_batch
-        from napari_stackmff.core.distributed import run_batch_parallel
+        from napari_stackmff.core.io.discover import discover_stacks
+        from napari_stackmff.core.batch.jobs import run_batch
+        from napari_stackmff.core.batch.distributed import run_batch_parallel
 
         jobs = discover_stacks(spec["root"])
         settings = {"method": spec["method"], "device": "cpu", **extra}
@@ -280,7 +281,7 @@ def v2_cpu_stacks(tmp: Path, count: int = 12, side: int = 384) -> list[str]:
     """The issue's comparison set: ``count`` synthetic uint8 stacks of side² x 6-24 slices (seeded)."""
     import numpy as np
 
-    from napari_stackmff.core.synth import random_stack
+    from napari_stackmff.core.training.synth import random_stack
 
     files = []
     for i in range(count):

@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_real import downscale, real_sets, score  # noqa: E402
 
 from napari_stackmff.core import fuse, load_stack  # noqa: E402
-from napari_stackmff.core.classical import focus_measure  # noqa: E402
-from napari_stackmff.core.fusion import gather  # noqa: E402
+from napari_stackmff.core.tiles.classical import focus_measure  # noqa: E402
+from napari_stackmff.core.tiles.pipeline import gather  # noqa: E402
 
 KS = (0, 1, 2, 4)
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
 
-from napari_stackmff.core.train import TrainConfig, train  # noqa: E402
+from napari_stackmff.core.training.loop import TrainConfig, train  # noqa: E402
 
 
 def gpu_busy_sampler(device: str) -> tuple[threading.Event, list[float]]:

@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from napari_stackmff.core import fuse, load_stack  # noqa: E402
-from napari_stackmff.core.fusion import gather  # noqa: E402
-from napari_stackmff.core.io import write_png  # noqa: E402
-from napari_stackmff.core.preview import colorize, to_uint8_preview  # noqa: E402
-from napari_stackmff.core.metrics import focus_error, psnr, qabf, ssim  # noqa: E402
-from napari_stackmff.core.synth import random_stack, texture_mask  # noqa: E402
+from napari_stackmff.core.tiles.pipeline import gather  # noqa: E402
+from napari_stackmff.core.io.write import write_png  # noqa: E402
+from napari_stackmff.core.io.preview import colorize, to_uint8_preview  # noqa: E402
+from napari_stackmff.core.fusion.metrics import focus_error, psnr, qabf, ssim  # noqa: E402
+from napari_stackmff.core.training.synth import random_stack, texture_mask  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 OFFICIAL = SHARED / "reference" / "stackmff_v2_official" / "model.pth"
@@ -103,7 +103,7 @@ def ablation(weights: Path, n_stacks: int, seed: int = 778) -> None:
 
     from napari_stackmff.core.models.inference import pad_to_multiple, readout
     from napari_stackmff.core.models.registry import load_model
-    from napari_stackmff.core.train import _to_unit
+    from napari_stackmff.core.training.data import _to_unit
 
     model = load_model("stackmff-v2", weights, "cpu")
     rng = np.random.default_rng(seed)

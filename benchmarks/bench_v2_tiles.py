@@ -32,12 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from napari_stackmff.core import fuse  # noqa: E402
-from napari_stackmff.core.fusion import EstimateMessage, plan_tile, prepare  # noqa: E402
-from napari_stackmff.core.io import write_png  # noqa: E402
+from napari_stackmff.core.tiles.pipeline import EstimateMessage, plan_tile  # noqa: E402
+from napari_stackmff.core.fusion.dispatch import prepare  # noqa: E402
+from napari_stackmff.core.io.write import write_png  # noqa: E402
 from napari_stackmff.core.models.inference import TILE_OVERLAP  # noqa: E402
-from napari_stackmff.core.preview import colorize, to_uint8_preview  # noqa: E402
-from napari_stackmff.core.synth import random_stack  # noqa: E402
-from napari_stackmff.core.tiling import iter_tiles  # noqa: E402
+from napari_stackmff.core.io.preview import colorize, to_uint8_preview  # noqa: E402
+from napari_stackmff.core.training.synth import random_stack  # noqa: E402
+from napari_stackmff.core.tiles.tiling import iter_tiles  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 VARIANTS = {"before": {"feather": False}, "after": {}}

@@ -36,8 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from napari_stackmff.core import fuse, synth  # noqa: E402
-from napari_stackmff.core.metrics import psnr, ssim  # noqa: E402
+from napari_stackmff.core import fuse  # noqa: E402
+from napari_stackmff.core.training import synth  # noqa: E402
+from napari_stackmff.core.fusion.metrics import psnr, ssim  # noqa: E402
 
 CLASSICAL = ("variance", "laplacian", "tenengrad", "wavelet")
 CONDITIONS = ("ordered", "shuffled", "shuffled+invalid", "pairs")

@@ -82,7 +82,7 @@ def run(code: Path, data: Path, tile: int | None, save: Path) -> dict:
 # ------------------------------------------------------------------------------------ measures
 def borders(h: int, w: int, tile: int, overlap: int = 32) -> tuple[list[int], list[int]]:
     sys.path.insert(0, str(ROOT / "src"))
-    from napari_stackmff.core.tiling import iter_tiles
+    from napari_stackmff.core.tiles.tiling import iter_tiles
 
     tiles = list(iter_tiles(h, w, tile, overlap))
     return (sorted({t.write[0].start for t in tiles if t.write[0].start > 0}),
@@ -110,8 +110,8 @@ def numbered(paths: list[Path]) -> list[Path]:
 def stacks(tmp: Path, quick: bool) -> list[tuple[str, Path, list[int]]]:
     """(name, .npy of the stack, tile sides to run) for each stack found."""
     sys.path.insert(0, str(ROOT / "src"))
-    from napari_stackmff.core.io import load_stack
-    from napari_stackmff.core.synth import random_stack
+    from napari_stackmff.core.io.read import load_stack
+    from napari_stackmff.core.training.synth import random_stack
 
     out = []
     s = random_stack(np.random.default_rng(5), size=256 if quick else 512, n=8)
@@ -152,9 +152,9 @@ def main() -> None:
         worker(json.loads(args.worker))
         return
     sys.path.insert(0, str(ROOT / "src"))
-    from napari_stackmff.core.io import write_png
-    from napari_stackmff.core.preview import colorize
-    from napari_stackmff.core.synth import texture_mask
+    from napari_stackmff.core.io.write import write_png
+    from napari_stackmff.core.io.preview import colorize
+    from napari_stackmff.core.training.synth import texture_mask
 
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 if str(SRC) not in sys.path:  # tests also run without PYTHONPATH=src
     sys.path.insert(0, str(SRC))
 
-from napari_stackmff.core import synth  # noqa: E402
+from napari_stackmff.core.training import synth  # noqa: E402
 
 #: The default run (the README's test command) leaves out tests marked ``slow`` so it stays within minutes on
 #: two cores; ``--run-slow`` or STACKMFF_TESTS=all (what CI sets) runs everything.
@@ -114,8 +114,8 @@ def focus_scores(slices: np.ndarray, method: str, *, window: int, axes: str | No
     engines decide on, measured once here to know where that decision is a near-tie."""
     import torch
 
-    from napari_stackmff.core import classical
-    from napari_stackmff.core.stack import as_focal_stack
+    from napari_stackmff.core.tiles import classical
+    from napari_stackmff.core.io.stack import as_focal_stack
 
     stack = as_focal_stack(slices, axes=axes)
     keep = [z for z in range(stack.n_slices) if z not in set(exclude)]

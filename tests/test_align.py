@@ -17,7 +17,7 @@ from bench_align import in_reference_frame, moved_stack  # noqa: E402
 from napari_stackmff.cli import main  # noqa: E402
 from napari_stackmff.core import fuse  # noqa: E402
 from napari_stackmff.core.errors import StackMFFError  # noqa: E402
-from napari_stackmff.core.metrics import psnr  # noqa: E402
+from napari_stackmff.core.fusion.metrics import psnr  # noqa: E402
 
 INNER = (slice(24, -24), slice(24, -24))
 
@@ -93,8 +93,8 @@ class _Recorded:
 def test_lazy_stack_is_aligned_window_by_window(tmp_path: Path) -> None:
     """A lazy stack is never warped whole: the alignment is estimated from one slice at a time and
     each tile reads only the source region of its window; the result matches the in-memory one."""
-    from napari_stackmff.core.align import AlignedArray
-    from napari_stackmff.core.stack import FocalStack
+    from napari_stackmff.core.fusion.align import AlignedArray
+    from napari_stackmff.core.io.stack import FocalStack
 
     _, moved, _ = moved_stack(103, 256, "cells")
     eager = fuse(moved, method="variance", align="similarity")
@@ -107,7 +107,7 @@ def test_lazy_stack_is_aligned_window_by_window(tmp_path: Path) -> None:
     # a warped window agrees with the whole-slice warp to +-1 grey level (on 4e-5 of the pixels here); that
     # can tip a focus decision that is a tie (5 of 57,120 fused pixels). Exact before issue 24 (scipy).
     assert (diff > 1).mean() < 1e-3 and diff.mean() < 0.01
-    from napari_stackmff.core.align import align_stack
+    from napari_stackmff.core.fusion.align import align_stack
 
     st_e, _ = align_stack(FocalStack(moved), "similarity")
     st_l, _ = align_stack(FocalStack(_Recorded(moved)), "similarity")
@@ -123,7 +123,7 @@ def test_lazy_stack_is_aligned_window_by_window(tmp_path: Path) -> None:
 
 def test_crop_box_is_the_rectangle_every_slice_covers() -> None:
     """Two slices 40 px apart share the top-left 88 px square: under the 50% that align_stack accepts."""
-    from napari_stackmff.core.align import MIN_VALID_SHARE, crop_box, similarity_matrix
+    from napari_stackmff.core.fusion.align import MIN_VALID_SHARE, crop_box, similarity_matrix
 
     c = (63.5, 63.5)
     mats = [np.eye(3), similarity_matrix(1.0, 0.0, np.array([40.0, 40.0]), c)]
@@ -173,7 +173,7 @@ def test_time_series_of_rgb_slices_aligns_each_time_point_with_one_crop() -> Non
 def _drifting(slices: np.ndarray, shift: tuple[float, float], zoom: float) -> tuple[np.ndarray, float]:
     """``slices`` moved as a stack that drifts and breathes: slice z shifted by (z - mid) * ``shift`` (dy, dx) px
     and zoomed by (z - mid) * ``zoom`` about the centre. Returns the slices and the largest corner move (px)."""
-    from napari_stackmff.core.align import similarity_matrix, warp_slice
+    from napari_stackmff.core.fusion.align import similarity_matrix, warp_slice
 
     n, h, w = slices.shape
     mid, c = n // 2, ((w - 1) / 2, (h - 1) / 2)
@@ -188,7 +188,7 @@ def test_auto_aligns_a_drifting_breathing_stack_and_leaves_a_still_one_exactly()
     """align="auto": the probe reads a still stack as still and fuses it exactly as align=None does; the same
     stack drifting 0.8 px and breathing 0.4% per slice is read as moving (within 25% of the truth),
     aligned with similarity, and fuses far closer to the truth than unaligned."""
-    from napari_stackmff.core.align import AUTO_MOVE_PX
+    from napari_stackmff.core.fusion.align import AUTO_MOVE_PX
 
     s, _, _ = moved_stack(105, 192, "cells")  # s.slices: captured unmoved
     plain = fuse(s.slices, method="wavelet")
@@ -215,7 +215,7 @@ def test_auto_aligns_a_drifting_breathing_stack_and_leaves_a_still_one_exactly()
 def test_auto_leaves_slices_of_different_scenes_alone() -> None:
     """Slices that do not correlate once registered (a confocal z-stack shows other nuclei in every slice;
     here five unrelated scenes) are not one scene moved: auto measures no motion and does not align."""
-    from napari_stackmff.core import synth
+    from napari_stackmff.core.training import synth
 
     rng = np.random.default_rng(3)
     stack = np.stack([synth.random_stack(rng, size=160, n=2, rgb=False, noise=False, dtype="uint8").slices[0]

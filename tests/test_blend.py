@@ -18,7 +18,7 @@ from bench_halo import edge_band, halo_percent  # noqa: E402
 from napari_stackmff.cli import main  # noqa: E402
 from napari_stackmff.core import fuse  # noqa: E402
 from napari_stackmff.core.errors import StackMFFError  # noqa: E402
-from napari_stackmff.core.metrics import psnr  # noqa: E402
+from napari_stackmff.core.fusion.metrics import psnr  # noqa: E402
 
 INNER = (slice(16, -16), slice(16, -16))
 
@@ -58,7 +58,7 @@ def test_identical_slices_blend_to_themselves() -> None:
 
 
 def test_soft_blend_is_the_same_tiled_streamed_and_per_time_point(make_synth, tmp_path) -> None:
-    from napari_stackmff.core.writers import fuse_to_disk
+    from napari_stackmff.core.batch.writers import fuse_to_disk
 
     s = make_synth(seed=6, n=6, size=200)
     whole = fuse(s.slices, method="wavelet", blend="soft")
@@ -84,8 +84,9 @@ def test_soft_blend_with_the_model(make_synth) -> None:
 
 
 def test_blend_through_cli_and_parallel_batch(make_synth, tmp_path, capsys) -> None:
-    from napari_stackmff.core.batch import discover_stacks, run_batch
-    from napari_stackmff.core.distributed import run_batch_parallel
+    from napari_stackmff.core.io.discover import discover_stacks
+    from napari_stackmff.core.batch.jobs import run_batch
+    from napari_stackmff.core.batch.distributed import run_batch_parallel
 
     root = tmp_path / "in"
     root.mkdir()

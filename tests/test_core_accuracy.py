@@ -13,9 +13,9 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_stackmff import FocalStack, fuse
-from napari_stackmff.core import synth
-from napari_stackmff.core.classical import CLASSICAL_METHODS
-from napari_stackmff.core.metrics import focus_error
+from napari_stackmff.core.training import synth
+from napari_stackmff.core.defaults import CLASSICAL_METHODS
+from napari_stackmff.core.fusion.metrics import focus_error
 
 CASES = [  # (seed, n, size, scene, depth, dtype, rgb)
     (0, 8, 128, "natural", "plane", "uint8", False),

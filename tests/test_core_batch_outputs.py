@@ -13,8 +13,10 @@ import pytest
 import tifffile
 
 from napari_stackmff import cli, load_stack
-from napari_stackmff.core.batch import beside_inputs, survey
-from napari_stackmff.core.io import input_files, result_paths
+from napari_stackmff.core.batch.jobs import beside_inputs
+from napari_stackmff.core.io.discover import survey
+from napari_stackmff.core.io.read import input_files
+from napari_stackmff.core.io.records import result_paths
 
 from conftest import summary_counts  # noqa: E402
 
@@ -134,8 +136,9 @@ def test_batch_reads_the_pair_layout(tmp_path, make_synth, capsys):
     from PIL import Image
 
     from napari_stackmff.cli import main
-    from napari_stackmff.core.batch import discover_stacks, run_batch
-    from napari_stackmff.core.fusion import fuse
+    from napari_stackmff.core.io.discover import discover_stacks
+    from napari_stackmff.core.batch.jobs import run_batch
+    from napari_stackmff.core.fusion.dispatch import fuse
 
     root = tmp_path / "pairs"
     for letter in "AB":

@@ -13,8 +13,8 @@ import pytest
 import tifffile
 
 from napari_stackmff import cli
-from napari_stackmff.core import synth
-from napari_stackmff.core.io import result_paths
+from napari_stackmff.core.training import synth
+from napari_stackmff.core.io.records import result_paths
 
 from conftest import summary_counts  # noqa: E402
 

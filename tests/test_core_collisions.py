@@ -11,8 +11,8 @@ import tifffile
 from conftest import make_synth, summary_counts, write_png_slices
 
 from napari_stackmff.cli import main
-from napari_stackmff.core.batch import survey
-from napari_stackmff.core.io import stack_name
+from napari_stackmff.core.io.discover import survey
+from napari_stackmff.core.io.records import stack_name
 
 
 def _tif(path: Path, seed: int) -> Path:

@@ -10,7 +10,7 @@ import tifffile
 
 from napari_stackmff import FocalStack, StackMFFError, fuse, load_stack, save_result
 from napari_stackmff.core.errors import OutputError, StackError
-from napari_stackmff.core.io import input_files
+from napari_stackmff.core.io.read import input_files
 
 
 def _slices(n=5, shape=(24, 32), dtype=np.uint8, seed=0):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from napari_stackmff import FocalStack, FusionResult, fuse, load_stack
-from napari_stackmff.core.classical import CLASSICAL_METHODS
-from napari_stackmff.core.fusion import FusionCancelled
+from napari_stackmff.core.defaults import CLASSICAL_METHODS
+from napari_stackmff.core.tiles.pipeline import FusionCancelled
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -60,7 +60,7 @@ def test_uint16_gray_pixels_come_from_the_indexed_slice(make_synth):
 
 
 def test_fused_image_is_closer_to_truth_than_any_slice(make_synth):
-    from napari_stackmff.core.metrics import psnr
+    from napari_stackmff.core.fusion.metrics import psnr
 
     s = make_synth(2, 8, 128, "tissue", "objects", "uint8", noise=False)
     aif = fuse(s.slices, method="tenengrad", device="cpu").all_in_focus

@@ -12,6 +12,7 @@ from PIL import Image
 
 from napari_stackmff import FocalStack, fuse, load_stack, save_result
 from napari_stackmff.core import io as sio
+from napari_stackmff.core.io import write as io_write
 from napari_stackmff.core.errors import StackMFFError
 
 
@@ -281,7 +282,7 @@ def test_save_result_failure_midway_keeps_previous_outputs_whole(tmp_path, make_
             raise OSError(28, "No space left on device")
         return sio.atomic_write(path, _write)
 
-    monkeypatch.setattr(sio, "write_png", broken_png)
+    monkeypatch.setattr(io_write, "write_png", broken_png)  # where save_result looks it up
     with pytest.raises(sio.OutputError, match="disk is full.*Nothing in .* was changed"):
         save_result(r, tmp_path, "x", overwrite=True)
     assert {k: p.read_bytes() for k, p in written.items()} == before  # the whole old set, not only the PNG

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_stackmff.core.metrics import DEEP_STACK_WEIGHT_POWER, qabf, qabf_map, sharpness_scores
+from napari_stackmff.core.fusion.metrics import DEEP_STACK_WEIGHT_POWER, qabf, qabf_map, sharpness_scores
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -20,9 +20,9 @@ import pytest
 import tifffile
 
 from napari_stackmff import cli
-from napari_stackmff.core import safe_files
-from napari_stackmff.core.io import result_paths
-from napari_stackmff.core.safe_files import MARKER
+from napari_stackmff.core.io import safe_files
+from napari_stackmff.core.io.records import result_paths
+from napari_stackmff.core.io.safe_files import MARKER
 
 
 def _stack(path: Path, seed: int = 0, n: int = 5, shape: tuple[int, int] = (48, 64)) -> Path:
@@ -177,8 +177,8 @@ def test_a_real_full_disk_refuses_before_fusing_and_midway_keeps_the_old_set(tmp
     assert proc.returncode == 2 and "free" in _one_line(proc) and "fused" not in proc.stdout
     # With the check out of the way, the kernel's own ENOSPC midway: one line, the old set intact.
     monkeypatch.setattr(safe_files, "check_output_folder", lambda *a, **k: None)
-    import napari_stackmff.core.io as sio
-    monkeypatch.setattr(sio, "check_output_folder", lambda *a, **k: None)
+    import napari_stackmff.core.io.write as io_write
+    monkeypatch.setattr(io_write, "check_output_folder", lambda *a, **k: None)
     capsys.readouterr()
     assert _fuse_set(big, out, "--overwrite") == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -193,7 +193,7 @@ def test_concurrent_save_results_leave_one_whole_set(tmp_path: Path) -> None:
     import threading
 
     from napari_stackmff.core import fuse
-    from napari_stackmff.core.io import save_result
+    from napari_stackmff.core.io.write import save_result
 
     results = {tag: fuse(tifffile.imread(_stack(tmp_path / f"{tag}.tif", seed=seed)), method="variance")
                for tag, seed in (("a", 1), ("b", 2))}
@@ -277,7 +277,7 @@ def test_read_only_output_is_refused_before_the_work(tmp_path: Path) -> None:
 
 def test_read_only_output_check_mocked(tmp_path: Path, monkeypatch, capsys) -> None:
     """The same refusal where permissions cannot be dropped: the probe file cannot be created."""
-    import napari_stackmff.core.fusion as fusion
+    import napari_stackmff.core.fusion.dispatch as fusion
 
     real_open = os.open
 

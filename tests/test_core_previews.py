@@ -10,8 +10,8 @@ import tifffile
 from PIL import Image
 
 from napari_stackmff import fuse, save_result
-from napari_stackmff.core.preview import colorize, focus_map_picture, stack_display_range
-from napari_stackmff.core.stack import FocalStack
+from napari_stackmff.core.io.preview import colorize, focus_map_picture, stack_display_range
+from napari_stackmff.core.io.stack import FocalStack
 
 
 def _png(path) -> np.ndarray:

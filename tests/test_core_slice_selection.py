@@ -12,9 +12,10 @@ import pytest
 from PIL import Image
 
 from napari_stackmff import cli, fuse, load_stack
-from napari_stackmff.core import synth
+from napari_stackmff.core.training import synth
 from napari_stackmff.core.errors import StackError
-from napari_stackmff.core.io import list_slice_files, result_paths, select_slices, slice_pattern
+from napari_stackmff.core.io.read import list_slice_files, select_slices, slice_pattern
+from napari_stackmff.core.io.records import result_paths
 
 PCB = Path(__file__).resolve().parents[2] / "shared" / "data" / "pcb_stack"
 

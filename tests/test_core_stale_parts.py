@@ -15,8 +15,8 @@ import pytest
 import tifffile
 
 from napari_stackmff.core import fuse
-from napari_stackmff.core.io import save_result
-from napari_stackmff.core.safe_files import DIR_STAMP, MARKER, sweep_stale_temps, temp_path
+from napari_stackmff.core.io.write import save_result
+from napari_stackmff.core.io.safe_files import DIR_STAMP, MARKER, sweep_stale_temps, temp_path
 
 
 def _dead_pid() -> int:

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_stackmff.core import decision, fuse
-from napari_stackmff.core.synth import render_stack
+from napari_stackmff.core.tiles import decision
+from napari_stackmff.core import fuse
+from napari_stackmff.core.training.synth import render_stack
 
 
 def brightfield_stack(seed: int, size: int = 160, n: int = 10):

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_stackmff.core.events import (EVENT_DTYPE, EventError, bin_events, read_events, read_slice_times,
-                                          sensor_size_of)
+from napari_stackmff.core.events.read import EVENT_DTYPE, EventError, read_events, read_slice_times, sensor_size_of
+from napari_stackmff.core.events.frames import bin_events
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "events"
 EVT3 = SHARED / "expelliarmus" / "tests" / "sample-files"
@@ -112,7 +112,7 @@ def test_cli_events_info_bin_and_simulate(tmp_path: Path, capsys) -> None:
     import tifffile
 
     from napari_stackmff.cli import main
-    from napari_stackmff.core.synth import make_sample
+    from napari_stackmff.core.training.synth import make_sample
 
     ev = _events(n=500, w=40, h=30)
     np.save(tmp_path / "rec.npy", ev)
@@ -134,7 +134,7 @@ def test_cli_events_info_bin_and_simulate(tmp_path: Path, capsys) -> None:
 
 def test_simulated_events_follow_brightness_changes() -> None:
     """A slice sequence that brightens one half: positive events there, (almost) none in the still half."""
-    from napari_stackmff.core.events import simulate_events
+    from napari_stackmff.core.events.frames import simulate_events
 
     stack = np.full((4, 32, 32), 40, np.uint8)
     stack[2:, :, 16:] = 200  # the right half brightens between slices 1 and 2
@@ -148,7 +148,7 @@ def test_event_frames_for_a_stack_from_any_source(tmp_path: Path) -> None:
     import tifffile
 
     from napari_stackmff.cli import main
-    from napari_stackmff.core.events import load_events
+    from napari_stackmff.core.events.frames import load_events
 
     ev = _events(n=300, w=40, h=30)
     np.save(tmp_path / "rec.npy", ev)

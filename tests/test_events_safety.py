@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from napari_stackmff.cli import main
-from napari_stackmff.core import events
-from napari_stackmff.core.events import (EVENT_DTYPE, EventError, bin_events, load_events, read_events,
-                                          read_slice_times)
+from napari_stackmff.core.events import read as events  # the module whose budget and chunk size the readers use
+from napari_stackmff.core.events.read import EVENT_DTYPE, EventError, read_events, read_slice_times
+from napari_stackmff.core.events.frames import bin_events, load_events
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "events"
@@ -53,7 +53,7 @@ def _cli_in_child(args: list[str], available: int | None = None) -> tuple[int, s
     code = (
         "import resource, sys, tracemalloc\n"
         "from napari_stackmff.cli import main\n"
-        "from napari_stackmff.core import events\n"
+        "from napari_stackmff.core.events import read as events\n"
         "import expelliarmus, h5py\n"
         + (f"events.available_memory = lambda: {available}\n" if available else "")
         + f"resource.setrlimit(resource.RLIMIT_AS, ({CHILD_LIMIT}, {CHILD_LIMIT}))\n"

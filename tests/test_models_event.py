@@ -27,7 +27,7 @@ def from_v2(tmp_path_factory) -> Path:
 
 
 def test_starts_as_v2_and_reads_events_from_any_door(from_v2, make_synth, tmp_path) -> None:
-    from napari_stackmff.core.events import EVENT_DTYPE
+    from napari_stackmff.core.events.read import EVENT_DTYPE
 
     s = make_synth(seed=50, n=6, size=96)
     v2 = fuse(s.slices, method="stackmff-v2", device="cpu")
@@ -48,7 +48,7 @@ def test_starts_as_v2_and_reads_events_from_any_door(from_v2, make_synth, tmp_pa
 
 
 def test_a_few_training_steps_on_image_and_event_stacks(tmp_path) -> None:
-    from napari_stackmff.core.train import TrainConfig, train
+    from napari_stackmff.core.training.loop import TrainConfig, train
 
     cfg = TrainConfig(model="eventstackmff", objective="hybrid", epochs=1, steps_per_epoch=2, batch_size=2, crop=32,
                       n_range=(3, 5), val_stacks=1, pool_size=2, device="cpu", init_weights=str(V2),
@@ -65,8 +65,8 @@ SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "eventstackmff.pt"
 @pytest.mark.skipif(not SHIPPED.exists(), reason="no EventStackMFF weights shipped")
 def test_shipped_event_weights_fuse_with_simulated_events(make_synth) -> None:
     """Loaded by name; with the sweep's events, as good as V2 on the images alone (they start there)."""
-    from napari_stackmff.core.events import simulate_events
-    from napari_stackmff.core.metrics import psnr
+    from napari_stackmff.core.events.frames import simulate_events
+    from napari_stackmff.core.fusion.metrics import psnr
 
     s = make_synth(seed=51, n=6, size=96)
     frames = simulate_events(s.slices)
@@ -78,7 +78,7 @@ def test_shipped_event_weights_fuse_with_simulated_events(make_synth) -> None:
 @pytest.mark.slow  # issue 24: ~2 min; clean fraction of image stacks: test_synth
 def test_clean_fraction_renders_that_share_of_event_stacks_without_sensor_noise() -> None:
     """--clean-fraction for the event model: some pool stacks are exactly the noise-free render, the others not."""
-    from napari_stackmff.core.train import EventPool, render_event_item
+    from napari_stackmff.core.training.data import EventPool, render_event_item
 
     pool = EventPool(np.random.default_rng(0), 32, (3, 4), pool=8, refresh_every=100, clean_fraction=0.5)
     clean = [np.array_equal(item[0], render_event_item([pool.seed, i + 1], 32, pool.dense, noise=False)[0])
@@ -96,7 +96,7 @@ def test_render_workers_feed_the_event_pool_with_what_the_loop_would_render() ->
     finish."""
     import time
 
-    from napari_stackmff.core.train import EventPool
+    from napari_stackmff.core.training.data import EventPool
 
     loop = EventPool(np.random.default_rng(3), 32, (3, 4), pool=2, refresh_every=1, clean_fraction=0.5)
     pool = EventPool(np.random.default_rng(3), 32, (3, 4), pool=2, refresh_every=1, clean_fraction=0.5, workers=1)
@@ -117,7 +117,7 @@ def test_render_workers_feed_the_event_pool_with_what_the_loop_would_render() ->
 def test_focus_prior_log_energy_peaks_at_the_sharp_slice(make_synth) -> None:
     """The prior's vote alone (the wavelet measure's log energy) names the in-focus slice on textured
     pixels of a noise-free stack, and is 0 at each pixel's best slice (it only ever lowers the others)."""
-    from napari_stackmff.core import synth
+    from napari_stackmff.core.training import synth
     from napari_stackmff.core.models.event import FocusPrior
 
     s = make_synth(seed=52, n=6, size=96, noise=False)
@@ -130,8 +130,8 @@ def test_focus_prior_log_energy_peaks_at_the_sharp_slice(make_synth) -> None:
 
 
 def _noise_free_psnr(weights: Path, seeds: range) -> float:
-    from napari_stackmff.core.metrics import psnr
-    from napari_stackmff.core.train import render_event_item
+    from napari_stackmff.core.fusion.metrics import psnr
+    from napari_stackmff.core.training.data import render_event_item
 
     out = []
     for i in seeds:
@@ -163,7 +163,7 @@ def test_focus_prior_adds_sharpness_on_noise_free_stacks_and_old_weights_load_wi
 @pytest.mark.slow  # issue 24: ~90 s; event training: test_a_few_training_steps_on_image_and_event_stacks
 def test_training_the_prior_alone_leaves_the_trained_network_untouched(tmp_path) -> None:
     """--train-only prior from weights without the prior: only the prior's gate moves."""
-    from napari_stackmff.core.train import TrainConfig, train
+    from napari_stackmff.core.training.loop import TrainConfig, train
 
     old = {k: v for k, v in read_state_dict(SHIPPED).items() if not k.startswith("prior.")}
     start = tmp_path / "old.pt"
@@ -182,7 +182,7 @@ def test_training_the_prior_alone_leaves_the_trained_network_untouched(tmp_path)
 def test_focus_prior_tiles_agree_with_the_whole_image(tmp_path, make_synth) -> None:
     """The prior's measure reaches ~20 px; the tile margin covers it: tiled and whole runs agree and the
     cross-fade leaves no step at tile boundaries (bounds as tests/test_models_v2_tiles.py)."""
-    from napari_stackmff.core.events import simulate_events
+    from napari_stackmff.core.events.frames import simulate_events
     from test_models_v2_tiles import _boundary_steps
 
     model = EventStackMFF()

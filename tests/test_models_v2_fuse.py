@@ -11,7 +11,7 @@ import torch
 from napari_stackmff import FocalStack, fuse
 from napari_stackmff.cli import main
 from napari_stackmff.core.errors import WeightsError
-from napari_stackmff.core.train import TrainConfig, train
+from napari_stackmff.core.training.loop import TrainConfig, train
 
 REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "stackmff_v2_official"
 needs_ref = pytest.mark.skipif(not (REF / "model.pth").exists(), reason="../shared/reference not present")
@@ -53,7 +53,7 @@ def test_model_without_weights_says_how_to_get_them(tmp_path: Path, monkeypatch)
 def test_auto_picks_a_model_only_once_it_beats_classical_on_real_stacks(tmp_path: Path, monkeypatch) -> None:
     """Shipped weights alone do not make a network the default, nor does winning on synthetic stacks:
     "auto" takes a model of AUTO_ORDER only when its weights record wins on every real stack."""
-    from napari_stackmff.core.fusion import resolve_method
+    from napari_stackmff.core.fusion.dispatch import resolve_method
     from napari_stackmff.core.models import registry
     from napari_stackmff.core.models.v2 import StackMFFV2
 
@@ -91,7 +91,7 @@ def test_auto_picks_a_model_only_once_it_beats_classical_on_real_stacks(tmp_path
 def test_auto_is_classical_with_the_weights_we_ship() -> None:
     """Ours do not beat classical fusion on every real stack (weights/stackmff_v2.md), so no user
     gets them by default."""
-    from napari_stackmff.core.fusion import resolve_method
+    from napari_stackmff.core.fusion.dispatch import resolve_method
 
     assert resolve_method("auto") == "wavelet"
 
@@ -103,8 +103,8 @@ SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "stackmff_v2.pt"
 def test_shipped_v2_weights_find_the_focus_of_a_synthetic_stack() -> None:
     """The weights we ship load by name (no path), and on a held-out-style stack they put most
     textured pixels within one slice of the truth."""
-    from napari_stackmff.core.metrics import focus_error
-    from napari_stackmff.core.synth import random_stack, texture_mask
+    from napari_stackmff.core.fusion.metrics import focus_error
+    from napari_stackmff.core.training.synth import random_stack, texture_mask
 
     s = random_stack(np.random.default_rng(4242), size=96, n=8, scene="cells", depth="smooth", noise=True,
                      dtype="uint16", rgb=False, max_radius=(8.0, 8.0))
@@ -156,8 +156,9 @@ def test_v2_objective_fits_a_fixed_batch(objective: str) -> None:
     """Each objective and the network's gradients work: loss drops on one batch, and the slices the
     argmax readout gathers land closer to the true focus."""
     from napari_stackmff.core.models.v2 import StackMFFV2
-    from napari_stackmff.core.synth import random_stack
-    from napari_stackmff.core.train import Batch, _to_unit, get_objective
+    from napari_stackmff.core.training.synth import random_stack
+    from napari_stackmff.core.training.data import Batch, _to_unit
+    from napari_stackmff.core.training.objectives import get_objective
 
     torch.manual_seed(0)
     s = random_stack(np.random.default_rng(3), size=64, n=5, scene="natural", depth="plane", noise=False,

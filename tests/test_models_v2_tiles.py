@@ -24,11 +24,12 @@ import pytest
 import torch
 
 from napari_stackmff import cli
-from napari_stackmff.core.fusion import EstimateMessage, fuse, iter_fused_tiles, sub_progress
-from napari_stackmff.core.io import load_stack
+from napari_stackmff.core.tiles.pipeline import EstimateMessage, iter_fused_tiles, sub_progress
+from napari_stackmff.core.fusion.dispatch import fuse
+from napari_stackmff.core.io.read import load_stack
 from napari_stackmff.core.models.inference import TILE_OVERLAP, format_duration
-from napari_stackmff.core.synth import texture_mask
-from napari_stackmff.core.tiling import iter_tiles
+from napari_stackmff.core.training.synth import texture_mask
+from napari_stackmff.core.tiles.tiling import iter_tiles
 
 from conftest import make_synth  # noqa: E402  (tests/ is on the path: pytest's rootdir conftest)
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_stackmff.core import fuse, synth
+from napari_stackmff.core import fuse
+from napari_stackmff.core.training import synth
 from napari_stackmff.core.errors import StackMFFError
 from napari_stackmff.core.models import registry
 from napari_stackmff.core.models.inference import order_free_maps
@@ -89,7 +90,7 @@ SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "stackmff_v3.pt"
 def test_shipped_v3_weights_survive_a_shuffled_stack_with_invalid_slices() -> None:
     """Loaded by name (narrow, read from the file). On a held-out-style stack, shuffled with two invalid
     slices, they keep most of their ordered-stack quality, where V2 loses more."""
-    from napari_stackmff.core.metrics import psnr
+    from napari_stackmff.core.fusion.metrics import psnr
 
     rng = np.random.default_rng(4343)
     s = synth.random_stack(rng, size=96, n=8, rgb=False, scene="cells", depth="smooth", noise=True, dtype="uint8",
@@ -108,7 +109,7 @@ def test_over_exposed_and_foreign_slices_are_left_out_with_a_warning(make_synth,
     """They look sharp to every method; left out (named in a warning and in _fusion.json), they win nothing."""
     import json
 
-    from napari_stackmff.core.io import save_result
+    from napari_stackmff.core.io.write import save_result
 
     s = make_synth(seed=44, n=6, size=96)
     other = make_synth(seed=45, n=3, size=96, scene="cells").slices

@@ -21,7 +21,7 @@ import torch
 
 from napari_stackmff.core import fuse
 from napari_stackmff.core.models.registry import load_model
-from napari_stackmff.core.tiling import iter_tiles
+from napari_stackmff.core.tiles.tiling import iter_tiles
 
 from conftest import make_synth  # noqa: E402  (tests/ is on the path: pytest's rootdir conftest)
 

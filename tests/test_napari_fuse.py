@@ -16,8 +16,8 @@ from napari_fixtures import isolated_settings, stackmff_plugin, wait_idle  # noq
 
 from napari_stackmff._widgets import FusionWidget  # noqa: E402
 from napari_stackmff._widgets._layers import RESULT_KEY  # noqa: E402
-from napari_stackmff.core import synth  # noqa: E402
-from napari_stackmff.core.fusion import fuse, resolve_method  # noqa: E402
+from napari_stackmff.core.training import synth  # noqa: E402
+from napari_stackmff.core.fusion.dispatch import fuse, resolve_method  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("stackmff_plugin")
 

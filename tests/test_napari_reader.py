@@ -100,7 +100,7 @@ def test_folder_that_is_no_stack_says_why(make_napari_viewer, stackmff_plugin, t
     from napari.utils.notifications import notification_manager
 
     from napari_stackmff.core.errors import StackMFFError
-    from napari_stackmff.core.io import load_stack
+    from napari_stackmff.core.io.read import load_stack
 
     single = _write_slices(tmp_path / "single", n=1)
     (tmp_path / "empty").mkdir()
@@ -207,7 +207,8 @@ def test_event_recording_opens_binned_by_the_sweeps_slice_times(make_napari_view
 
     pytest.importorskip("faery")
     from napari_stackmff._reader import DEFAULT_EVENT_SLICES, get_recording_reader
-    from napari_stackmff.core.events import bin_events, read_events, read_slice_times
+    from napari_stackmff.core.events.frames import bin_events
+    from napari_stackmff.core.events.read import read_events, read_slice_times
 
     rec = tmp_path / "dvs.es"
     shutil.copy(SHARED_DATA / "events" / "faery" / "tests" / "data" / "dvs.es", rec)

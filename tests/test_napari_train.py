@@ -19,7 +19,7 @@ from qtpy.QtWidgets import QLineEdit  # noqa: E402
 
 from napari_stackmff._widgets import FusionWidget, TrainingWidget  # noqa: E402
 from napari_stackmff._widgets._settings import readable_label  # noqa: E402
-from napari_stackmff.core import synth  # noqa: E402
+from napari_stackmff.core.training import synth  # noqa: E402
 from napari_stackmff.core.models import registry  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("stackmff_plugin")

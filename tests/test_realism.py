@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from napari_stackmff.core import synth
+from napari_stackmff.core.training import synth
 from napari_stackmff.core.errors import StackMFFError
-from napari_stackmff.core.realism import EFFECTS, Realism, degrade
-from napari_stackmff.core.train import SyntheticPool, render_pool_item
+from napari_stackmff.core.training.realism import EFFECTS, Realism, degrade
+from napari_stackmff.core.training.data import SyntheticPool, render_pool_item
 
 
 def _point_scene(size: int = 65) -> tuple[np.ndarray, np.ndarray]:

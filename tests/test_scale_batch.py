@@ -13,8 +13,9 @@ import pytest
 import tifffile
 import torch
 
-from napari_stackmff.core.batch import discover_stacks, run_batch
-from napari_stackmff.core.distributed import run_batch_parallel
+from napari_stackmff.core.io.discover import discover_stacks
+from napari_stackmff.core.batch.jobs import run_batch
+from napari_stackmff.core.batch.distributed import run_batch_parallel
 
 OUTPUTS = ("all_in_focus", "focus_map", "confidence")
 #: What batch promises across torch thread counts (pool workers run with cpu_count // workers threads, a

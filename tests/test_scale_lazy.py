@@ -9,10 +9,11 @@ import pytest
 import tifffile
 
 from napari_stackmff.core.errors import OutputError
-from napari_stackmff.core.fusion import FusionCancelled, fuse
-from napari_stackmff.core.io import load_stack
-from napari_stackmff.core.stack import FocalStack
-from napari_stackmff.core.writers import fuse_to_disk
+from napari_stackmff.core.tiles.pipeline import FusionCancelled
+from napari_stackmff.core.fusion.dispatch import fuse
+from napari_stackmff.core.io.read import load_stack
+from napari_stackmff.core.io.stack import FocalStack
+from napari_stackmff.core.batch.writers import fuse_to_disk
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,7 @@ def test_dask_zarr_and_array_like_inputs(tmp_path, stack600, reference):
 
 
 def test_lazy_auto_follows_file_size(tmp_path, stack600, monkeypatch):
-    from napari_stackmff.core import lazy as lazy_mod
+    from napari_stackmff.core.io import tiff as lazy_mod
 
     path = tmp_path / "s.tif"
     packed = tmp_path / "packed.tif"
@@ -105,7 +106,7 @@ def test_lazy_auto_follows_file_size(tmp_path, stack600, monkeypatch):
 
 
 def test_fuse_path_default_reads_big_tiff_lazily_with_same_result(tmp_path, stack600, monkeypatch):
-    from napari_stackmff.core import lazy as lazy_mod
+    from napari_stackmff.core.io import tiff as lazy_mod
 
     path = tmp_path / "s.tif"
     tifffile.imwrite(path, stack600, photometric="minisblack")

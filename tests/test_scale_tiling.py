@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_stackmff.core import synth
-from napari_stackmff.core.classical import CLASSICAL_METHODS
-from napari_stackmff.core.fusion import classical_support, fuse
-from napari_stackmff.core.stack import FocalStack
-from napari_stackmff.core.tiling import chunk_shape, count_tiles, iter_tiles
+from napari_stackmff.core.training import synth
+from napari_stackmff.core.defaults import CLASSICAL_METHODS
+from napari_stackmff.core.fusion.classical_engine import classical_support
+from napari_stackmff.core.fusion.dispatch import fuse
+from napari_stackmff.core.io.stack import FocalStack
+from napari_stackmff.core.tiles.tiling import chunk_shape, count_tiles, iter_tiles
 
 
 
@@ -88,7 +89,7 @@ def test_classical_exact_with_rgb_time_channel_and_other_window(make_synth):
 
 def test_margin_smaller_than_support_would_not_be_exact(stack600, monkeypatch):
     """The support is what makes tiles exact: cutting it shows seams (so the test above means something)."""
-    from napari_stackmff.core import fusion
+    from napari_stackmff.core.fusion import dispatch as fusion
 
     whole = fuse(stack600, "wavelet", "cpu")
     assert classical_support("wavelet", 9) == 14 + 4 + 54 + 1  # legacy decision (decision.ENABLED off)

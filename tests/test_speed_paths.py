@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_stackmff.core import heap
+from napari_stackmff.core.tiles import heap
 from napari_stackmff.core.models.v2 import StackMFFV2, _pool2, published_kernels
 
 
@@ -102,7 +102,7 @@ def test_heap_reuse_can_be_turned_off():
 @pytest.mark.slow  # issue 24: two V2 runs in subprocesses; heap reuse itself: the two tests above
 def test_fused_result_does_not_depend_on_heap_reuse(tmp_path):
     """Same focus map with and without heap reuse (it moves memory, not arithmetic)."""
-    from napari_stackmff.core import synth
+    from napari_stackmff.core.training import synth
 
     s = synth.random_stack(np.random.default_rng(3), size=64, n=5, dtype="uint8", rgb=False)
     np.save(tmp_path / "s.npy", s.slices)
@@ -121,7 +121,7 @@ def test_fused_result_does_not_depend_on_heap_reuse(tmp_path):
 
 # ----------------------------------------------------------------------------- device-resident classical
 def _run(engine, stack, tile: int):
-    from napari_stackmff.core.pipeline import iter_fused_tiles
+    from napari_stackmff.core.tiles.pipeline import iter_fused_tiles
 
     h, w = stack.yx_shape
     aif = np.zeros((h, w) + ((stack.n_channels,) if stack.has_channels else ()), stack.dtype)
@@ -150,10 +150,10 @@ def test_device_engine_equals_streaming_engine(method, kind):
     the slice it chose, exactly."""
     from conftest import assert_same_decisions, focus_scores
 
-    from napari_stackmff.core import synth
-    from napari_stackmff.core.classical_device import DeviceClassicalEngine
-    from napari_stackmff.core.pipeline import ClassicalEngine
-    from napari_stackmff.core.stack import as_focal_stack
+    from napari_stackmff.core.training import synth
+    from napari_stackmff.core.fusion.device_engine import DeviceClassicalEngine
+    from napari_stackmff.core.fusion.classical_engine import ClassicalEngine
+    from napari_stackmff.core.io.stack import as_focal_stack
 
     rng = np.random.default_rng(7)
     rgb = "rgb" in kind
@@ -208,7 +208,7 @@ def test_cudnn_autotune_only_for_runs_of_many_tiles():
     """Kernel search per new shape costs more than it saves on a one-tile stack (issue 15): the engine turns
     it on from AUTOTUNE_MIN_TILES scheduled tiles; an explicit autotune= wins."""
     from napari_stackmff.core.models.inference import AUTOTUNE_MIN_TILES, ModelRunner
-    from napari_stackmff.core.stack import as_focal_stack
+    from napari_stackmff.core.io.stack import as_focal_stack
 
     stack = as_focal_stack((np.random.default_rng(0).random((4, 96, 96)) * 255).astype(np.uint8))
     runner = ModelRunner("stackmff-v2", torch.device("cpu"))
@@ -230,7 +230,9 @@ def test_fuse_through_the_device_engine_equals_the_streaming_one(monkeypatch, tm
     import tifffile
     from conftest import assert_same_decisions, focus_scores
 
-    from napari_stackmff.core import fuse, fusion, synth
+    from napari_stackmff.core import fuse
+    from napari_stackmff.core.fusion import dispatch as fusion
+    from napari_stackmff.core.training import synth
 
     rng = np.random.default_rng(11)
     if case == "rgb time series":
@@ -277,7 +279,8 @@ def test_gpu_benchmark_code_runs_end_to_end_as_a_dry_run_on_the_cpu() -> None:
 def test_cpu_channels_last_default_follows_the_measured_cpus_and_keeps_the_decisions(monkeypatch) -> None:
     """NHWC by default only on the CPUs where it was measured faster (AVX-512); either layout gives the same
     focus decisions on a synthetic stack with known focus."""
-    from napari_stackmff.core import fuse, synth
+    from napari_stackmff.core import fuse
+    from napari_stackmff.core.training import synth
     from napari_stackmff.core.models import inference, registry
 
     for cap, expect in (("AVX512", True), ("AVX2", False)):

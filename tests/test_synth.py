@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_stackmff.cli import main
-from napari_stackmff.core import synth
-from napari_stackmff.core.train import FolderData
+from napari_stackmff.core.training import synth
+from napari_stackmff.core.training.data import FolderData
 
 
 def _disc_scene(size: int = 96, radius: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -89,7 +89,7 @@ def test_synth_cli_writes_seed_layout_that_training_reads(tmp_path: Path) -> Non
 def test_clean_fraction_mixes_noise_free_stacks_into_training_and_validation(monkeypatch) -> None:
     """--clean-fraction renders that share of the synthetic stacks without sensor noise, so a model
     also learns well-exposed (near noise-free) data; 0 keeps them all noisy."""
-    from napari_stackmff.core import train as train_mod
+    from napari_stackmff.core import training as train_mod
 
     seen: list[bool] = []
     real = synth.random_stack

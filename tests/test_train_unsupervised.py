@@ -11,12 +11,13 @@ import tifffile
 import torch
 
 from napari_stackmff.cli import main
-from napari_stackmff.core.fusion import fuse
+from napari_stackmff.core.fusion.dispatch import fuse
 from napari_stackmff.core.models import fusion2void as f2v
 from napari_stackmff.core.models.v2 import StackMFFV2
-from napari_stackmff.core.synth import random_stack, texture_mask
-from napari_stackmff.core.train import (OBJECTIVES, TrainConfig, UnlabelledData, _to_unit, get_objective,
-                                        train)
+from napari_stackmff.core.training.synth import random_stack, texture_mask
+from napari_stackmff.core.training.objectives import OBJECTIVES, get_objective
+from napari_stackmff.core.training.loop import TrainConfig, train
+from napari_stackmff.core.training.data import UnlabelledData, _to_unit
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 STEPS_FROM_SCRATCH = 150

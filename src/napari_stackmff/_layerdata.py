@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .core.stack import FocalStack, moveaxis_last
+from .core.io.stack import FocalStack, moveaxis_last
 
 LayerDataTuple = tuple[Any, dict, str]
 

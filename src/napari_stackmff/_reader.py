@@ -40,7 +40,7 @@ def _single_path(path: Any) -> Path | None:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    from .core.io import list_slice_files
+    from .core.io.read import list_slice_files
 
     try:
         return list_slice_files(folder, warn=False)
@@ -99,7 +99,7 @@ def is_event_folder(folder: Path, files: list[Path] | None = None) -> bool:
 def _slice_list(path: Any) -> list[Path] | None:
     """Two or more single-image files of one type the user picked (napari's "open as stack"),
     else None; a list holding a multi-page TIFF is several stacks, not one."""
-    from .core.io import IMAGE_SUFFIXES
+    from .core.io.read import IMAGE_SUFFIXES
 
     if not isinstance(path, (list, tuple)) or len(path) < 2:
         return None
@@ -141,7 +141,7 @@ def get_stack_reader(path: Any) -> ReaderFunction | None:
 
 def read_stack(path: Any) -> list[LayerDataTuple | tuple]:
     """One image layer per stack, with z step / pixel size as scale when the files carry them."""
-    from .core.io import load_stack, natural_key
+    from .core.io.read import load_stack, natural_key
 
     picked = _slice_list(path)
     try:
@@ -174,8 +174,8 @@ def get_event_reader(path: Any) -> ReaderFunction | None:
 def read_events(path: Any) -> list[LayerDataTuple | tuple]:
     """Signed event counts (Z, Y, X) as one layer named after the folder (plus the image stack
     when given the parent of ``images/`` and ``events/``)."""
-    from .core.events import read_event_frames
-    from .core.io import load_stack
+    from .core.events.frames import read_event_frames
+    from .core.io.read import load_stack
 
     p = _single_path(path)
     pair = paired_folders(p)

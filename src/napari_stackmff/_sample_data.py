@@ -8,7 +8,7 @@ focus map comes out in micrometres and the 3-D view has the right proportions.
 from __future__ import annotations
 
 from ._layerdata import LayerDataTuple, event_layer_data, stack_layer_data
-from .core.stack import as_focal_stack
+from .core.io.stack import as_focal_stack
 
 #: Physical sampling given to the synthetic samples (micrometres).
 SAMPLE_Z_STEP_UM = 1.0
@@ -23,7 +23,7 @@ def _stack_layer(slices, name: str) -> LayerDataTuple:
 
 def sample_cells() -> list[LayerDataTuple]:
     """12 slices of textured nuclei at different heights (uint16, 256×256)."""
-    from .core.synth import make_sample
+    from .core.training.synth import make_sample
 
     s = make_sample("cells", n=12, size=256, seed=7, dtype="uint16")
     return [_stack_layer(s.slices, "cells focal stack")]
@@ -31,7 +31,7 @@ def sample_cells() -> list[LayerDataTuple]:
 
 def sample_events() -> list[LayerDataTuple]:
     """A focal stack and its focal-plane event frames (red = positive, blue = negative)."""
-    from .core.synth import make_sample
+    from .core.training.synth import make_sample
 
     s = make_sample("cells", n=12, size=256, seed=11, dtype="uint16", events=True)
     image = _stack_layer(s.slices, "event-sample focal stack")

@@ -10,7 +10,7 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 
 def _add_fuse_options(p: argparse.ArgumentParser) -> None:
@@ -64,10 +64,13 @@ ESTIMATE_NOTICE_S = 10.0
 def cmd_fuse(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .core.batch import beside_inputs
-    from .core.fusion import EstimateMessage, fuse
-    from .core.io import input_files, load_stack, result_bytes, save_result, stack_name
-    from .core.safe_files import check_output_folder
+    from .core.batch.jobs import beside_inputs
+    from .core.fusion.dispatch import fuse
+    from .core.io.read import input_files, load_stack
+    from .core.io.records import stack_name
+    from .core.io.safe_files import check_output_folder
+    from .core.io.write import result_bytes, save_result
+    from .core.tiles.pipeline import EstimateMessage
 
     lazy = {"auto": None, "on": True, "off": False}[args.lazy]
     stack = load_stack(args.input, lazy=lazy, include=args.include)
@@ -84,7 +87,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         bar.refresh()
 
     if args.stream:
-        from .core.writers import fuse_to_disk
+        from .core.batch.writers import fuse_to_disk
 
         out = Path(args.output) / (f"{name}.ome.zarr" if args.stream == "zarr" else f"{name}_fused.tif")
         res = fuse_to_disk(stack, out, progress=progress, overwrite=args.overwrite, **_settings(args))
@@ -115,7 +118,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
 
 def _print_alignment(args: argparse.Namespace, records: list[dict] | None) -> None:
-    from .core.align import summary
+    from .core.fusion.align import summary
 
     for line in summary(records).splitlines():
         print(f"  align {line}" if line.startswith("auto:") else f"  aligned: {line}")
@@ -124,9 +127,11 @@ def _print_alignment(args: argparse.Namespace, records: list[dict] | None) -> No
 def cmd_align(args: argparse.Namespace) -> int:
     """Register the slices of one stack and write the aligned stack (cropped to what every slice
     covers) as an OME-TIFF, with the transforms in a JSON beside it."""
-    from .core.align import align_stack, summary
     from .core.errors import OutputError
-    from .core.io import check_output_safe, input_files, load_stack, stack_name, write_json, write_stack
+    from .core.fusion.align import align_stack, summary
+    from .core.io.read import input_files, load_stack
+    from .core.io.records import check_output_safe, stack_name
+    from .core.io.write import write_json, write_stack
 
     lazy = {"auto": None, "on": True, "off": False}[args.lazy]
     stack = load_stack(args.input, lazy=lazy, include=args.include)
@@ -154,7 +159,8 @@ def cmd_events(args: argparse.Namespace) -> int:
 
     from .core import events as ev_io
     from .core.errors import OutputError
-    from .core.io import check_output_safe, write_tiff
+    from .core.io.records import check_output_safe
+    from .core.io.write import write_tiff
 
     if args.events_command == "info":
         ev = ev_io.read_events(args.input)
@@ -195,7 +201,7 @@ def cmd_events(args: argparse.Namespace) -> int:
         counts = (f"{len(ev):,} events read, {binned:,} of them in the sweep window binned; net count "
                   f"{int(np.abs(frames).sum()):,} (ON and OFF events at one pixel and slice cancel)")
     else:
-        from .core.io import input_files, load_stack
+        from .core.io.read import input_files, load_stack
 
         stack = load_stack(args.input, lazy=False)
         check_output_safe([out], input_files(stack))
@@ -211,8 +217,9 @@ def cmd_events(args: argparse.Namespace) -> int:
 def cmd_batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .core.batch import run_batch, survey
-    from .core.safe_files import check_output_folder
+    from .core.batch.jobs import run_batch
+    from .core.io.discover import survey
+    from .core.io.safe_files import check_output_folder
 
     jobs, results = survey(args.root, exclude=[args.output], include=args.include)
     check_output_folder(args.output)  # a read-only or misnamed -o fails now, not once per stack
@@ -221,7 +228,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
               f"*_fusion.json): {', '.join(p.name for p in results)}")
     settings = _settings(args)
     if args.dask or args.workers > 1:
-        from .core.distributed import run_batch_parallel
+        from .core.batch.distributed import run_batch_parallel
 
         summary = run_batch_parallel(jobs, args.output, overwrite=args.overwrite, workers=args.workers,
                                      address=args.dask, quiet=args.quiet, **settings)
@@ -239,10 +246,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Write the bundled sample stack, fuse it, and say where everything went."""
-    from .core.fusion import fuse
-    from .core.io import save_result, write_stack
-    from .core.metrics import focus_error
-    from .core.synth import SAMPLE_Z_STEP_UM, make_sample, texture_mask
+    from .core.fusion.dispatch import fuse
+    from .core.fusion.metrics import focus_error
+    from .core.io.write import save_result, write_stack
+    from .core.training.synth import SAMPLE_Z_STEP_UM, make_sample, texture_mask
 
     sample = make_sample("cells")
     out = Path(args.output)
@@ -261,7 +268,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .core.synth import write_dataset
+    from .core.training.synth import write_dataset
 
     out = write_dataset(args.output, args.count, seed=args.seed, size=args.size, n_range=(args.n_min, args.n_max))
     print(f"wrote {args.count} synthetic stacks to {out.resolve()} (stacks/, depth_maps/, aif/)")
@@ -271,9 +278,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def _train_settings(args: argparse.Namespace) -> dict:
     """TrainConfig fields from the options; those left out take the objective's defaults (the
     unsupervised objective fine-tunes, so it has its own budget and starts from our shipped weights)."""
+    from .core.defaults import UNSUPERVISED_DEFAULTS
     from .core.errors import StackMFFError
     from .core.models.registry import shipped_weights
-    from .core.train import UNSUPERVISED_DEFAULTS, TrainConfig
+    from .core.training.config import TrainConfig
 
     unsupervised = args.objective == "unsupervised"
     defaults = {**TrainConfig().__dict__, **(UNSUPERVISED_DEFAULTS if unsupervised else {})}
@@ -303,7 +311,8 @@ def _train_settings(args: argparse.Namespace) -> dict:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .core.train import TrainConfig, train
+    from .core.training.config import TrainConfig
+    from .core.training.loop import train
 
     s = _train_settings(args)
     cfg = TrainConfig(model=args.model, device=args.device, seed=args.seed, checkpoint=str(args.checkpoint),
@@ -336,7 +345,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_methods(args: argparse.Namespace) -> int:
     from .core.devices import available_devices
-    from .core.fusion import available_methods, resolve_method
+    from .core.fusion.dispatch import available_methods, resolve_method
     from .core.models.registry import MODELS, shipped_weights
 
     print(f"auto -> {resolve_method('auto')}")
@@ -350,11 +359,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stackmff", description="All-in-focus fusion of focal stacks (z-stacks).")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _fuse_command(sub: Any) -> None:
+    """``stackmff fuse``: one stack."""
     p = sub.add_parser("fuse", help="fuse one stack (folder of slices or TIFF)")
     p.add_argument("input", type=Path,
                    help="the stack: a folder of numbered slices (png, jpg, tif...) or a multi-page, ImageJ or "
@@ -370,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace existing results of this stack in the output folder (the whole set)")
     p.set_defaults(func=cmd_fuse)
 
+
+def _align_command(sub: Any) -> None:
+    """``stackmff align``: register a stack's slices."""
     p = sub.add_parser("align", help="register the slices of one stack (drift, shake, focus breathing) and write "
                                      "the aligned stack")
     p.add_argument("input", type=Path, help="the stack: a folder of numbered slices or a multi-page TIFF")
@@ -383,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier aligned stack of the same name")
     p.set_defaults(func=cmd_align)
 
+
+def _batch_command(sub: Any) -> None:
+    """``stackmff batch``: every stack under a folder."""
     p = sub.add_parser("batch", help="fuse every stack under a folder (root/scene/1.png..., TIFFs, or pairs "
                                      "root/A/1.png + root/B/1.png)")
     p.add_argument("root", type=Path,
@@ -396,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run on a Dask cluster (scheduler address, or 'local' for a LocalCluster)")
     p.set_defaults(func=cmd_batch)
 
+
+def _events_command(sub: Any) -> None:
+    """``stackmff events``: event recordings: info, bin, simulate."""
     p = sub.add_parser("events", help="event recordings: info, bin into per-slice frames, simulate for a stack")
     ev_sub = p.add_subparsers(dest="events_command", required=True)
     q = ev_sub.add_parser("info", help="what a recording holds (.raw EVT2/EVT3, .dat, .aedat4, .es, .h5, .npy, "
@@ -427,12 +442,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_events)
 
+
+def _demo_command(sub: Any) -> None:
+    """``stackmff demo``: the bundled sample."""
     p = sub.add_parser("demo", help="fuse the bundled sample stack and show where the results went")
     p.add_argument("-o", "--output", type=Path, default=Path("stackmff-demo"))
     p.add_argument("--method", default="auto")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
 
+
+def _synth_command(sub: Any) -> None:
+    """``stackmff synth``: a synthetic dataset."""
     p = sub.add_parser("synth", help="write a synthetic dataset (stacks + depth maps) in the seed layout")
     p.add_argument("output", type=Path, help="folder to write the dataset to (created if missing)")
     p.add_argument("--count", type=int, default=100)
@@ -442,7 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-max", type=int, default=24)
     p.set_defaults(func=cmd_synth)
 
-    from .core.defaults import MAX_SIDE, REALISM_EFFECTS, TRAIN_OBJECTIVES, UNSUPERVISED_DEFAULTS as U
+
+def _train_command(sub: Any) -> None:
+    """``stackmff train``: train a focus model."""
+    from .core.defaults import MAX_SIDE, REALISM_EFFECTS, TRAIN_OBJECTIVES
+    from .core.defaults import UNSUPERVISED_DEFAULTS as U
 
     p = sub.add_parser("train", help="train a focus model (synthetic data by default)",
                        description="Train a focus model. Defaults are given as 'A; unsupervised: B' where the "
@@ -510,8 +535,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
     p.set_defaults(func=cmd_train)
 
+
+def _methods_command(sub: Any) -> None:
+    """``stackmff methods``: what can fuse here."""
     p = sub.add_parser("methods", help="list methods, shipped weights and devices")
     p.set_defaults(func=cmd_methods)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stackmff", description="All-in-focus fusion of focal stacks (z-stacks).")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _fuse_command(sub)
+    _align_command(sub)
+    _batch_command(sub)
+    _events_command(sub)
+    _demo_command(sub)
+    _synth_command(sub)
+    _train_command(sub)
+    _methods_command(sub)
     return parser
 
 

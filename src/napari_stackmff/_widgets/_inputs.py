@@ -13,7 +13,7 @@ import numpy as np
 from napari.layers import Image, Layer
 
 from .._layerdata import LAYER_AXES_CHOICES, guess_layer_axes, layer_to_stack
-from ..core.stack import FocalStack
+from ..core.io.stack import FocalStack
 from ._layers import is_result
 
 AXES_TEXT = {

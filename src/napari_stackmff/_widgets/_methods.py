@@ -13,7 +13,7 @@ from typing import Any
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QToolButton, QWidget
 
-from ..core.classical import CLASSICAL_METHODS
+from ..core.defaults import CLASSICAL_METHODS
 from ..core.models import registry
 from ._layout import PathEdit
 from ._settings import display_name

@@ -15,8 +15,8 @@ import numpy as np
 from napari.layers import Layer
 
 from .._layerdata import drop_axes, height_surface, to_layer_order
-from ..core.align import crop_offset
-from ..core.fusion import FusionResult
+from ..core.fusion.align import crop_offset
+from ..core.io.result import FusionResult
 from ._layers import find_result, remove_result, upsert_result
 
 FOCUS_COLORMAP = "viridis"

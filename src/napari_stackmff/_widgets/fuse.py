@@ -20,13 +20,15 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel,
                             QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
-from ..core.align import summary
-from ..core.classical import CLASSICAL_METHODS, DEFAULT_WINDOW
+from ..core.fusion.align import summary
+from ..core.defaults import CLASSICAL_METHODS, DEFAULT_WINDOW
 from ..core.devices import available_devices
 from ..core.errors import StackMFFError
-from ..core.fusion import FusionCancelled, FusionResult, fuse, resolve_method
+from ..core.tiles.pipeline import FusionCancelled
+from ..core.io.result import FusionResult
+from ..core.fusion.dispatch import fuse, resolve_method
 from ..core.models import registry
-from ..core.stack import FocalStack
+from ..core.io.stack import FocalStack
 from . import _settings
 from ._inputs import AXES_TEXT, ZInfo, axes_choices, channel_choices, is_event_candidate, is_event_layer
 from ._inputs import is_stack_layer, layer_stack, z_info

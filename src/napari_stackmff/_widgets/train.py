@@ -72,7 +72,7 @@ def _combo() -> QComboBox:
 def _defaults() -> dict[str, Any]:
     """The core's TrainConfig defaults, so the form starts where the CLI does."""
     try:
-        from ..core.train import TrainConfig
+        from ..core.training.config import TrainConfig
     except ImportError:  # pragma: no cover - training core missing
         return {}
     return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
@@ -87,7 +87,7 @@ def _quietly(call: Any) -> None:
 
 def run_training(config: Any, stop: threading.Event, emit: Any, stacks: list | None = None) -> Any:
     """The worker body: core.train with every TrainEvent relayed to the UI thread."""
-    from ..core.train import train
+    from ..core.training.loop import train
 
     return train(config, callback=emit, stop=stop, stacks=stacks)
 
@@ -117,7 +117,7 @@ def _model_settings(model: str, init_path: Path | str | None, device: str) -> di
 def best_epoch(result: Any, objective: str) -> dict | None:
     """The history record of the epoch whose weights the ``.best`` checkpoint holds (by the objective's
     own validation score, as core.train picks it)."""
-    from ..core.train import get_objective
+    from ..core.training.objectives import get_objective
 
     score = get_objective(objective).score
     scored = [r for r in result.history if _scores(score, r)]
@@ -473,7 +473,7 @@ class TrainingWidget(QWidget):
 
     def make_config(self, **overrides: Any) -> Any:
         """A core TrainConfig from the form (fields core does not know are left out)."""
-        from ..core.train import TrainConfig
+        from ..core.training.config import TrainConfig
 
         source = self.source_combo.currentData()
         synthetic = source == SYNTHETIC

@@ -1,39 +1,38 @@
 """Headless core of napari-stackmff: no napari, no Qt. Scripts, the CLI and the widgets share it.
 
+Rooms, each importing only the rooms below it (docs/ARCHITECTURE.md; tests/test_layering.py checks):
+batch -> training -> fusion -> models -> tiles -> events -> io -> base (errors, defaults, devices).
+
 The public names are imported on first use (PEP 562), so `import napari_stackmff` and
-`stackmff --help` do not pay for importing torch until something is fused.
+`stackmff --help` do not pay for importing torch until something is fused. Old module paths
+(``core.pipeline``, ``core.train``...) still import, with a DeprecationWarning (:mod:`._moved`).
 """
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from . import _moved
+from ._exports import lazy_exports
 
 #: public name -> the core module that defines it
 _EXPORTS = {
-    "FocalStack": "stack",
-    "FusionCancelled": "fusion",
-    "FusionResult": "fusion",
-    "available_methods": "fusion",
-    "fuse": "fusion",
-    "load_stack": "io",
-    "save_result": "io",
+    "FocalStack": "io.stack",
+    "FusionCancelled": "tiles.pipeline",
+    "FusionResult": "io.result",
+    "available_methods": "fusion.dispatch",
+    "fuse": "fusion.dispatch",
+    "load_stack": "io.read",
+    "save_result": "io.write",
 }
 __all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+_moved.install()
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .fusion import FusionCancelled, FusionResult, available_methods, fuse
-    from .io import load_stack, save_result
-    from .stack import FocalStack
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    from .fusion.dispatch import available_methods, fuse
+    from .io.read import load_stack
+    from .io.result import FusionResult
+    from .io.stack import FocalStack
+    from .io.write import save_result
+    from .tiles.pipeline import FusionCancelled

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import classical
+from ..tiles import classical
 from .v2 import GRU_HIDDEN, WIDTHS, BiConvGRU, StackMFFV2, _gelu, _pool2, _up2
 
 EVENT_HEAD = 4  # event depth-head channels added to V2's 8 image features

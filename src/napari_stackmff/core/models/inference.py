@@ -29,11 +29,19 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import StackMFFError
-from ..pipeline import (EstimateMessage, FocusMaps, FusionCancelled, finish_maps, iter_fused_tiles, plan_tile,
-                        prob_maps, renumber)
-from ..prefetch import prefetch
-from ..stack import FocalStack
-from ..tiling import auto_tile_side, iter_tiles, memory_budget
+from ..io.stack import FocalStack
+from ..tiles.pipeline import (
+    EstimateMessage,
+    FocusMaps,
+    FusionCancelled,
+    finish_maps,
+    iter_fused_tiles,
+    plan_tile,
+    prob_maps,
+    renumber,
+)
+from ..tiles.prefetch import prefetch
+from ..tiles.tiling import auto_tile_side, iter_tiles, memory_budget
 from .registry import get_spec, load_model
 
 #: Rough peak bytes per pixel per slice of a V2 forward pass in float32 (measured 190-270 on
@@ -187,8 +195,8 @@ def order_free_maps(logits: torch.Tensor, *, denoise: bool, window: int = MODEL_
     probabilities of their neighbours), and the winner is the argmax, so every index is a real vote
     (:func:`pipeline.prob_maps`, which also reads the winner of cross-faded tiles).
     """
-    from .. import classical
-    from ..pipeline import gaussian_blur
+    from ..tiles import classical
+    from ..tiles.classical import gaussian_blur
 
     n = logits.shape[0]
     prob = torch.softmax(logits.float(), dim=0)
@@ -424,7 +432,7 @@ def tile_shares(windows: Sequence[tuple[slice, slice]]) -> list[tuple[int, int, 
 
 
 class ModelEngine:
-    """A network on tiles of one time point: the tile engine :func:`core.fusion.fuse` drives.
+    """A network on tiles of one time point: the tile engine :func:`core.fusion.dispatch.fuse` drives.
 
     With :meth:`schedule` called first, tile inputs are produced one ahead in a background
     thread: read from disk, reduced to focus images, normalised, and on CUDA pinned and copied

@@ -26,10 +26,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import classical
-from . import decision
-from .pipeline import FocusMaps, ProgressFn, check_cancel, classical_support, peak_maps, renumber
-from .stack import LUMA_WEIGHTS, FocalStack, dtype_scale
+from ..io.stack import LUMA_WEIGHTS, FocalStack, dtype_scale
+from ..tiles import classical, decision
+from ..tiles.pipeline import FocusMaps, ProgressFn, check_cancel, peak_maps, renumber
+from .classical_engine import classical_support
 
 #: Slices per upload: large copies reach the link's speed (a 2048² uint16 slice is 8 MB; 8 of them, 64 MB,
 #: are well past the size where pinned copies saturate PCIe), yet the float work of a chunk stays small.

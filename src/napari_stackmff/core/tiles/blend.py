@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import StackMFFError
+from ..io.stack import FocalStack, dtype_scale, to_focus_image
 from .classical import box_mean
-from .errors import StackMFFError
-from .stack import FocalStack, dtype_scale, to_focus_image
 
 BLENDS = ("hard", "soft")
 #: Guided-filter radius (px) and regularisation (on the guide scaled to [0, 1]), from
@@ -68,7 +68,7 @@ def soft_blend_for(stack: FocalStack, channel: int | None = None, radius: int = 
                    eps: float = SOFT_EPS) -> SoftBlend:
     """The soft blend of ``stack``: its guide is scaled by the stack's own value range (so dim 16-bit
     data, using a few percent of the dtype's range, gets edge-following weights like 8-bit data)."""
-    from .preview import stack_display_range
+    from ..io.preview import stack_display_range
 
     rng = stack_display_range(stack)
     scale = dtype_scale(stack.dtype)

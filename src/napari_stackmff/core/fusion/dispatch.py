@@ -16,33 +16,38 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import classical
-from .blend import SoftBlend, resolve_blend, soft_blend_for
+from ..devices import resolve_device
+from ..errors import StackMFFError
+from ..io.preview import stack_display_range
+from ..io.result import FusionResult
+from ..io.stack import FocalStack
+from ..tiles import classical
+from ..tiles.blend import SoftBlend, resolve_blend, soft_blend_for
+from ..tiles.pipeline import (
+    ProgressFn,
+    TileEngine,
+    check_cancel,
+    height_from_focus,
+    iter_fused_tiles,
+    plan_tile,
+    sub_progress,
+)
+from ..tiles.tiling import count_tiles
 from .checks import SliceSurvey, survey_slices
-from .devices import resolve_device
-from .errors import StackMFFError
-from .pipeline import (  # noqa: F401  (re-exported: the pipeline's names used to live here)
-    CLASSICAL_BYTES_PER_PIXEL, ClassicalEngine, EstimateMessage, FocusMaps, FusionCancelled, ProgressFn,
-    TileEngine, TileFeather, TileOutput, check_cancel, classical_maps, classical_support, fill_low_confidence,
-    finish_maps, gather, gather_window, gaussian_blur, gaussian_radius, height_from_focus, iter_fused_tiles,
-    median3, native_cpu_conv, plan_tile, sub_progress)
-from .preview import stack_display_range
-from .result import FusionResult
-from .stack import FocalStack
-from .tiling import count_tiles
+from .classical_engine import ClassicalEngine
 
 
 # ------------------------------------------------------------------------------------ fuse
 def available_methods() -> list[str]:
     """Names accepted by ``fuse(method=...)``: "auto", the classical measures and the models."""
-    from .models import registry
+    from ..models import registry
 
     return ["auto", *classical.CLASSICAL_METHODS, *registry.model_names()]
 
 
 def resolve_method(method: str) -> str:
     """"auto" -> the best method we ship (a trained model when its weights exist)."""
-    from .models import registry
+    from ..models import registry
 
     if method == "auto":
         return registry.best_shipped_model() or "wavelet"
@@ -66,7 +71,7 @@ def model_options() -> tuple[str, ...]:
     """Extra keywords a network takes (``fuse(..., half=True)``): the runner's own settings."""
     import inspect
 
-    from .models.inference import ModelRunner
+    from ..models.inference import ModelRunner
 
     skip = {"self", "name", "device", "weights", "tile"}  # given by fuse itself
     return tuple(p for p in inspect.signature(ModelRunner.__init__).parameters if p not in skip)
@@ -107,7 +112,7 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
             align: bool | str | None = None, blend: str | None = None, events: Any = None,
             slice_times: Any = None, **options: Any) -> FusionPlan:
     """Load the stack, check the settings and build the per-time-point tile engine."""
-    from .io import load_stack
+    from ..io.read import load_stack
 
     method = resolve_method(method)
     blend = resolve_blend(blend)
@@ -116,8 +121,8 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
     if events is not None:
         import dataclasses
 
-        from .events import load_events
-        from .models import registry
+        from ..events.frames import load_events
+        from ..models import registry
 
         if method not in registry.MODELS or not registry.get_spec(method).uses_events:
             users = [m for m in registry.model_names() if registry.get_spec(m).uses_events]
@@ -144,7 +149,7 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
         if win > min(h, w):  # a box wider than the image measures nothing local (and its padding is huge)
             raise StackMFFError(f"window {win} is larger than the {w}x{h} image; use at most "
                                 f"{min(h, w) - (1 - min(h, w) % 2)} pixels (default {classical.DEFAULT_WINDOW}).")
-        from .classical_device import DeviceClassicalEngine, device_dtype_supported
+        from .device_engine import DeviceClassicalEngine, device_dtype_supported
 
         engine_cls = DeviceClassicalEngine if dev.type in DEVICE_RESIDENT and device_dtype_supported(stack.dtype) \
             else ClassicalEngine
@@ -153,7 +158,7 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
             return engine_cls(stack, t, method, dev, channel=channel, window=win, denoise=denoise,
                               exclude=list(surveys[t].suspicious))
     else:
-        from .models.inference import ModelRunner
+        from ..models.inference import ModelRunner
 
         runner = ModelRunner(method, dev, weights=weights, **options)
 

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from .defaults import REALISM_EFFECTS
-from .errors import StackMFFError
+from ..defaults import REALISM_EFFECTS
+from ..errors import StackMFFError
 
 #: PSF shapes: a pillbox (ideal thin lens), a Gaussian (soft, e.g. apodised or diffraction-dominated
 #: optics) and a bright-rimmed disc (under/over-corrected spherical aberration: "soap-bubble" bokeh).

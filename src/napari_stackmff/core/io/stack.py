@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import StackError
+from ..errors import StackError
 
 #: Rec. 601 luma weights, the convention StackMFF and most fusion tools use for RGB.
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)

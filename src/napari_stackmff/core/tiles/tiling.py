@@ -20,7 +20,7 @@ from typing import Iterator
 
 import psutil
 
-from .errors import StackMFFError
+from ..errors import StackMFFError
 
 #: Host memory never handed to one fusion, whatever is free (leave room for the rest of the machine).
 MAX_HOST_BUDGET = 4 << 30

@@ -1,15 +1,14 @@
-"""The model-agnostic tile pipeline that classical measures and networks both plug into.
+"""The model-agnostic tile loop that classical measures and networks both plug into.
 
 Data flows one way: stack -> focus images -> per-slice sharpness (classical) or logits (model)
 -> index map (+ sub-slice refinement, confidence) -> gather the original pixels. Gathering means
 every output pixel is a value that exists in some slice: 16-bit stays 16-bit, RGB stays RGB.
 
-Every method runs tile by tile (``core/tiling.py``): a tile is all slices of one (y, x) window
-with a margin, the method's maps are computed on it and only its centre is kept. For classical
-measures the margin covers the whole support of measure + fill + median, so the tiled result is
-bit-identical to the untiled one; the tile side comes from a memory budget, so memory is bounded
-by the tile, not by the image. Engines (:class:`ClassicalEngine`, the networks' ``ModelEngine``)
-import from here; :mod:`core.fusion` drives them and nothing here imports it.
+Every method runs tile by tile (:mod:`.tiling`): a tile is all slices of one (y, x) window with a
+margin, the engine's maps are computed on it and only its centre is kept. The tile side comes from
+a memory budget, so memory is bounded by the tile, not by the image. Engines (the classical ones in
+:mod:`..fusion`, the networks' ``ModelEngine`` in :mod:`..models.inference`) implement
+:class:`TileEngine`; nothing here knows which engine it drives.
 """
 
 from __future__ import annotations
@@ -24,13 +23,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import classical, decision
+from ..errors import StackMFFError
+from ..io.stack import FocalStack
+from . import decision
 from .blend import SoftBlend, soft_blend_window
-from .errors import StackMFFError
+from .classical import gaussian_blur
 from .heap import heap_reuse
-from .prefetch import prefetch
-from .stack import FocalStack
-from .tiling import Tile, auto_tile_side, balance_tile, iter_tiles, memory_budget, round_overlap
+from .tiling import (
+    Tile,
+    auto_tile_side,
+    balance_tile,
+    iter_tiles,
+    memory_budget,
+    round_overlap,
+)
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -151,26 +157,6 @@ def median3(x: torch.Tensor) -> torch.Tensor:
     return v[4].contiguous()
 
 
-def gaussian_radius(sigma: float) -> int:
-    """The blur kernel is cut at 3 sigma: its support is finite, so tiles can cover it exactly."""
-    return max(1, int(3 * sigma + 0.5))
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Near-Gaussian blur of an (H, W) map, or of every map of a (B, 1, H, W) batch: three box
-    filters of radius r/3 (r = 3 sigma).
-
-    Three boxes of width 2r/3+1 have the variance of the Gaussian and exactly its 3-sigma
-    support (so tiles still cover it), at O(1) per pixel instead of O(sigma): the fill's wide
-    blur was the single most expensive step of classical fusion on 2k images.
-    """
-    rb = max(1, gaussian_radius(sigma) // 3)
-    y = x[None, None] if x.dim() == 2 else x
-    for _ in range(3):
-        y = classical.box_mean(y.contiguous(), 2 * rb + 1)
-    return y[0, 0] if x.dim() == 2 else y
-
-
 def fill_low_confidence(focus: torch.Tensor, conf: torch.Tensor, threshold: float, sigma: float) -> torch.Tensor:
     """Where no slice clearly wins (flat, textureless areas) take the focus of confident neighbours.
 
@@ -186,74 +172,6 @@ def fill_low_confidence(focus: torch.Tensor, conf: torch.Tensor, threshold: floa
     filled = torch.where(den > 1e-12, num / den.clamp_min(1e-12), focus)
     alpha = (conf / threshold).clamp(0, 1)
     return alpha * focus + (1 - alpha) * filled
-
-
-# ------------------------------------------------------------------------- classical path
-def classical_maps(
-    focus_images: Callable[[int], np.ndarray],
-    n: int,
-    method: str,
-    device: torch.device,
-    *,
-    window: int = classical.DEFAULT_WINDOW,
-    fill_threshold: float = 0.25,
-    denoise: bool = True,
-    progress: ProgressFn | None = None,
-    cancel: threading.Event | None = None,
-) -> FocusMaps:
-    """Streaming argmax over slices: memory is O(H·W), whatever the number of slices.
-
-    Keeps the best score, its index and the scores of its two neighbours, so the sub-slice
-    peak (a parabola through three points) comes without holding the (N, H, W) volume.
-    """
-    # The next slice is read (disk, luma) while this one is measured.
-    images = prefetch((focus_images(z) for z in range(n)), depth=2)
-    with torch.no_grad(), classical.bands_take_threads(device):
-        return _classical_stream(images, n, method, device, window=window, fill_threshold=fill_threshold,
-                                 denoise=denoise, progress=progress, cancel=cancel)
-
-
-def _classical_stream(images: Iterator[np.ndarray], n: int, method: str, device: torch.device, *, window: int,
-                      fill_threshold: float, denoise: bool, progress: ProgressFn | None,
-                      cancel: threading.Event | None) -> FocusMaps:
-    best = left = right = prev = total = best2 = total2 = None
-    idx: torch.Tensor | None = None
-    robust = decision.ENABLED and denoise and fill_threshold > 0
-    try:
-        for z in range(n):
-            check_cancel(cancel)
-            x = _to_tensor(next(images), device)
-            with native_cpu_conv(device):
-                f = classical.focus_measure(x[None, None], method, window)[0, 0]
-            # The robust decision's noise test: the same measure over a coarser window (decision.py).
-            g = classical.box_mean(f[None, None], decision.coarse_window(window))[0, 0] if robust else None
-            if best is None:
-                best, idx = f.clone(), torch.zeros(f.shape, dtype=torch.int32, device=device)
-                left = torch.full_like(f, float("nan"))
-                right = torch.full_like(f, float("nan"))
-                total = f.clone()
-                if g is not None:
-                    best2, total2 = g.clone(), g.clone()
-            else:
-                if g is not None:
-                    torch.maximum(best2, g, out=best2)
-                    total2 += g
-                # In place, no temporaries: at 2k×2k each allocation costs as much as the arithmetic.
-                torch.where(idx == z - 1, f, right, out=right)
-                new = f > best
-                torch.where(new, prev, left, out=left)
-                right.masked_fill_(new, float("nan"))
-                idx.masked_fill_(new, z)
-                torch.maximum(best, f, out=best)
-                total += f
-            prev = f
-            if progress is not None:
-                progress(z + 1, n, "measuring focus")
-    finally:
-        images.close()  # type: ignore[attr-defined]
-    assert best is not None and idx is not None
-    return peak_maps(best, idx, left, right, total, n, window=window, fill_threshold=fill_threshold,
-                     denoise=denoise, best2=best2, total2=total2)
 
 
 def peak_maps(best: torch.Tensor, idx: torch.Tensor, left: torch.Tensor, right: torch.Tensor, total: torch.Tensor,
@@ -364,28 +282,6 @@ def height_from_focus(stack: FocalStack, focus: np.ndarray) -> np.ndarray | None
     return np.interp(focus, np.arange(len(z)), z).astype(np.float32)
 
 
-# ------------------------------------------------------------------------------- tiling
-#: Radius of each classical measure's footprint for window w: w//2 for the box mean, plus the
-#: 3x3 derivative (laplacian, tenengrad) or the three à-trous levels (5 taps at dilation 1, 2, 4).
-_MEASURE_RADIUS = {"variance": 0, "laplacian": 1, "tenengrad": 1, "wavelet": 2 + 4 + 8}
-#: Peak working bytes per tile pixel of the classical path (float32 maps, streaming state,
-#: fill and median temporaries, read-ahead), measured on the wavelet path with margin.
-CLASSICAL_BYTES_PER_PIXEL = 256
-
-
-def classical_support(method: str, window: int, *, denoise: bool = True, fill_threshold: float = 0.25) -> int:
-    """Pixels beyond which input changes cannot reach an output pixel: measure + fill + median.
-
-    A tile margin of at least this makes tiled classical fusion exactly equal to untiled.
-    """
-    r = _MEASURE_RADIUS[method] + (int(window) | 1) // 2
-    if denoise:
-        if fill_threshold > 0:
-            r += decision.decision_radius(window) if decision.ENABLED else gaussian_radius(2.0 * window)
-        r += 1  # median3
-    return r
-
-
 class TileEngine(Protocol):
     """Computes finished focus maps of one time point on any (y, x) window of the stack."""
 
@@ -407,40 +303,6 @@ class TileEngine(Protocol):
     def maps(self, window: tuple[slice, slice], progress: ProgressFn | None,
              cancel: threading.Event | None) -> FocusMaps:
         """Finished maps on the read window (its borders are cropped off by the caller)."""
-
-
-class ClassicalEngine:
-    """A classical focus measure on tiles: all slices of the window, streamed one at a time."""
-
-    single_tile = False
-    feather = 0  # tiles are exact: nothing to blend
-    estimate_s = None  # classical runs take seconds: nothing to warn about
-
-    def __init__(self, stack: FocalStack, t: int, method: str, device: torch.device, *, channel: int | None,
-                 window: int, denoise: bool, fill_threshold: float = 0.25, exclude: Sequence[int] = ()) -> None:
-        self.stack, self.t, self.method, self.device = stack, t, method, device
-        keep = [z for z in range(stack.n_slices) if z not in set(exclude)]
-        self.keep = None if len(keep) == stack.n_slices else keep
-        self.channel, self.window, self.denoise, self.fill_threshold = channel, window, denoise, fill_threshold
-        self.overlap = classical_support(method, window, denoise=denoise, fill_threshold=fill_threshold)
-        self.min_overlap = self.overlap  # less would break exactness
-
-    def bytes_per_pixel(self) -> float:
-        return CLASSICAL_BYTES_PER_PIXEL
-
-    def schedule(self, windows: Sequence[tuple[slice, slice]]) -> None:
-        """Nothing to do: slices are read ahead within each tile instead."""
-
-    def close(self) -> None:
-        pass
-
-    def maps(self, window: tuple[slice, slice], progress: ProgressFn | None,
-             cancel: threading.Event | None) -> FocusMaps:
-        zs = self.keep or list(range(self.stack.n_slices))
-        read = lambda i: self.stack.focus_window(zs[i], self.t, self.channel, window)  # noqa: E731
-        return renumber(classical_maps(read, len(zs), self.method, self.device, window=self.window,
-                                       fill_threshold=self.fill_threshold, denoise=self.denoise, progress=progress,
-                                       cancel=cancel), self.keep)
 
 
 @dataclass

@@ -1,101 +1,23 @@
-"""One training loop for every focus model: the CLI, the training widget and scripts drive it.
-
-It takes a config, reports progress through a callback (per batch and per epoch) and stops
-cleanly when a ``threading.Event`` is set, keeping the last checkpoint. Checkpoints are written
-atomically each epoch and hold everything needed to resume (optimizer, scheduler, RNG-free
-data state: the data are regenerated from the seed and epoch).
-
-Data: synthetic focal stacks (default) or a folder dataset in the seed layout
-(``stacks/<scene>/1.png ...`` + ``depth_maps/<scene>.png``). The ``unsupervised`` objective
-(Fusion2Void-style inpainting, :mod:`.models.fusion2void`) needs no labels: it also takes folders of
-unlabelled stacks and TIFF files (:class:`UnlabelledData`).
+"""Training data: synthetic stacks rendered in worker processes, event stacks, folder datasets
+(``stacks/<scene>/1.png ...`` + ``depth_maps/<scene>.png``) and unlabelled stacks for the
+unsupervised objective; the data are regenerated from the seed and epoch, so a resumed run sees the
+same stream.
 """
 
 from __future__ import annotations
 
-import math
 import threading
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from .defaults import MAX_SIDE, UNSUPERVISED_DEFAULTS  # noqa: F401  (re-exported: the CLI's and widget's defaults)
-from .devices import resolve_device
-from .errors import StackMFFError
-from .models import fusion2void as f2v
-from .models.inference import pad_to_multiple
-from .models.registry import get_spec
+from ..defaults import MAX_SIDE
+from ..errors import StackMFFError
+from ..io.stack import FocalStack
 from .realism import Realism
-from .stack import FocalStack
-
-
-@dataclass
-class TrainConfig:
-    """Settings of a training run (all plain values, saved inside the checkpoint)."""
-
-    model: str = "stackmff-v2"
-    data: str | list[str] = "synthetic"  # or a labelled folder; unsupervised: folders of stacks / TIFF paths
-    epochs: int = 20
-    steps_per_epoch: int = 100
-    batch_size: int = 4
-    crop: int = 128
-    lr: float = 1e-3
-    lr_gamma: float = 0.9
-    weight_decay: float = 1e-4
-    device: str = "auto"
-    seed: int = 0
-    checkpoint: str = "runs/stackmff_v2.pt"
-    resume: bool = False
-    n_range: tuple[int, int] = (4, 16)
-    val_stacks: int = 16
-    patience: int = 6
-    init_weights: str | None = None
-    pool_size: int = 24
-    pool_refresh_every: int = 2
-    noise: bool = True
-    clean_fraction: float = 0.0  # share of synthetic stacks rendered without sensor noise (when noise is on)
-    realism: list[str] = field(default_factory=list)  # real-optics effects (core.realism.EFFECTS) in the renders
-    realism_p: float = 0.5  # chance of each named effect per rendered stack
-    render_workers: int = 0  # processes rendering synthetic stacks (0: in the training loop, reproducible)
-    objective: str = "hybrid"  # "hybrid" (ours, measured better), "depth" (published), "classify", "unsupervised"
-    variant: str | None = None  # a model size other than the default (e.g. StackMFF-V3 "narrow")
-    train_only: str | None = None  # train only this part (e.g. the event model's "prior"); the rest stays frozen
-    shuffle: float = 0.0  # chance that a training stack's slices are shuffled (the label follows)
-    invalid: float = 0.0  # chance that a batch gets 1-3 invalid slices (blank, saturated, duplicate...)
-    # Unsupervised (Fusion2Void) settings; defaults measured, see models/fusion2void.py.
-    max_side: int = MAX_SIDE  # unlabelled stacks are downscaled to this longer side when loaded
-    patch: int = f2v.PATCH
-    drop_ratio: float = f2v.DROP_RATIO
-    grad_weight: float = f2v.GRAD_WEIGHT
-    entropy_weight: float = f2v.ENTROPY_WEIGHT
-    warmup_steps: int = f2v.WARMUP_STEPS
-
-
-@dataclass
-class TrainEvent:
-    """What the callback receives: after every batch, and after every epoch with validation."""
-
-    kind: Literal["prepare", "batch", "epoch", "done", "stopped"]  # prepare: rendering data, step of n_steps
-    epoch: int
-    n_epochs: int
-    step: int
-    n_steps: int
-    loss: float
-    val: dict[str, float] | None = None
-    checkpoint: Path | None = None
-
-
-@dataclass
-class TrainResult:
-    checkpoint: Path  # best weights (by validation)
-    last_checkpoint: Path
-    history: list[dict] = field(default_factory=list)
-    stopped: bool = False
-    seconds: float = 0.0
 
 
 # ------------------------------------------------------------------------------------ data
@@ -115,7 +37,7 @@ def _to_unit(stack: np.ndarray, aif: np.ndarray | None = None) -> np.ndarray | t
     With ``aif`` (the all-in-focus truth) it is scaled the same way and returned too, so the
     image term of the hybrid objective compares like with like.
     """
-    from .stack import to_focus_image
+    from ..io.stack import to_focus_image
 
     rgb = stack.ndim == 4 and stack.shape[-1] in (3, 4)
     g = np.stack([to_focus_image(s, rgb=rgb) for s in stack])
@@ -379,7 +301,7 @@ def event_validation_set(seed: int, count: int, size: int, n_range: tuple[int, i
     """Held-out image + event stacks (another seed than any training data)."""
     from types import SimpleNamespace
 
-    from .stack import as_focal_stack
+    from ..io.stack import as_focal_stack
 
     rng = np.random.default_rng(20_000 + seed)
     out = []
@@ -397,7 +319,7 @@ class FolderData:
     """A dataset in the seed layout: stacks/<scene>/1.png... with depth_maps/<scene>.png in [0, max]."""
 
     def __init__(self, root: str | Path, rng: np.random.Generator):
-        from .io import list_slice_files, read_image
+        from ..io.read import list_slice_files, read_image
 
         root = Path(root)
         sdir, ddir = root / "stacks", root / "depth_maps"
@@ -455,8 +377,8 @@ def _unlabelled_stacks(path: Path) -> Iterator[tuple[Path, FocalStack]]:
     """(source, stack) for each stack a --data entry names: a TIFF, a folder of slices, or a folder
     of stacks (sub-folders of slices and/or multi-page TIFFs; a seed-layout dataset's ``stacks/``).
     Loaded one at a time, so only the downscaled copies are ever held together."""
-    from .batch import discover_stacks
-    from .io import TIFF_SUFFIXES, load_stack
+    from ..io.discover import discover_stacks
+    from ..io.read import TIFF_SUFFIXES, load_stack
 
     if not path.exists():
         raise StackMFFError(f"{path}: no such file or folder (--data takes 'synthetic', folders of stacks or "
@@ -582,344 +504,3 @@ def validation_set(seed: int, count: int, size: int, n_range: tuple[int, int],
         s = synth.random_stack(rng, size=size, n_range=n_range, noise=noise and rng.random() >= clean_fraction)
         out.append((Sample(_to_unit(s.slices), s.focus_index), s))
     return out
-
-
-# ------------------------------------------------------------------------------- objective
-def depth_regression_loss(logits: torch.Tensor, focus: torch.Tensor) -> torch.Tensor:
-    """StackMFF-V2 objective: MSE between soft-argmax depth and the true focus, both in [0, 1]."""
-    n = logits.shape[1]
-    prob = torch.softmax(logits.float(), dim=1)
-    steps = torch.arange(n, device=logits.device, dtype=prob.dtype).view(1, n, 1, 1)
-    depth = (prob * steps).sum(1) / (n - 1)
-    return torch.mean((depth - focus / (n - 1)) ** 2)
-
-
-def hybrid_loss(logits: torch.Tensor, focus: torch.Tensor, images: torch.Tensor,
-                aif: torch.Tensor | None) -> torch.Tensor:
-    """Our objective: the published depth regression plus two terms aimed at the fused image.
-
-    * cross-entropy against a two-hot target (the two slices around the true focus, weighted by
-      distance), so the winning slice, which the argmax readout gathers, is the right one;
-    * L1 between the probability-weighted slices and the all-in-focus truth, which weights each
-      pixel by how much a wrong choice actually costs in the image (nothing in flat areas, a lot
-      at edges and under the halos of defocused neighbours) — what PSNR measures.
-    """
-    n = logits.shape[1]
-    logp = torch.log_softmax(logits.float(), dim=1)
-    f = focus.clamp(0, n - 1)
-    lo = f.floor().long().clamp(max=n - 2).unsqueeze(1)  # the network needs N >= 2
-    w_hi = f.unsqueeze(1) - lo.float()
-    ce = -(logp.gather(1, lo) * (1 - w_hi) + logp.gather(1, lo + 1) * w_hi)
-    loss = depth_regression_loss(logits, focus) + 0.02 * ce.mean()
-    if aif is not None:
-        fused = (logp.exp() * images.float()).sum(1)
-        loss = loss + 0.5 * (fused - aif.float()).abs().mean()
-    return loss
-
-
-def classify_loss(logits: torch.Tensor, focus: torch.Tensor, images: torch.Tensor,
-                  aif: torch.Tensor | None) -> torch.Tensor:
-    """StackMFF-V3's objective, N-way classification of the in-focus slice, plus our image term.
-
-    Cross-entropy against the two slices around the true focus (weighted by distance; a shuffled or
-    disordered stack has integer labels, so one slice), and the L1 of the probability-weighted slices
-    against the all-in-focus truth, as in :func:`hybrid_loss` (which took V2 from 24.61 to 25.48 dB).
-    """
-    n = logits.shape[1]
-    logp = torch.log_softmax(logits.float(), dim=1)
-    f = focus.clamp(0, n - 1)
-    lo = f.floor().long().clamp(max=n - 2).unsqueeze(1)
-    w_hi = f.unsqueeze(1) - lo.float()
-    ce = -(logp.gather(1, lo) * (1 - w_hi) + logp.gather(1, lo + 1) * w_hi)
-    loss = ce.mean()
-    if aif is not None:
-        fused = (logp.exp() * images.float()).sum(1)
-        loss = loss + 0.5 * (fused - aif.float()).abs().mean()
-    return loss
-
-
-class Objective(NamedTuple):
-    """A training objective: its loss, the readout that matches it at inference (saved in the
-    checkpoint), and the validation score (lower is better) that picks the best epoch.
-
-    ``criterion``: for an objective with its own trainable parts (the unsupervised one's inpainter),
-    a factory ``cfg -> nn.Module`` whose ``forward(logits, images)`` is the loss; its parameters join
-    the optimiser and its state is saved in the resume checkpoint. ``loss`` is then unused.
-    ``needs_labels``: whether the data must carry the true focus (synthetic or a labelled folder).
-    """
-
-    loss: Callable[[torch.Tensor, Batch], torch.Tensor] | None
-    readout: str
-    score: Callable[[dict[str, float]], float]
-    criterion: Callable[[TrainConfig], torch.nn.Module] | None = None
-    needs_labels: bool = True
-
-
-def unsupervised_criterion(cfg: TrainConfig) -> f2v.Fusion2VoidLoss:
-    """The Fusion2Void inpainting objective with the run's patch, drop ratio and weights."""
-    return f2v.Fusion2VoidLoss(patch=cfg.patch, ratio=cfg.drop_ratio, grad_weight=cfg.grad_weight,
-                               entropy_weight=cfg.entropy_weight, warmup=cfg.warmup_steps)
-
-
-OBJECTIVES: dict[str, Objective] = {
-    # As published: depth regression, soft-argmax readout, best by validation loss.
-    "depth": Objective(lambda logits, b: depth_regression_loss(logits, b.focus), "softargmax",
-                       lambda m: m["val_loss"]),
-    # Ours: aimed at the fused image, so read out by argmax and picked by the validation PSNR.
-    "hybrid": Objective(lambda logits, b: hybrid_loss(logits, b.focus, b.images, b.aif), "argmax",
-                        lambda m: -m["val_psnr"]),
-    # StackMFF-V3's: which slice is in focus, as an N-way classification (order-free with --shuffle).
-    "classify": Objective(lambda logits, b: classify_loss(logits, b.focus, b.images, b.aif), "argmax",
-                          lambda m: -m["val_psnr"]),
-    # Fusion2Void-style: no labels; the fused image (softmax-weighted slices) must let an inpainter
-    # restore dropped patches of the sources. Hard selection at inference, so argmax; the best epoch
-    # is picked on the synthetic validation PSNR (a guard: the user's data carry no truth).
-    "unsupervised": Objective(None, "argmax", lambda m: -m["val_psnr"], criterion=unsupervised_criterion,
-                              needs_labels=False),
-}
-
-
-
-def get_objective(name: str) -> Objective:
-    try:
-        return OBJECTIVES[name]
-    except KeyError:
-        raise StackMFFError(f"unknown training objective {name!r}; choose one of {', '.join(OBJECTIVES)}.") from None
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, val: list[tuple[Sample, object]], device: torch.device,
-             readout_mode: str = "softargmax") -> dict[str, float]:
-    """Validation: loss, fraction within ±1 slice, and PSNR of the gathered all-in-focus image.
-
-    The loss is always the published depth regression, so runs with different objectives compare.
-    """
-    from .fusion import gather
-    from .metrics import psnr
-    from .models.inference import readout
-
-    model.eval()
-    losses, within, psnrs = [], [], []
-    for sample, synth_stack in val:
-        x = torch.from_numpy(sample.images)[None].to(device)
-        xp, h, w = pad_to_multiple(x)
-        if sample.events is None:
-            logits = model(xp)[:, :, :h, :w]
-        else:
-            ep, _, _ = pad_to_multiple(torch.from_numpy(sample.events)[None].to(device))
-            logits = model(xp, ep)[:, :, :h, :w]
-        y = torch.from_numpy(sample.focus)[None].to(device)
-        losses.append(float(depth_regression_loss(logits, y)))
-        focus, _ = readout(logits[0], readout_mode)
-        err = (focus - y[0]).abs()
-        within.append(float((err <= 1).float().mean()))
-        idx = focus.round().long().clamp(0, sample.images.shape[0] - 1).cpu().numpy()
-        psnrs.append(psnr(gather(synth_stack.to_stack(), idx), synth_stack.aif))
-    model.train()
-    return {"val_loss": float(np.mean(losses)), "val_within1": float(np.mean(within)),
-            "val_psnr": float(np.mean(psnrs))}
-
-
-# ---------------------------------------------------------------------------------- loop
-def _is_v2_state(state: dict[str, torch.Tensor]) -> bool:
-    """Whether a weights file's state holds a bare StackMFF-V2 (to start an event model from it)."""
-    return "feature_extraction.encoder1.0.weight" in state and "v2.feature_extraction.encoder1.0.weight" not in state
-
-
-def _save(path: Path, payload: dict) -> None:
-    from .io import atomic_write
-
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
-
-
-def train(
-    cfg: TrainConfig,
-    callback: Callable[[TrainEvent], None] | None = None,
-    stop: threading.Event | None = None,
-    stacks: Sequence[FocalStack] | None = None,
-) -> TrainResult:
-    """Train ``cfg.model``; returns the best and last checkpoints and the per-epoch history.
-
-    ``stacks``: in-memory stacks (e.g. open napari layers) to train on instead of ``cfg.data``, which
-    then only names them for the record; unsupervised objective only (they carry no labels).
-    """
-    from .models.checkpoint import load_state_dict
-
-    t0 = time.perf_counter()
-    spec = get_spec(cfg.model)
-    objective = get_objective(cfg.objective)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    ckpt = Path(cfg.checkpoint)
-    best_path = ckpt.with_name(ckpt.stem + ".best" + ckpt.suffix)
-    if spec.uses_events and cfg.data != "synthetic":
-        raise StackMFFError(f"{cfg.model} trains on synthetic image + event stacks only (data='synthetic').")
-    if cfg.variant is not None and cfg.variant not in spec.variants:
-        raise StackMFFError(f"{cfg.model} has no variant {cfg.variant!r}; "
-                            f"choose one of: {', '.join(spec.variants) or 'none (leave it out)'}.")
-    model = spec.build(cfg.variant).to(device)
-    if cfg.init_weights and spec.uses_events:
-        from .models.checkpoint import read_state_dict
-        from .models.event import EventStackMFF
-
-        state = read_state_dict(cfg.init_weights)
-        if _is_v2_state(state):  # starts as that V2
-            model = EventStackMFF.from_v2(state, prior=cfg.variant != "no-prior").to(device)
-        elif model.prior is not None and not EventStackMFF.has_prior(state):
-            try:  # event weights trained before the focus prior: the prior starts at its default weight
-                model.adopt(state)
-            except ValueError as exc:
-                raise StackMFFError(f"{cfg.init_weights}: cannot start {cfg.model} from it ({exc}).") from None
-        else:
-            load_state_dict(cfg.init_weights, model, model_name=cfg.model)
-    elif cfg.init_weights:
-        load_state_dict(cfg.init_weights, model, model_name=cfg.model)
-    if cfg.train_only:
-        for name, p in model.named_parameters():
-            p.requires_grad_(name.startswith(cfg.train_only + "."))
-        if not any(p.requires_grad for p in model.parameters()):
-            raise StackMFFError(f"{cfg.model} has no part {cfg.train_only!r} to train alone.")
-    crit = objective.criterion(cfg).to(device) if objective.criterion is not None else None
-    # A model made of trained and new parts (the event model) says how fast each should learn.
-    groups = ([{"params": [p for p in model.parameters() if p.requires_grad]}] if cfg.train_only else
-              model.param_groups(cfg.lr) if hasattr(model, "param_groups") else [{"params": list(model.parameters())}])
-    if crit is not None:
-        groups.append({"params": list(crit.parameters()), "lr": f2v.INPAINTER_LR})
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_gamma)
-    start_epoch, best, history, bad_epochs = 0, math.inf, [], 0
-    if cfg.resume and ckpt.exists():
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        except Exception as exc:  # truncated, not a checkpoint, or holding code (refused by weights_only)
-            why = ("not a torch file, or it holds more than tensors" if "weights only" in str(exc).lower()
-                   else (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120])
-            raise StackMFFError(f"{ckpt}: cannot resume from it ({why}); start a new checkpoint or drop "
-                                "--resume.") from None
-        if not isinstance(state, dict) or not {"state_dict", "optimizer", "epoch"} <= set(state):
-            raise StackMFFError(f"{ckpt}: is not a training checkpoint of ours (weights only?); pass it as "
-                                "--init-weights to fine-tune from it, without --resume.")
-        if state.get("model") != cfg.model:
-            raise StackMFFError(f"{ckpt}: holds a {state.get('model')!r} checkpoint, not {cfg.model!r}.")
-        model.load_state_dict(state["state_dict"])
-        if crit is not None:
-            if "objective_state" not in state:
-                raise StackMFFError(f"{ckpt}: was not trained with the {cfg.objective!r} objective; resume it "
-                                    "with its own objective or start a new checkpoint.")
-            crit.load_state_dict(state["objective_state"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start_epoch, best, history = state["epoch"] + 1, state["best_val"], list(state["history"])
-        bad_epochs = state.get("bad_epochs", 0)
-        rng = np.random.default_rng([cfg.seed, start_epoch])
-        torch.manual_seed(cfg.seed + 1000 * start_epoch)  # new masks and slice picks, not a replay
-    emit = callback or (lambda ev: None)
-    n_prep = (cfg.pool_size if cfg.data == "synthetic" and stacks is None else 0) + cfg.val_stacks
-    prepared = [0]
-
-    def on_render(_i: int, _n: int) -> None:
-        prepared[0] += 1
-        emit(TrainEvent("prepare", start_epoch, cfg.epochs, prepared[0], n_prep, float("nan")))
-
-    if stacks is not None:
-        if objective.needs_labels:
-            raise StackMFFError(f"open stacks carry no labels: train on them with the 'unsupervised' objective, "
-                                f"not {cfg.objective!r}.")
-        data = UnlabelledData(list(stacks), rng, cfg.n_range, cfg.max_side, on_load=on_render)
-    elif cfg.data == "synthetic" and spec.uses_events:
-        data = EventPool(rng, cfg.crop + max(16, cfg.crop // 4), cfg.n_range, cfg.pool_size, cfg.pool_refresh_every,
-                         noise=cfg.noise, clean_fraction=cfg.clean_fraction, on_render=on_render, stop=stop,
-                         workers=cfg.render_workers)
-    elif cfg.data == "synthetic":
-        realism = Realism.mix(cfg.realism, cfg.realism_p) if cfg.realism else None
-        data = SyntheticPool(rng, cfg.crop + max(16, cfg.crop // 4), cfg.n_range, cfg.pool_size, cfg.pool_refresh_every,
-                             noise=cfg.noise, clean_fraction=cfg.clean_fraction, on_render=on_render, stop=stop,
-                             realism=realism, workers=cfg.render_workers, shuffle=cfg.shuffle, invalid=cfg.invalid)
-    elif not objective.needs_labels:
-        data = UnlabelledData(cfg.data, rng, cfg.n_range, cfg.max_side, on_load=on_render)
-    elif not isinstance(cfg.data, (str, Path)):
-        raise StackMFFError(f"{cfg.objective!r} training needs labels: one dataset folder (stacks/ + depth_maps/) "
-                            "or 'synthetic'; unlabelled stacks train with the 'unsupervised' objective.")
-    else:
-        data = FolderData(cfg.data, rng)
-    loss_of = (lambda lg, b: crit(lg, b.images)) if crit is not None else objective.loss
-    val = (event_validation_set(cfg.seed, cfg.val_stacks, max(cfg.crop, 96), cfg.n_range, cfg.noise,
-                                cfg.clean_fraction) if spec.uses_events else
-           validation_set(cfg.seed, cfg.val_stacks, max(cfg.crop, 96), cfg.n_range, cfg.noise, cfg.clean_fraction))
-    for _ in val:
-        on_render(0, 0)
-    use_amp = device.type == "cuda"
-    stopped = stop is not None and stop.is_set()
-    model.train()
-    if crit is not None:
-        crit.train()
-    try:
-        for epoch in range(start_epoch, 0 if stopped else cfg.epochs):
-            losses, terms = [], []
-            t_epoch, data_s = time.perf_counter(), 0.0
-            for step in range(cfg.steps_per_epoch):
-                if stop is not None and stop.is_set():
-                    stopped = True
-                    break
-                t_data = time.perf_counter()
-                batch = Batch(*(t.to(device, non_blocking=True) if t is not None else None
-                                for t in data.batch(cfg.batch_size, cfg.crop)))
-                data_s += time.perf_counter() - t_data
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits = model(batch.images) if batch.events is None else model(batch.images, batch.events)
-                loss = loss_of(logits, batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                if crit is not None:  # clipped apart, so the inpainter's gradients never shrink the model's
-                    torch.nn.utils.clip_grad_norm_(crit.parameters(), 1.0)
-                opt.step()
-                losses.append(loss.detach().item())  # .item() waits for the device: step times are real
-                if crit is not None:
-                    terms.append(getattr(crit, "last", {}))
-                emit(TrainEvent("batch", epoch, cfg.epochs, step, cfg.steps_per_epoch, losses[-1]))
-            if not losses:
-                break
-            sched.step()
-            step_s = time.perf_counter() - t_epoch
-            metrics = evaluate(model, val, device, objective.readout)
-            # data_wait: the share of training time spent waiting for batches (rendering, cropping) with
-            # the model idle; near 0 means the data keep the device busy.
-            record = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
-                      "seconds": time.perf_counter() - t0, "steps_per_s": len(losses) / max(step_s, 1e-9),
-                      "data_wait": data_s / max(step_s, 1e-9), **metrics}
-            for key in sorted({k for t in terms for k in t}):  # e.g. the unsupervised loss's L1 and entropy
-                record[f"train_{key}"] = float(np.mean([t[key] for t in terms if key in t]))
-            history.append(record)
-            score = objective.score(metrics)
-            improved = score < best
-            if improved:
-                best, bad_epochs = score, 0
-            else:
-                bad_epochs += 1
-            payload = {"model": cfg.model, "state_dict": model.state_dict(), "optimizer": opt.state_dict(),
-                       "scheduler": sched.state_dict(), "epoch": epoch, "best_val": best, "bad_epochs": bad_epochs,
-                       "history": history, "readout": objective.readout,
-                       "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}}
-            if crit is not None:
-                payload["objective_state"] = crit.state_dict()
-            _save(ckpt, payload)
-            if improved or not best_path.exists():
-                _save(best_path, {"model": cfg.model, "state_dict": model.state_dict(), "meta": record,
-                                  "readout": objective.readout})
-            emit(TrainEvent("epoch", epoch, cfg.epochs, cfg.steps_per_epoch, cfg.steps_per_epoch, record["loss"],
-                            val=metrics, checkpoint=ckpt))
-            if stopped or bad_epochs >= cfg.patience:
-                break
-    finally:
-        if isinstance(data, SyntheticPool):
-            data.close()
-    if device.type == "cuda":
-        del model, opt, crit
-        torch.cuda.empty_cache()
-    final = TrainEvent("stopped" if stopped else "done", len(history), cfg.epochs, 0, 0,
-                       history[-1]["loss"] if history else float("nan"), checkpoint=best_path)
-    emit(final)
-    return TrainResult(checkpoint=best_path, last_checkpoint=ckpt, history=history, stopped=stopped,
-                       seconds=time.perf_counter() - t0)

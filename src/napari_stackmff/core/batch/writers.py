@@ -1,6 +1,6 @@
 """Fusion results streamed to disk tile by tile: OME-Zarr or BigTIFF, never the whole image in RAM.
 
-:func:`fuse_to_disk` drives the same tile engines as :func:`~napari_stackmff.core.fusion.fuse`
+:func:`fuse_to_disk` drives the same tile engines as :func:`~napari_stackmff.core.fusion.dispatch.fuse`
 and hands each finished tile to a sink:
 
 * ``*.zarr`` -> one OME-Zarr (NGFF 0.4, zarr format 2) store: the root group is the all-in-focus
@@ -29,14 +29,31 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .errors import OutputError, StackMFFError
-from .fusion import prepare
-from .pipeline import ProgressFn, check_cancel, iter_fused_tiles, plan_tile, sub_progress
-from .io import check_output_safe, input_files, result_bytes
-from .safe_files import (DIR_STAMP, check_output_folder, commit, discard, make_temp_dir, stamp_temp_dir,
-                         sweep_stale_temps, temp_path, write_error)
-from .stack import FocalStack
-from .tiling import chunk_shape
+from ..errors import OutputError, StackMFFError
+from ..fusion.dispatch import prepare
+from ..io.read import input_files
+from ..io.records import check_output_safe
+from ..io.safe_files import (
+    DIR_STAMP,
+    check_output_folder,
+    commit,
+    discard,
+    make_temp_dir,
+    stamp_temp_dir,
+    sweep_stale_temps,
+    temp_path,
+    write_error,
+)
+from ..io.stack import FocalStack
+from ..io.write import result_bytes
+from ..tiles.pipeline import (
+    ProgressFn,
+    check_cancel,
+    iter_fused_tiles,
+    plan_tile,
+    sub_progress,
+)
+from ..tiles.tiling import chunk_shape
 
 MAPS = ("focus_map", "confidence", "height_map")
 _NGFF_UNITS = {"um": "micrometer", "µm": "micrometer", "nm": "nanometer", "mm": "millimeter"}
@@ -295,7 +312,7 @@ def fuse_to_disk(
 ) -> DiskResult:
     """Fuse a stack of any size straight to disk; memory is one tile's worth, not the image's.
 
-    Same settings and same pixels as :func:`~napari_stackmff.core.fusion.fuse` (tile for tile);
+    Same settings and same pixels as :func:`~napari_stackmff.core.fusion.dispatch.fuse` (tile for tile);
     ``out_path`` ending in ``.zarr`` gives OME-Zarr, ``.tif``/``.tiff`` BigTIFF (see module doc).
     A TIFF input is read lazily by default when it is large (``lazy=None``).
     """

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
-from .errors import OutputError
+from ..errors import OutputError
 
 PathLike = str | os.PathLike
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .stack import FocalStack
+from ..io.stack import FocalStack
 
 #: A slice is over-exposed when at least CLIP_SHARE of its pixels sit at the top value, CLIP_RATIO times the
 #: stack's median share (highlights clip in every slice alike), and its mean is BRIGHT_RATIO times the

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from ..io.stack import FocalStack, as_focal_stack
 from .realism import Realism, compress, degrade, draw_psf, psf_kernel
-from .stack import FocalStack, as_focal_stack
 
 SCENE_KINDS = ("cells", "fibres", "particles", "tissue", "natural", "text", "bundled")
 DEPTH_KINDS = ("smooth", "plane", "objects")
@@ -375,7 +375,7 @@ def write_dataset(outdir: str | Path, count: int, *, seed: int = 0, size: int = 
 
     Depth maps hold the true focus as a fraction of the stack (0 = first slice, 65535 = last).
     """
-    from .io import write_png, write_tiff
+    from ..io.write import write_png, write_tiff
 
     def write(path: Path, img: np.ndarray) -> None:
         # PNG cannot hold 16-bit colour through Pillow: those slices go to TIFF (readers take both).

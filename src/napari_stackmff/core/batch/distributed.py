@@ -21,8 +21,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable
 
-from .batch import BatchSummary, StackJob, process_job, record
-from .errors import StackMFFError
+from ..errors import StackMFFError
+from ..io.discover import StackJob
+from .jobs import BatchSummary, process_job, record
 
 #: on_result(job, status, error, worker) for each finished task; worker = {"pid", "models": [...]}.
 ResultFn = Callable[[StackJob, str, str, dict], None]
@@ -30,7 +31,7 @@ ResultFn = Callable[[StackJob, str, str, dict], None]
 
 def worker_info() -> dict[str, Any]:
     """Which process ran a task and which model objects its registry cache holds (ids)."""
-    from .models import registry
+    from ..models import registry
 
     with registry._cache_lock:
         models = [f"{key[0]}@{id(model):x}" for key, model in registry._cache.items()]

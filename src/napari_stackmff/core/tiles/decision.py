@@ -32,6 +32,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .classical import gaussian_blur, gaussian_radius
+
 #: OFF for now (issue 26 open): its radius (213 px at window 9, tile overlap rounds to 256) makes tiles
 #: under 544 px an error, which broke tests/test_scale_tiling.py and test_speed_paths.py; and on synthetic
 #: "cells" (8 slices) it lost within-±1 0.934 -> 0.896 (wavelet, seed 0). True = robust; False = legacy
@@ -98,7 +100,6 @@ def multiscale_fill(focus: torch.Tensor, conf: torch.Tensor, threshold: float, w
     an average fills the flat background with slice 7 or 8, whose blurred edge is the halo; the vote
     fills it with 3 or 12. Pixels below half the ``threshold`` take the vote, the others keep their own
     pick (a soft blend of two far-apart slices would pick a third one)."""
-    from .pipeline import gaussian_blur
 
     if threshold <= 0:
         return focus
@@ -131,7 +132,6 @@ def multiscale_fill(focus: torch.Tensor, conf: torch.Tensor, threshold: float, w
 def decision_radius(window: int) -> int:
     """Pixels the robust decision adds to the measure's footprint: the wider of the coarse box and the halo
     max filter (both read the measure), then the widest fill (the median's 1 px is counted by the caller)."""
-    from .pipeline import gaussian_radius
 
     w = int(window) | 1
     return max(coarse_window(w) // 2, HALO_RADIUS) + gaussian_radius(max(FILL_SCALES) * w)

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .errors import StackMFFError
+from ..errors import StackMFFError
 
 MOTIONS = ("translation", "similarity", "homography")
 #: Longer side of the copy that transforms are estimated on (px): the median shift error on synthetic
