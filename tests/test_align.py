@@ -59,7 +59,7 @@ def test_periodic_texture_is_fused_unaligned_with_a_warning() -> None:
     stack = np.stack([np.roll(grating, int(rng.integers(-12, 12)), axis=1) for _ in range(6)])
     with pytest.warns(UserWarning, match="fused unaligned"):
         r = fuse(stack, method="variance", align="similarity")
-    assert r.alignment[0]["aligned"] is False
+    assert r.alignment[0]["aligned"] is False and "repetitive texture" in r.alignment[0]["why"]
 
 
 @pytest.mark.slow  # issue 24: the CLI door: test_cli_align_writes_the_aligned_stack_and_refuses_to_overwrite
@@ -256,3 +256,60 @@ def test_cli_auto_by_default_one_line_and_a_bare_align_is_similarity(tmp_path: P
     assert "auto" not in info["alignment"][0]
     lines, info = run("moving", "--align", "off")
     assert lines == [] and "alignment" not in info
+
+
+def test_consistent_run_is_the_longest_stretch_without_a_failed_triple() -> None:
+    from napari_stackmff.core.fusion.align import consistent_run
+
+    assert consistent_run(14, []) == (0, 13)
+    assert consistent_run(14, [2, 8, 9]) == (1, 7)  # the pseudoscorpion's failed triples (0-2, 6-8, 7-9)
+    assert consistent_run(6, [2, 3, 4, 5]) == (0, 1)  # every triple fails: runs of two, too short to align
+    assert consistent_run(9, [8]) == (0, 7)
+
+
+def test_slices_that_do_not_register_are_left_out_and_said(monkeypatch) -> None:
+    """A partial alignment (some slices register together, the rest do not) fuses the ones that do, on one
+    grid, leaves the others out of the fusion, and says which and why (issue 26 item 4)."""
+    from napari_stackmff.core.fusion import align as align_mod
+
+    _, moved, _ = moved_stack(3, 128, "cells")
+    stack = np.stack(moved)
+    real = align_mod.estimate
+
+    def partial(images, motion="similarity", reference=None):
+        al = real(images, motion, reference)
+        al.left_out = {6: "does not register consistently with slices 0-5 (test)",
+                       7: "does not register consistently with slices 0-5 (test)"}
+        al.matrices[6:] = np.eye(3)
+        return al
+
+    monkeypatch.setattr(align_mod, "estimate", partial)
+    with pytest.warns(UserWarning, match=r"left out of the fusion: slices 6, 7: does not register"):
+        r = fuse(stack, method="variance", align="similarity")
+    assert r.alignment[0]["aligned"] and set(r.alignment[0]["left_out"]) == {"6", "7"}
+    assert not np.isin(r.index, [6, 7]).any()
+    assert r.excluded and set(r.excluded[0]) == {"6", "7"}
+    assert "slices 6-7 left out: does not register" in align_mod.summary(r.alignment)
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_stacks" / "pseudoscorpion_rpi_microscope"
+
+
+@pytest.mark.slow  # 30 s: the real stack at full size
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data")
+def test_pseudoscorpion_registers_the_slices_that_can_be_registered() -> None:
+    """Focused down and back up by hand, with a leg that moves: slices 1-7 register together; the others are
+    left out with what was measured, not the whole stack fused unaligned (issue 26 item 4)."""
+    import re
+
+    from napari_stackmff.core import load_stack
+    from napari_stackmff.core.fusion.align import estimate
+
+    files = sorted(SHARED.glob("*.png"), key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))
+    s = load_stack(files)
+    al = estimate((s.focus_image(z) for z in range(s.n_slices)), "similarity")
+    assert al.distrust is None
+    assert sorted(al.left_out) == [0, 8, 9, 10, 11, 12, 13]
+    assert "disagree across slices 0-2" in al.left_out[0] and "the scene moved" in al.left_out[0]
+    scales = [float(np.sqrt(np.linalg.det(m[:2, :2]))) for m in al.matrices[1:8]]
+    assert 0.95 < min(scales) and max(scales) < 1.05  # focus breathing, not a wild fit

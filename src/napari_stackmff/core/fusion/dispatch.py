@@ -169,6 +169,8 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
                                  exclude=sorted({*surveys[t].suspicious, *surveys[t].flat}))
     # One look at every slice, after the settings and weights (their errors come first).
     surveys.extend(survey_slices(stack, t) for t in range(stack.n_times))
+    for t, rec in enumerate(alignment or []):  # slices that do not register with the rest (fusion.align)
+        surveys[t].suspicious.update({int(z): why for z, why in (rec.get("left_out") or {}).items()})
     refuse_blank(stack, surveys)
     excluded = exclusions(stack, surveys)
     soft = soft_blend_for(stack, channel) if blend == "soft" else None
@@ -187,7 +189,11 @@ def exclusions(stack: FocalStack, surveys: list[SliceSurvey]) -> list[dict[int, 
     for t, bad in enumerate(found):
         if bad:
             when = f" (t={t})" if stack.n_times > 1 else ""
-            what = "; ".join(f"slice {z}: {why}" for z, why in bad.items())
+            by_why: dict[str, list[int]] = {}
+            for z, why in sorted(bad.items()):
+                by_why.setdefault(why, []).append(z)
+            what = "; ".join(f"slice{'s' if len(zs) > 1 else ''} {', '.join(map(str, zs))}: {why}"
+                             for why, zs in by_why.items())
             warnings.warn(f"{stack.source or 'the stack'}{when}: left out of the fusion: {what}.", stacklevel=3)
     return found
 
