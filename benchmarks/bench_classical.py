@@ -54,14 +54,12 @@ def baseline_variance_argmax(stack: np.ndarray, window: int = 9) -> tuple[np.nda
     return np.take_along_axis(stack, sel, 0)[0], idx
 
 
-def quality(n_stacks: int, seed: int = 1234, decisions: tuple[str, ...] = ("robust",),
+def quality(n_stacks: int, seed: int = 1234, decisions: tuple[str, ...] = ("legacy",),
             methods: tuple[str, ...] = METHODS) -> None:
-    """``decisions``: "robust" (the default, core/decision.py) and/or "legacy" (best/mean confidence, one
-    fill scale), each method under each, side by side on the same stacks (issue 26)."""
-    from napari_stackmff.core.tiles import decision
-
+    """``decisions``: "legacy" (the default: best/mean confidence, one fill scale) and/or "halo"
+    (core/tiles/decision.py), each method under each, side by side on the same stacks (issue 26)."""
     rng = np.random.default_rng(seed)
-    names = [m if decisions == ("robust",) else f"{m}/{d}" for m in methods for d in decisions]
+    names = [m if decisions == ("legacy",) else f"{m}/{d}" for m in methods for d in decisions]
     rows: dict[str, list] = {m: [] for m in ("baseline", *names)}
     for i in range(n_stacks):
         rgb = i % 2 == 0
@@ -72,12 +70,10 @@ def quality(n_stacks: int, seed: int = 1234, decisions: tuple[str, ...] = ("robu
         rows["baseline"].append((psnr(aif, s.aif), ssim(aif, s.aif), *focus_error(idx, s.focus_index, mask).values()))
         for m in methods:
             for d in decisions:
-                decision.ENABLED = d == "robust"
-                r = fuse(s.slices, method=m, device="cpu")
-                rows[m if decisions == ("robust",) else f"{m}/{d}"].append(
+                r = fuse(s.slices, method=m, device="cpu", decision=d)
+                rows[m if decisions == ("legacy",) else f"{m}/{d}"].append(
                     (psnr(r.all_in_focus, s.aif), ssim(r.all_in_focus, s.aif),
                      *focus_error(r.focus_map, s.focus_index, mask).values()))
-        decision.ENABLED = True
     print(f"\n## Quality on {n_stacks} synthetic stacks (seed {seed}; N 5-30; 8-bit RGB / 16-bit gray; noisy)")
     print(f"{'method':18s} {'PSNR dB':>8s} {'SSIM':>7s} {'focus MAE':>10s} {'within±1':>9s} {'within±0.5':>10s} {'ΔPSNR vs base':>14s}")
     base = np.mean([r[0] for r in rows["baseline"]])
@@ -129,7 +125,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--real", type=Path, default=SHARED / "keyboard_sweep")
     p.add_argument("--child", default=None)
-    p.add_argument("--decisions", default="robust", help="comma list of robust,legacy (issue 26: old vs new)")
+    p.add_argument("--decisions", default="legacy", help="comma list of legacy,halo (issue 26: side by side)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--no-speed", action="store_true")
     args = p.parse_args()

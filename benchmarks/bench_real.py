@@ -47,6 +47,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Callable
 
@@ -54,6 +55,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # baselines.py
 
 from napari_stackmff.core import FocalStack, fuse, load_stack  # noqa: E402
 from napari_stackmff.core.io.write import write_png  # noqa: E402
@@ -143,9 +145,26 @@ def downscale(stack: FocalStack, max_side: int) -> tuple[FocalStack, float]:
                       source=stack.source), scale
 
 
-def contenders(extra: list[str], compat: bool = False) -> dict[str, dict]:
-    """Method label -> fuse() keywords."""
+def contenders(extra: list[str], compat: bool = False, baselines: bool = True) -> dict[str, dict]:
+    """Method label -> fuse() keywords (``"baseline"``: a peer fusion from baselines.py instead;
+    ``"decision": "halo"``: the halo decision of issue 26)."""
     c: dict[str, dict] = {m: {"method": m} for m in CLASSICAL}
+    c["wavelet-halo"] = {"method": "wavelet", "decision": "halo"}
+    if baselines:
+        import baselines as bl
+
+        c["best-slice"] = {"baseline": "best_slice"}
+        c["gff"] = {"baseline": "gff"}
+        try:
+            import dtcwt  # noqa: F401
+
+            c["dtcwt"] = {"baseline": "dtcwt_fusion"}
+        except ImportError:
+            print("dtcwt not installed (pip install dtcwt): no DTCWT column", file=sys.stderr)
+        if bl.have_enfuse():
+            c["enfuse"] = {"baseline": "enfuse"}
+        else:
+            print("enfuse not installed (apt-get install enfuse): no enfuse column", file=sys.stderr)
     c["ours"] = {"method": "stackmff-v2"}  # the shipped weights, loaded by default
     if OFFICIAL.exists():
         c["official"] = {"method": "stackmff-v2", "weights": str(OFFICIAL)}
@@ -157,6 +176,23 @@ def contenders(extra: list[str], compat: bool = False) -> dict[str, dict]:
             raise SystemExit(f"--weights wants NAME=PATH to an existing checkpoint, got {item!r}")
         c[name] = {"method": "stackmff-v2", "weights": path}
     return c
+
+
+#: Crops saved per stack (in the benchmark's pixels, after the downscale) for a side-by-side look: the
+#: pseudoscorpion's leg (issue 26: rows 1100:1700, cols 1300:1900 at full size, x 768/2592).
+CROPS: dict[str, dict[str, tuple[slice, slice]]] = {"pseudoscorpion": {"leg": (slice(320, 510), slice(380, 565))}}
+
+
+def _run(stack: FocalStack, sources: np.ndarray, kw: dict) -> SimpleNamespace:
+    """One contender: all_in_focus and focus_map (None for the peer fusions, which have no slice choice)."""
+    if "baseline" in kw:
+        import baselines as bl
+
+        if kw["baseline"] == "best_slice":
+            img, k = bl.best_slice(sources, lambda a, srcs: qabf(a, srcs, DEEP_STACK_WEIGHT_POWER))
+            return SimpleNamespace(all_in_focus=img, focus_map=np.full(img.shape[:2], float(k), np.float32))
+        return SimpleNamespace(all_in_focus=getattr(bl, kw["baseline"])(sources), focus_map=None)
+    return fuse(stack, device="cpu", **kw)
 
 
 def score(fused: np.ndarray, sources: np.ndarray) -> dict[str, float]:
@@ -204,7 +240,7 @@ def run_set(rset: RealSet, cands: dict[str, dict], max_side: int, out: Path,
         for name, kw in cands.items():
             try:
                 t0 = time.perf_counter()
-                r = fuse(stack, device="cpu", **kw)
+                r = _run(stack, sources, kw)
                 dt = time.perf_counter() - t0
             except Exception as exc:  # one failure must not end a 15-minute run: report it, score NaN
                 print(f"[{rset.name}] {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -219,7 +255,10 @@ def run_set(rset: RealSet, cands: dict[str, dict], max_side: int, out: Path,
                   + "  ".join(f"{k} {v:.4f}" for k, v in sc.items()), file=sys.stderr, flush=True)
             if save:
                 write_png(folder / f"{name}_fused.png", to_uint8_preview(r.all_in_focus, drange))
-                write_png(folder / f"{name}_focus.png", focus_map_picture(r.focus_map, stack.n_slices))
+                if r.focus_map is not None:
+                    write_png(folder / f"{name}_focus.png", focus_map_picture(r.focus_map, stack.n_slices))
+                for crop_name, (ys, xs) in CROPS.get(rset.name, {}).items():  # crops to look at, full pixels
+                    write_png(folder / f"crop_{crop_name}_{name}.png", to_uint8_preview(r.all_in_focus[ys, xs], drange))
     res = {m: {k: (float(np.sum(v)) if k == "time s" else float(np.mean(v))) for k, v in d.items()}
            for m, d in rows.items()}
     label = f"{rset.name} ({shape_note}{'; ' + rset.note if rset.note else ''})"
@@ -277,6 +316,8 @@ def main() -> None:
     p.add_argument("--official-compat", action="store_true",
                    help="also run the official checkpoint through the published (whole-image) inference")
     p.add_argument("--quick", action="store_true", help=f"smoke run: only {' and '.join(QUICK)}")
+    p.add_argument("--no-baselines", action="store_true", help="leave out best slice, GFF, DTCWT and enfuse")
+    p.add_argument("--no-models", action="store_true", help="leave out the networks (classical and peers only)")
     p.add_argument("--only", action="append", default=[], metavar="NAME", help="only this stack (repeatable)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "real")
     args = p.parse_args()
@@ -291,7 +332,9 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"unknown stack(s) {sorted(unknown)}; have {[s.name for s in sets]}")
         sets = [s for s in sets if s.name in wanted]
-    cands = contenders(args.weights, args.official_compat)
+    cands = contenders(args.weights, args.official_compat, baselines=not args.no_baselines)
+    if args.no_models:
+        cands = {k: v for k, v in cands.items() if v.get("method", "") in (*CLASSICAL, "") or "baseline" in v}
     events = event_rows(args.event_weights)
     print(f"methods: {', '.join(cands)}; stacks: {', '.join(s.name for s in sets)}; max side {args.max_side}",
           file=sys.stderr)

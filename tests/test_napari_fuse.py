@@ -400,3 +400,32 @@ def test_restored_settings_are_said_and_can_be_reset(make_napari_viewer, qtbot, 
     shown.run()  # running with them accepts them: the line goes
     assert not shown.restored_row.isVisibleTo(shown)
     wait_idle(qtbot, shown)
+
+
+def test_brightfield_checkbox_stops_the_halo_rings(make_napari_viewer, qtbot, isolated_settings):
+    """Issue 26 in napari: "Brightfield: no halo rings" reaches the core (decision="halo"): the field beside a
+    dark object stops picking the slices whose blurred edge passes there; off, it rings (the default)."""
+    from scipy import ndimage as ndi
+    from test_decision import brightfield_stack
+
+    stack, obj = brightfield_stack(0)
+    data = (np.asarray(stack.slices, np.float32) * 255).clip(0, 255).astype(np.uint8) \
+        if stack.slices.dtype.kind == "f" else stack.slices
+    viewer = make_napari_viewer()
+    viewer.add_image(data, name="bf")
+    widget = _widget(viewer, qtbot)
+    widget.select_method("wavelet")
+    # Off: auto alignment reads this defocus-only silhouette as breathing (scale 1.05) and crops it; a
+    # known gap of the probe on dark-on-bright stacks (issue 26 closing note), not what is tested here.
+    widget.align_combo.setCurrentIndex(widget.align_combo.findText("off"))
+    band = (ndi.distance_transform_edt(~obj) > 3) & (ndi.distance_transform_edt(~obj) < 25)
+    rings = {}
+    for halo in (False, True):
+        widget.halo_check.setChecked(halo)
+        widget.run()
+        wait_idle(qtbot, widget)
+        focus = np.asarray(_focus_map(viewer, "bf").data)
+        rings[halo] = float(np.mean(np.abs(np.round(focus) - stack.focus_index)[band] > 2))
+        for layer in _results(viewer):
+            viewer.layers.remove(layer)
+    assert rings[False] > 0.3 and rings[True] < 0.05, rings

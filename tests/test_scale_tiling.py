@@ -92,7 +92,7 @@ def test_margin_smaller_than_support_would_not_be_exact(stack600, monkeypatch):
     from napari_stackmff.core.fusion import dispatch as fusion
 
     whole = fuse(stack600, "wavelet", "cpu")
-    assert classical_support("wavelet", 9) == 14 + 4 + 54 + 1  # legacy decision (decision.ENABLED off)
+    assert classical_support("wavelet", 9) == 14 + 4 + 54 + 1  # the default (legacy) decision
     real = fusion.ClassicalEngine.__init__
 
     def short(self, *a, **k):

@@ -23,6 +23,9 @@ def _add_fuse_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel", type=int, default=None,
                    help="decide focus on this channel only (default: luma of RGB / mean of channels)")
     p.add_argument("--window", type=int, default=None, help=f"focus-measure window in pixels (default {DEFAULT_WINDOW})")
+    p.add_argument("--decision", choices=("legacy", "halo"), default=None,
+                   help="classical methods: how a slice wins beside sharp edges; 'halo' stops the defocus rings "
+                        "around a dark specimen on a bright field (brightfield microscopy); default legacy")
     p.add_argument("--weights", type=Path, default=None, help="checkpoint for a model method (ours or the official one)")
     p.add_argument("--z-step", type=float, default=None, help="slice spacing, when the files do not carry it")
     p.add_argument("--align", nargs="?", const="similarity", default="auto",
@@ -49,7 +52,7 @@ def _add_fuse_options(p: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> dict:
     s = {"method": args.method, "device": args.device, "channel": args.channel, "window": args.window,
          "weights": str(args.weights) if args.weights else None, "z_step": args.z_step,
-         "tile": getattr(args, "tile", None),
+         "tile": getattr(args, "tile", None), "decision": getattr(args, "decision", None),
          "align": None if getattr(args, "align", None) in (None, "off", "none") else args.align,
          "blend": getattr(args, "blend", None),
          "events": str(args.events) if getattr(args, "events", None) else None,

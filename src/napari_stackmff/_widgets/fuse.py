@@ -73,6 +73,7 @@ class FusionJob:
     window: int | None
     tile: int | None
     denoise: bool
+    halo: bool
     align: str | None
     blend: str
     outputs: OutputOptions
@@ -84,7 +85,7 @@ def run_job(job: FusionJob, emit: Any) -> FusionResult:
     # Each method gets only the settings it uses (fuse refuses the others): the window for classical
     # measures; weights and a tile side for networks.
     if resolve_method(job.method) in CLASSICAL_METHODS:
-        options: dict[str, Any] = {"window": job.window}
+        options: dict[str, Any] = {"window": job.window, "decision": "halo" if job.halo else "legacy"}
     else:
         options = {"weights": job.weights, "tile": job.tile}
     return fuse(job.stack, job.method, job.device, channel=job.channel, denoise=job.denoise, align=job.align,
@@ -192,6 +193,11 @@ class FusionWidget(QWidget):
         self.window_spin.setSingleStep(2)
         self.window_spin.setSuffix(" px")
         self.window_spin.setToolTip("Classical methods: neighbourhood over which sharpness is averaged.")
+        self.halo_check = QCheckBox("Brightfield: no halo rings")
+        self.halo_check.setToolTip(
+            "Classical methods: beside a sharp edge a pixel far weaker than the edge takes the edge's slice, so "
+            "no rings of defocused slices form round a dark specimen on a bright field. Still pixel-faithful. Off "
+            "by default: it can move a dim object beside a much brighter one (fluorescence) to that one's slice.")
         self.denoise_check = QCheckBox("Clean up focus map")
         self.denoise_check.setToolTip("Fill flat areas from their surroundings and smooth with a 3×3 median.")
         self.align_combo = _choice_combo(
@@ -217,6 +223,7 @@ class FusionWidget(QWidget):
         more.addRow("Device", self.device_combo)
         more.addRow("Tile", self.tile_spin)
         more.addRow("Window", self.window_spin)
+        more.addRow(self.halo_check)
         more.addRow(self.denoise_check)
         box = QVBoxLayout()
         box.setContentsMargins(0, 0, 0, 0)
@@ -306,7 +313,7 @@ class FusionWidget(QWidget):
             w.valueChanged.connect(self._save_settings)
         self.surface_check.toggled.connect(self.surface_conf.setEnabled)
         self.surface_check.toggled.connect(self.surface_conf_label.setEnabled)
-        for c in (self.denoise_check, self.confidence_check, self.surface_check):
+        for c in (self.denoise_check, self.halo_check, self.confidence_check, self.surface_check):
             c.toggled.connect(self._save_settings)
 
     # ---------------------------------------------------------------------------- settings
@@ -329,6 +336,7 @@ class FusionWidget(QWidget):
         self.tile_spin.setValue(load(GROUP, "tile", 0))
         self.window_spin.setValue(load(GROUP, "window", DEFAULT_WINDOW))
         self.denoise_check.setChecked(load(GROUP, "denoise", True))
+        self.halo_check.setChecked(load(GROUP, "halo", False))
         self._select_data(self.align_combo, load(GROUP, "align", "auto"))
         self._select_data(self.blend_combo, load(GROUP, "blend", "hard"))
         self.confidence_check.setChecked(load(GROUP, "confidence", False))
@@ -366,7 +374,8 @@ class FusionWidget(QWidget):
         _settings.save(GROUP, {
             "method": self.method_combo.currentData() or "auto", "device": self.device_combo.currentText(),
             "z_unit": self.z_unit.currentText(), "tile": self.tile_spin.value(), "window": self.window_spin.value(),
-            "denoise": self.denoise_check.isChecked(), "confidence": self.confidence_check.isChecked(),
+            "denoise": self.denoise_check.isChecked(), "halo": self.halo_check.isChecked(),
+            "confidence": self.confidence_check.isChecked(),
             "surface": self.surface_check.isChecked(), "surface_min_confidence": self.surface_conf.value(),
             "weights_file": self.methods.custom_weights, "align": self.align_combo.currentData() or "off",
             "blend": self.blend_combo.currentData(),
@@ -397,6 +406,7 @@ class FusionWidget(QWidget):
         key, (method, _) = self.methods.key(), self.methods.selection()
         self.tile_spin.setEnabled(key == "auto" or self.methods.is_model())
         self.window_spin.setEnabled(key == "auto" or method in CLASSICAL_METHODS)
+        self.halo_check.setEnabled(key == "auto" or method in CLASSICAL_METHODS)
         self.event_combo.setEnabled(self.methods.uses_events())
         # Rows that only networks use are shown only for them (the main rows stay few).
         for w in (self.methods.weights_row, self.weights_label):
@@ -508,7 +518,8 @@ class FusionWidget(QWidget):
             layer=layer, source_id=source_key(layer), axes=axes, stack=stack, z=z, method=method, weights=weights,
             device=self.device_combo.currentText(), channel=self.channel_combo.currentData(),
             window=self.window_spin.value(), tile=self.tile_spin.value() or None,
-            denoise=self.denoise_check.isChecked(), align=self.align_combo.currentData(),
+            denoise=self.denoise_check.isChecked(), halo=self.halo_check.isChecked(),
+            align=self.align_combo.currentData(),
             blend=self.blend_combo.currentData(),
             outputs=OutputOptions(confidence=self.confidence_check.isChecked(), surface=self.surface_check.isChecked(),
                                   surface_min_confidence=self.surface_conf.value()),

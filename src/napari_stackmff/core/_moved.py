@@ -102,8 +102,8 @@ MOVED: dict[str, dict[str, str]] = {
     },
     "decision": {
         "tiles.decision": (
-            "COARSE_FACTOR ENABLED FILL_ENOUGH FILL_SCALES HALO_RADIUS coarse_window "
-            "decision_radius max_filter multiscale_fill robust_confidence"
+            "FILL_ENOUGH FILL_SCALES HALO_RADIUS "
+            "decision_radius max_filter multiscale_fill"
         ),
     },
     "distributed": {

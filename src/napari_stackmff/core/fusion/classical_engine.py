@@ -38,6 +38,7 @@ def classical_maps(
     window: int = classical.DEFAULT_WINDOW,
     fill_threshold: float = 0.25,
     denoise: bool = True,
+    halo: bool = False,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> FocusMaps:
@@ -50,34 +51,26 @@ def classical_maps(
     images = prefetch((focus_images(z) for z in range(n)), depth=2)
     with torch.no_grad(), classical.bands_take_threads(device):
         return _classical_stream(images, n, method, device, window=window, fill_threshold=fill_threshold,
-                                 denoise=denoise, progress=progress, cancel=cancel)
+                                 denoise=denoise, halo=halo, progress=progress, cancel=cancel)
 
 
 def _classical_stream(images: Iterator[np.ndarray], n: int, method: str, device: torch.device, *, window: int,
-                      fill_threshold: float, denoise: bool, progress: ProgressFn | None,
+                      fill_threshold: float, denoise: bool, halo: bool, progress: ProgressFn | None,
                       cancel: threading.Event | None) -> FocusMaps:
-    best = left = right = prev = total = best2 = total2 = None
+    best = left = right = prev = total = None
     idx: torch.Tensor | None = None
-    robust = decision.ENABLED and denoise and fill_threshold > 0
     try:
         for z in range(n):
             check_cancel(cancel)
             x = _to_tensor(next(images), device)
             with native_cpu_conv(device):
                 f = classical.focus_measure(x[None, None], method, window)[0, 0]
-            # The robust decision's noise test: the same measure over a coarser window (decision.py).
-            g = classical.box_mean(f[None, None], decision.coarse_window(window))[0, 0] if robust else None
             if best is None:
                 best, idx = f.clone(), torch.zeros(f.shape, dtype=torch.int32, device=device)
                 left = torch.full_like(f, float("nan"))
                 right = torch.full_like(f, float("nan"))
                 total = f.clone()
-                if g is not None:
-                    best2, total2 = g.clone(), g.clone()
             else:
-                if g is not None:
-                    torch.maximum(best2, g, out=best2)
-                    total2 += g
                 # In place, no temporaries: at 2k×2k each allocation costs as much as the arithmetic.
                 torch.where(idx == z - 1, f, right, out=right)
                 new = f > best
@@ -93,7 +86,7 @@ def _classical_stream(images: Iterator[np.ndarray], n: int, method: str, device:
         images.close()  # type: ignore[attr-defined]
     assert best is not None and idx is not None
     return peak_maps(best, idx, left, right, total, n, window=window, fill_threshold=fill_threshold,
-                     denoise=denoise, best2=best2, total2=total2)
+                     denoise=denoise, halo=halo)
 
 
 # ------------------------------------------------------------------------------- tiling
@@ -105,7 +98,8 @@ _MEASURE_RADIUS = {"variance": 0, "laplacian": 1, "tenengrad": 1, "wavelet": 2 +
 CLASSICAL_BYTES_PER_PIXEL = 256
 
 
-def classical_support(method: str, window: int, *, denoise: bool = True, fill_threshold: float = 0.25) -> int:
+def classical_support(method: str, window: int, *, denoise: bool = True, fill_threshold: float = 0.25,
+                      halo: bool = False) -> int:
     """Pixels beyond which input changes cannot reach an output pixel: measure + fill + median.
 
     A tile margin of at least this makes tiled classical fusion exactly equal to untiled.
@@ -113,7 +107,7 @@ def classical_support(method: str, window: int, *, denoise: bool = True, fill_th
     r = _MEASURE_RADIUS[method] + (int(window) | 1) // 2
     if denoise:
         if fill_threshold > 0:
-            r += decision.decision_radius(window) if decision.ENABLED else gaussian_radius(2.0 * window)
+            r += decision.decision_radius(window) if halo else gaussian_radius(2.0 * window)
         r += 1  # median3
     return r
 
@@ -126,13 +120,17 @@ class ClassicalEngine:
     estimate_s = None  # classical runs take seconds: nothing to warn about
 
     def __init__(self, stack: FocalStack, t: int, method: str, device: torch.device, *, channel: int | None,
-                 window: int, denoise: bool, fill_threshold: float = 0.25, exclude: Sequence[int] = ()) -> None:
+                 window: int, denoise: bool, fill_threshold: float = 0.25, exclude: Sequence[int] = (),
+                 halo: bool = False) -> None:
         self.stack, self.t, self.method, self.device = stack, t, method, device
         keep = [z for z in range(stack.n_slices) if z not in set(exclude)]
         self.keep = None if len(keep) == stack.n_slices else keep
         self.channel, self.window, self.denoise, self.fill_threshold = channel, window, denoise, fill_threshold
-        self.overlap = classical_support(method, window, denoise=denoise, fill_threshold=fill_threshold)
-        self.min_overlap = self.overlap  # less would break exactness
+        self.halo = bool(halo)
+        self.overlap = classical_support(method, window, denoise=denoise, fill_threshold=fill_threshold, halo=halo)
+        # Less would break exactness; the halo decision's wide reach may be cut by a small tile asked for
+        # (then it is approximate within its reach of a tile border), the measure and fill never.
+        self.min_overlap = classical_support(method, window, denoise=denoise, fill_threshold=fill_threshold)
 
     def bytes_per_pixel(self) -> float:
         return CLASSICAL_BYTES_PER_PIXEL
@@ -148,5 +146,6 @@ class ClassicalEngine:
         zs = self.keep or list(range(self.stack.n_slices))
         read = lambda i: self.stack.focus_window(zs[i], self.t, self.channel, window)  # noqa: E731
         return renumber(classical_maps(read, len(zs), self.method, self.device, window=self.window,
-                                       fill_threshold=self.fill_threshold, denoise=self.denoise, progress=progress,
+                                       fill_threshold=self.fill_threshold, denoise=self.denoise, halo=self.halo,
+                                       progress=progress,
                                        cancel=cancel), self.keep)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..io.stack import LUMA_WEIGHTS, FocalStack, dtype_scale
-from ..tiles import classical, decision
+from ..tiles import classical
 from ..tiles.pipeline import FocusMaps, ProgressFn, check_cancel, peak_maps, renumber
 from .classical_engine import classical_support
 
@@ -57,13 +57,14 @@ class DeviceClassicalEngine:
 
     def __init__(self, stack: FocalStack, t: int, method: str, device: torch.device, *, channel: int | None,
                  window: int, denoise: bool, fill_threshold: float = 0.25, exclude: Sequence[int] = (),
-                 chunk: int = CHUNK_SLICES) -> None:
+                 chunk: int = CHUNK_SLICES, halo: bool = False) -> None:
         self.stack, self.t, self.method, self.device = stack, t, method, device
         keep = [z for z in range(stack.n_slices) if z not in set(exclude)]
         self.keep = None if len(keep) == stack.n_slices else keep
         self.channel, self.window, self.denoise, self.fill_threshold = channel, window, denoise, fill_threshold
-        self.overlap = classical_support(method, window, denoise=denoise, fill_threshold=fill_threshold)
-        self.min_overlap = self.overlap
+        self.halo = bool(halo)
+        self.overlap = classical_support(method, window, denoise=denoise, fill_threshold=fill_threshold, halo=halo)
+        self.min_overlap = classical_support(method, window, denoise=denoise, fill_threshold=fill_threshold)
         self.chunk = max(1, int(chunk))
         self.raw_dtype = np.dtype(stack.dtype)
         self._raw: torch.Tensor | None = None  # (n, h, w[, C]) raw slices of the current tile, on the device
@@ -156,11 +157,6 @@ class DeviceClassicalEngine:
                 scores = classical.focus_measure(self._focus_images(raw[z0:z0 + len(host)]), self.method,
                                                  self.window)[:, 0]
                 _merge(state, scores, z0)
-                if decision.ENABLED and self.denoise and self.fill_threshold > 0:  # the robust decision's noise test
-                    coarse = classical.box_mean(scores[:, None].contiguous(), decision.coarse_window(self.window))[:, 0]
-                    cmax, csum = coarse.max(dim=0).values, coarse.sum(0)
-                    state["best2"] = torch.maximum(state["best2"], cmax) if "best2" in state else cmax
-                    state["total2"] = state["total2"] + csum if "total2" in state else csum
                 if progress is not None:
                     progress(min(z0 + len(host), n), n, "measuring focus")
             if self._copy_stream is not None:
@@ -168,7 +164,7 @@ class DeviceClassicalEngine:
             self._raw = raw
             maps = peak_maps(state["best"], state["idx"], state["left"], state["right"], state["total"], n,
                              window=self.window, fill_threshold=self.fill_threshold, denoise=self.denoise,
-                             best2=state.get("best2"), total2=state.get("total2"))
+                             halo=self.halo)
             return renumber(maps, self.keep)
 
     def gather(self, crop: tuple[slice, slice], index: np.ndarray) -> np.ndarray | None:

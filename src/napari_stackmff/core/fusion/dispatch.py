@@ -23,6 +23,7 @@ from ..io.result import FusionResult
 from ..io.stack import FocalStack
 from ..tiles import classical
 from ..tiles.blend import SoftBlend, resolve_blend, soft_blend_for
+from ..tiles.decision import resolve_decision
 from ..tiles.pipeline import (
     ProgressFn,
     TileEngine,
@@ -81,8 +82,8 @@ def check_options(method: str, options: dict[str, Any], *, window: int | None = 
                   weights: str | None = None) -> None:
     """Refuse a setting the method would ignore: a typo in a script must not silently change nothing."""
     classical_method = method in classical.CLASSICAL_METHODS
-    own = ("window",) if classical_method else ("weights", *model_options())
-    unused = list(options) if classical_method else [k for k in options if k not in own]
+    own = ("window", "decision") if classical_method else ("weights", *model_options())
+    unused = [k for k in options if k not in own]
     if window is not None and not classical_method:
         unused.insert(0, "window")
     if weights is not None and classical_method:
@@ -154,9 +155,11 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
         engine_cls = DeviceClassicalEngine if dev.type in DEVICE_RESIDENT and device_dtype_supported(stack.dtype) \
             else ClassicalEngine
 
+        halo = resolve_decision(options.get("decision"))
+
         def make_engine(t: int) -> TileEngine:
             return engine_cls(stack, t, method, dev, channel=channel, window=win, denoise=denoise,
-                              exclude=list(surveys[t].suspicious))
+                              exclude=list(surveys[t].suspicious), halo=halo)
     else:
         from ..models.inference import ModelRunner
 

@@ -175,11 +175,10 @@ def fill_low_confidence(focus: torch.Tensor, conf: torch.Tensor, threshold: floa
 
 
 def peak_maps(best: torch.Tensor, idx: torch.Tensor, left: torch.Tensor, right: torch.Tensor, total: torch.Tensor,
-              n: int, *, window: int, fill_threshold: float, denoise: bool, best2: torch.Tensor | None = None,
-              total2: torch.Tensor | None = None) -> FocusMaps:
+              n: int, *, window: int, fill_threshold: float, denoise: bool, halo: bool = False) -> FocusMaps:
     """Maps from a streamed argmax: the best score, its slice, its neighbours' scores (NaN at the stack's
-    ends) and the sum over slices; ``best2``/``total2`` the same over the coarse window (the robust
-    decision's noise test, decision.py). Used by the streaming and the device-resident classical engines."""
+    ends) and the sum over slices; ``halo``: the halo decision (decision.py). Used by the streaming and the
+    device-resident classical engines."""
     # Sub-slice peak: vertex of the parabola through (z-1, z, z+1); none at the stack's ends.
     denom = left - 2 * best + right
     offset = 0.5 * (left - right) / torch.where(denom.abs() > 1e-20, denom, torch.ones_like(denom))
@@ -189,22 +188,27 @@ def peak_maps(best: torch.Tensor, idx: torch.Tensor, left: torch.Tensor, right: 
     mean = total / n
     conf = ((1 - mean / best.clamp_min(1e-20)) * (n / (n - 1))).clamp(0, 1)
     conf = torch.where(best > 1e-12, conf, torch.zeros_like(conf))
-    robust = decision.ENABLED and denoise and fill_threshold > 0
-    if robust:  # flat regions and defocus halos are unconfident (decision.py)
-        conf = decision.robust_confidence(conf, best, best2, total2, n)
+    robust = halo and denoise and fill_threshold > 0
+    decided = None
+    if robust:  # defocus halos take the slice of the dominant detail nearby (decision.py)
+        dom, halo, share = decision.halo_vote(best, idx, n)
+        decided = halo > 0.5
+        focus = torch.where(decided, dom.to(focus.dtype), focus)
+        conf = torch.where(decided, share, conf)
     return finish_maps(focus, conf, n, window=window, fill_threshold=fill_threshold, denoise=denoise,
-                       robust=robust)
+                       robust=robust, decided=decided)
 
 
 def finish_maps(
     focus: torch.Tensor, conf: torch.Tensor, n: int, *, window: int, fill_threshold: float, denoise: bool,
-    robust: bool = False,
+    robust: bool = False, decided: torch.Tensor | None = None,
 ) -> FocusMaps:
-    """Shared clean-up of a raw focus map: low-confidence fill (``robust``: multi-scale, decision.py),
-    3×3 median, integer index."""
+    """Shared clean-up of a raw focus map: low-confidence fill (``robust``: multi-scale, decision.py; the
+    ``decided`` pixels keep their focus and are not filled), 3×3 median, integer index."""
     if denoise:
         if robust:
-            focus = decision.multiscale_fill(focus, conf, fill_threshold, window, n)
+            weight = conf if decided is None else torch.where(decided, conf.clamp_min(fill_threshold), conf)
+            focus = decision.multiscale_fill(focus, weight, fill_threshold, window, n)
         else:
             focus = fill_low_confidence(focus, conf, fill_threshold, sigma=2.0 * window)
         focus = median3(focus)
