@@ -48,10 +48,8 @@ def test_brightfield_no_rings_against_known_focus(seed: int) -> None:
 
 
 def test_legacy_decision_makes_the_rings() -> None:
-    """The stack really is the failing case: the legacy decision rings on it (so the test above means something),
-    and it is still the default."""
+    """The stack really is the failing case: the legacy decision rings on it (so the test above means something)."""
     ring, err = _scores(0, False)
-    assert decision.DEFAULT_DECISION == "legacy"
     assert ring > 0.3 and err > 1.5, (ring, err)
 
 
@@ -66,7 +64,24 @@ def test_halo_decision_is_exact_across_tiles_and_refuses_unknown_names() -> None
     small = fuse(stack.slices, method="wavelet", device="cpu", decision="halo", tile=192)
     assert small.timings["tiles"] > 1
     assert np.mean(small.index == whole.index) > 0.95
-    with pytest.raises(StackMFFError, match="decision must be one of legacy, halo"):
+    with pytest.raises(StackMFFError, match="decision must be one of auto, legacy, halo"):
         fuse(stack.slices, method="wavelet", decision="rings")
     with pytest.raises(StackMFFError, match="does not take 'decision'"):
         fuse(stack.slices, method="stackmff-v2", decision="halo")
+
+
+def test_auto_takes_the_halo_decision_on_a_bright_field_only() -> None:
+    """The default ("auto") is the halo decision where the background is a bright field, and the legacy
+    decision on a dark ground (fluorescence-like cells, where the vote would move dim cells), both recorded."""
+    from napari_stackmff.core.training import synth as synth_mod
+
+    bf, obj = brightfield_stack(1)
+    r = fuse(bf.slices, method="wavelet", device="cpu")
+    assert r.decision == "halo"
+    dist = ndi.distance_transform_edt(~obj)
+    band = (dist > 3) & (dist < 25)
+    assert np.mean(np.abs(np.round(r.focus_map) - bf.focus_index)[band] > 2) < 0.05
+    cells = synth_mod.make_sample("cells", n=8, size=128, seed=0)
+    assert decision.bright_field_share(cells.slices[4]) < 0.1
+    assert fuse(cells.slices, method="wavelet", device="cpu").decision == "legacy"
+    assert fuse(cells.slices, method="stackmff-v2", device="cpu").decision is None  # networks: not theirs

@@ -45,6 +45,7 @@ GROUP = "fusion"
 ALIGN_CHOICES = (("auto", "auto"), ("off", None), ("shift", "translation"), ("shift + scale", "similarity"),
                  ("homography", "homography"))
 BLEND_CHOICES = (("hard (exact pixels)", "hard"), ("soft (fewer halos)", "soft"))
+DECISION_CHOICES = (("auto", "auto"), ("brightfield (no rings)", "halo"), ("plain", "legacy"))
 
 
 def _choice_combo(choices: tuple[tuple[str, Any], ...], tooltip: str) -> QComboBox:
@@ -73,7 +74,7 @@ class FusionJob:
     window: int | None
     tile: int | None
     denoise: bool
-    halo: bool
+    decision: str
     align: str | None
     blend: str
     outputs: OutputOptions
@@ -85,7 +86,7 @@ def run_job(job: FusionJob, emit: Any) -> FusionResult:
     # Each method gets only the settings it uses (fuse refuses the others): the window for classical
     # measures; weights and a tile side for networks.
     if resolve_method(job.method) in CLASSICAL_METHODS:
-        options: dict[str, Any] = {"window": job.window, "decision": "halo" if job.halo else "legacy"}
+        options: dict[str, Any] = {"window": job.window, "decision": job.decision}
     else:
         options = {"weights": job.weights, "tile": job.tile}
     return fuse(job.stack, job.method, job.device, channel=job.channel, denoise=job.denoise, align=job.align,
@@ -193,11 +194,13 @@ class FusionWidget(QWidget):
         self.window_spin.setSingleStep(2)
         self.window_spin.setSuffix(" px")
         self.window_spin.setToolTip("Classical methods: neighbourhood over which sharpness is averaged.")
-        self.halo_check = QCheckBox("Brightfield: no halo rings")
-        self.halo_check.setToolTip(
-            "Classical methods: beside a sharp edge a pixel far weaker than the edge takes the edge's slice, so "
-            "no rings of defocused slices form round a dark specimen on a bright field. Still pixel-faithful. Off "
-            "by default: it can move a dim object beside a much brighter one (fluorescence) to that one's slice.")
+        self.decision_combo = _choice_combo(
+            DECISION_CHOICES,
+            "Classical methods. brightfield: beside a sharp edge a pixel far weaker than the edge takes the edge's "
+            "slice, so no rings of defocused slices form round a dark specimen on a bright field (still "
+            "pixel-faithful). plain: the per-pixel choice as before; it can ring on a bright field, but keeps a dim "
+            "object beside a much brighter one (fluorescence) in its own slice. auto: brightfield when the "
+            "stack's background is a bright field.")
         self.denoise_check = QCheckBox("Clean up focus map")
         self.denoise_check.setToolTip("Fill flat areas from their surroundings and smooth with a 3×3 median.")
         self.align_combo = _choice_combo(
@@ -223,7 +226,7 @@ class FusionWidget(QWidget):
         more.addRow("Device", self.device_combo)
         more.addRow("Tile", self.tile_spin)
         more.addRow("Window", self.window_spin)
-        more.addRow(self.halo_check)
+        more.addRow("Halos", self.decision_combo)
         more.addRow(self.denoise_check)
         box = QVBoxLayout()
         box.setContentsMargins(0, 0, 0, 0)
@@ -313,7 +316,8 @@ class FusionWidget(QWidget):
             w.valueChanged.connect(self._save_settings)
         self.surface_check.toggled.connect(self.surface_conf.setEnabled)
         self.surface_check.toggled.connect(self.surface_conf_label.setEnabled)
-        for c in (self.denoise_check, self.halo_check, self.confidence_check, self.surface_check):
+        self.decision_combo.currentIndexChanged.connect(self._save_settings)
+        for c in (self.denoise_check, self.confidence_check, self.surface_check):
             c.toggled.connect(self._save_settings)
 
     # ---------------------------------------------------------------------------- settings
@@ -336,7 +340,7 @@ class FusionWidget(QWidget):
         self.tile_spin.setValue(load(GROUP, "tile", 0))
         self.window_spin.setValue(load(GROUP, "window", DEFAULT_WINDOW))
         self.denoise_check.setChecked(load(GROUP, "denoise", True))
-        self.halo_check.setChecked(load(GROUP, "halo", False))
+        self._select_data(self.decision_combo, load(GROUP, "decision", "auto"))
         self._select_data(self.align_combo, load(GROUP, "align", "auto"))
         self._select_data(self.blend_combo, load(GROUP, "blend", "hard"))
         self.confidence_check.setChecked(load(GROUP, "confidence", False))
@@ -374,7 +378,7 @@ class FusionWidget(QWidget):
         _settings.save(GROUP, {
             "method": self.method_combo.currentData() or "auto", "device": self.device_combo.currentText(),
             "z_unit": self.z_unit.currentText(), "tile": self.tile_spin.value(), "window": self.window_spin.value(),
-            "denoise": self.denoise_check.isChecked(), "halo": self.halo_check.isChecked(),
+            "denoise": self.denoise_check.isChecked(), "decision": self.decision_combo.currentData(),
             "confidence": self.confidence_check.isChecked(),
             "surface": self.surface_check.isChecked(), "surface_min_confidence": self.surface_conf.value(),
             "weights_file": self.methods.custom_weights, "align": self.align_combo.currentData() or "off",
@@ -406,7 +410,7 @@ class FusionWidget(QWidget):
         key, (method, _) = self.methods.key(), self.methods.selection()
         self.tile_spin.setEnabled(key == "auto" or self.methods.is_model())
         self.window_spin.setEnabled(key == "auto" or method in CLASSICAL_METHODS)
-        self.halo_check.setEnabled(key == "auto" or method in CLASSICAL_METHODS)
+        self.decision_combo.setEnabled(key == "auto" or method in CLASSICAL_METHODS)
         self.event_combo.setEnabled(self.methods.uses_events())
         # Rows that only networks use are shown only for them (the main rows stay few).
         for w in (self.methods.weights_row, self.weights_label):
@@ -518,7 +522,7 @@ class FusionWidget(QWidget):
             layer=layer, source_id=source_key(layer), axes=axes, stack=stack, z=z, method=method, weights=weights,
             device=self.device_combo.currentText(), channel=self.channel_combo.currentData(),
             window=self.window_spin.value(), tile=self.tile_spin.value() or None,
-            denoise=self.denoise_check.isChecked(), halo=self.halo_check.isChecked(),
+            denoise=self.denoise_check.isChecked(), decision=self.decision_combo.currentData(),
             align=self.align_combo.currentData(),
             blend=self.blend_combo.currentData(),
             outputs=OutputOptions(confidence=self.confidence_check.isChecked(), surface=self.surface_check.isChecked(),

@@ -330,7 +330,7 @@ def fuse_to_disk(
     specs = _specs(stack, side, overlap, fmt, with_height=stack.z_positions is not None)
     info = {"method": plan.method, "n_slices": n, "z_step": stack.z_step, "unit": stack.unit,
             "source": stack.source, "tile": side, "overlap": overlap,
-            "blend": "hard" if plan.blend is None else "soft",
+            "blend": "hard" if plan.blend is None else "soft", "decision": plan.decision,
             **({"alignment": plan.alignment} if plan.alignment else {})}
     finals = {"all_in_focus": out} if fmt == "zarr" else _tiff_paths(out, specs)
     check_output_safe(finals.values(), input_files(stack))

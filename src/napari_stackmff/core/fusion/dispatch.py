@@ -34,7 +34,7 @@ from ..tiles.pipeline import (
     sub_progress,
 )
 from ..tiles.tiling import count_tiles
-from .checks import SliceSurvey, survey_slices
+from .checks import SAMPLE_PIXELS, SliceSurvey, survey_slices
 from .classical_engine import ClassicalEngine
 
 
@@ -105,6 +105,7 @@ class FusionPlan:
     alignment: list[dict] | None = None  # per time point, when align= was asked (core.align)
     blend: SoftBlend | None = None  # the soft blend's settings; None: hard selection (core.blend)
     excluded: list[dict[int, str]] | None = None  # per time point: slices left out and why (core.checks)
+    decision: str | None = None  # the classical decision taken ("legacy" or "halo"; decision.py), None for networks
 
 
 def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto", *, channel: int | None = None,
@@ -155,7 +156,7 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
         engine_cls = DeviceClassicalEngine if dev.type in DEVICE_RESIDENT and device_dtype_supported(stack.dtype) \
             else ClassicalEngine
 
-        halo = resolve_decision(options.get("decision"))
+        halo = resolve_decision(options.get("decision"), _middle_sample(stack))
 
         def make_engine(t: int) -> TileEngine:
             return engine_cls(stack, t, method, dev, channel=channel, window=win, denoise=denoise,
@@ -178,7 +179,16 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
     excluded = exclusions(stack, surveys)
     soft = soft_blend_for(stack, channel) if blend == "soft" else None
     return FusionPlan(stack=stack, method=method, device=dev, make_engine=make_engine, alignment=alignment,
-                      blend=soft, excluded=excluded)
+                      blend=soft, excluded=excluded,
+                      decision=("halo" if halo else "legacy") if method in classical.CLASSICAL_METHODS else None)
+
+
+def _middle_sample(stack: FocalStack, pixels: int = SAMPLE_PIXELS) -> np.ndarray:
+    """The middle slice of the first time point, strided like the slice survey's reads (one cheap read,
+    never more than a tile's worth from a lazy stack)."""
+    h, w = stack.yx_shape
+    step = max(1, int(np.ceil(np.sqrt(h * w / pixels))))
+    return np.asarray(stack.read_sample(stack.n_slices // 2, 0, (slice(0, None, step), slice(0, None, step))))
 
 
 def exclusions(stack: FocalStack, surveys: list[SliceSurvey]) -> list[dict[int, str]] | None:
@@ -365,4 +375,5 @@ def fuse(
         alignment=plan.alignment,
         blend="hard" if plan.blend is None else "soft",
         excluded=[{str(z): why for z, why in d.items()} for d in plan.excluded] if plan.excluded else None,
+        decision=plan.decision,
     )

@@ -44,6 +44,7 @@ class FusionResult:
     alignment: list[dict] | None = None  # per time point: motion, matrices (reference -> slice), shifts, scales
     blend: str = "hard"  # "soft": all_in_focus mixes slices (core.blend), not pixel-faithful
     excluded: list[dict] | None = None  # per time point: slices left out of the fusion and why (core.checks)
+    decision: str | None = None  # classical methods: "legacy" or "halo" (core.tiles.decision), as taken
 
     @property
     def n_times(self) -> int:

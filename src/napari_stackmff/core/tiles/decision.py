@@ -20,32 +20,60 @@ Every step is a shift-invariant filter with a finite radius (:func:`decision_rad
 margin equal the untiled result. Side by side on 24 synthetic stacks (benchmarks/bench_classical.py
 --decisions legacy,halo, wavelet): PSNR 27.27 -> 27.33 dB, focus MAE 0.73 -> 0.61 slices, within ±1
 88.1% -> 88.3%; a coarse-window noise test tried before lost 0.06 dB and 6% within ±1 and is gone.
-``fuse(..., decision="halo")`` / ``--decision halo`` picks it (:data:`DECISIONS`).
+``decision="auto"`` (the default) takes it on a bright field, where the rings form (:data:`DECISIONS`).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .classical import gaussian_blur, gaussian_radius
 
-#: The classical decisions: "legacy" (confidence from best/mean, one fill scale; the default) and "halo"
-#: (the halo vote + multi-scale fill). Not the default yet: on the synthetic "cells" scene (bright cells of
-#: very different brightness) the vote moves dim in-focus cells to a brighter neighbour's slice (within ±1
-#: 0.93 -> 0.70, tests/test_core_accuracy.py), and no cheap test told transmitted-light stacks apart
-#: (median brightness: pseudoscorpion 0.57, leaves 0.53, synthetic fibres 0.6, text 0.65).
-DECISIONS = ("legacy", "halo")
-DEFAULT_DECISION = "legacy"
+#: The classical decisions: "legacy" (confidence from best/mean, one fill scale), "halo" (the halo vote +
+#: multi-scale fill) and "auto" (the default): halo on a bright field (:func:`bright_field_share`), else
+#: legacy. Not halo everywhere: on the synthetic "cells" scene (bright cells of very different brightness
+#: on a dark ground) the vote moves dim in-focus cells to a brighter neighbour's slice (within ±1
+#: 0.92-0.94 -> 0.70-0.76, seeds 0-2).
+DECISIONS = ("auto", "legacy", "halo")
+DEFAULT_DECISION = "auto"
+#: "auto" takes the halo decision when at least this share of the flattest pixels is bright (a bright
+#: field). Measured on the middle slice as fuse() samples it (about 65k pixels): pseudoscorpion
+#: (brightfield) 0.88, diamond ring (white backdrop) 1.0; every other real stack of ../shared/data
+#: 0.0-0.29 (beetle, pcb, keyboard, leaves, cells3d, rpi disc, event stack); synthetic scenes 0.0-0.53
+#: (cells 0.0, fibres 0.36-0.53, text 0.24-0.38). The threshold sits between.
+BRIGHT_FIELD_SHARE = 0.7
 
 
-def resolve_decision(name: str | None) -> bool:
-    """True for the halo decision; one clear line for an unknown name."""
+def bright_field_share(image: np.ndarray) -> float:
+    """Share of the flattest 30% of pixels (local variance over 9x9) that lie in the top 30% of the
+    1-99 percentile range: ~1 for a specimen on a bright field (transmitted light, a white backdrop), ~0
+    for a dark ground (fluorescence), in between for scenes textured all over."""
+    from scipy import ndimage as ndi
+
+    img = np.asarray(image, np.float32)
+    if img.ndim == 3:
+        img = img.mean(-1)
+    lo, hi = np.percentile(img, [1, 99])
+    if hi <= lo:
+        return 0.0
+    x = (img - lo) / (hi - lo)
+    var = ndi.uniform_filter(x * x, 9) - ndi.uniform_filter(x, 9) ** 2
+    flat = var <= np.quantile(var, 0.3)
+    return float(np.mean(x[flat] > 0.7))
+
+
+def resolve_decision(name: str | None, sample: np.ndarray | None = None) -> bool:
+    """True for the halo decision ("auto": when ``sample``, a view of the stack's middle slice, is a bright
+    field); one clear line for an unknown name."""
     from ..errors import StackMFFError
 
     name = DEFAULT_DECISION if name is None else str(name)
     if name not in DECISIONS:
         raise StackMFFError(f"decision must be one of {', '.join(DECISIONS)}, got {name!r}.")
+    if name == "auto":
+        return sample is not None and bright_field_share(sample) >= BRIGHT_FIELD_SHARE
     return name == "halo"
 
 #: Halo neighbourhood radius (px): the defocus blur of the pseudoscorpion's outer slices spreads the
