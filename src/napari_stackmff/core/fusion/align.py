@@ -279,12 +279,7 @@ def estimate(images: Sequence[np.ndarray] | Iterable[np.ndarray], motion: str = 
         # too little texture for a local fit: fall back to the global shift
         notes.append(f"slices {i - 1}-{i}: too little texture for a {motion} fit; translation only")
         pair[i] = m
-    # Chain to the reference: ref -> i.
-    chain = [np.eye(3) for _ in range(n)]
-    for i in range(ref + 1, n):
-        chain[i] = pair[i] @ chain[i - 1]
-    for i in range(ref - 1, -1, -1):
-        chain[i] = np.linalg.inv(pair[i + 1]) @ chain[i + 1]
+    chain = _chain(pair, ref, 0, n - 1)
     # Check: every two-step chain (i-2 -> i-1 -> i) against a direct registration of i-2 to i. Periodic
     # textures (bricks, gratings) let phase correlation lock one period off; the two routes then
     # disagree, and unless the chain matches the images better, the stack is better fused unaligned
@@ -327,11 +322,7 @@ def estimate(images: Sequence[np.ndarray] | Iterable[np.ndarray], motion: str = 
             left_out = {z: why for z in range(n) if not lo <= z <= hi}
             ref = (lo + hi) // 2 if reference is None else min(max(int(reference), lo), hi)
             measured = [(i - lo, j - lo, m) for i, j, m in measured if lo <= i and j <= hi]
-            run = [np.eye(3) for _ in range(hi - lo + 1)]
-            for i in range(ref + 1, hi + 1):
-                run[i - lo] = pair[i] @ run[i - 1 - lo]
-            for i in range(ref - 1, lo - 1, -1):
-                run[i - lo] = np.linalg.inv(pair[i + 1]) @ run[i + 1 - lo]
+            run = _chain(pair, ref, lo, hi)[lo:hi + 1]
             if motion != "homography":
                 run = _solve_similarities(measured, hi - lo + 1, ref - lo)
             chain = [run[z - lo] if lo <= z <= hi else np.eye(3) for z in range(n)]
@@ -348,6 +339,17 @@ def estimate(images: Sequence[np.ndarray] | Iterable[np.ndarray], motion: str = 
     down = np.linalg.inv(to_full)
     full = np.stack([to_full @ m @ down for m in chain])
     return Alignment(motion, ref, full, notes, distrust, left_out)
+
+
+def _chain(pair: list[np.ndarray], ref: int, lo: int, hi: int) -> list[np.ndarray]:
+    """Reference -> slice transforms for slices lo..hi (identity elsewhere), chained from ``pair[i]``
+    (slice i-1 -> slice i) outward from ``ref``."""
+    chain = [np.eye(3) for _ in range(len(pair))]
+    for i in range(ref + 1, hi + 1):
+        chain[i] = pair[i] @ chain[i - 1]
+    for i in range(ref - 1, lo - 1, -1):
+        chain[i] = np.linalg.inv(pair[i + 1]) @ chain[i + 1]
+    return chain
 
 
 #: Fewest consecutive slices that register together for a partial alignment (with at least half the stack).

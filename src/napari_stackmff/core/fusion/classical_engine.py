@@ -90,6 +90,15 @@ def _classical_stream(images: Iterator[np.ndarray], n: int, method: str, device:
 
 
 # ------------------------------------------------------------------------------- tiling
+def classical_margins(method: str, window: int, denoise: bool, fill_threshold: float, halo: bool) -> tuple[int, int]:
+    """(tile margin, least margin a small tile asked for may shrink it to) for a classical engine. Less than
+    the first breaks exactness only for the halo decision's wide reach (then approximate within that reach
+    of a tile border); less than the second would break the measure and fill."""
+    return (classical_support(method, window, denoise=denoise, fill_threshold=fill_threshold, halo=halo),
+            classical_support(method, window, denoise=denoise, fill_threshold=fill_threshold))
+
+
+
 #: Radius of each classical measure's footprint for window w: w//2 for the box mean, plus the
 #: 3x3 derivative (laplacian, tenengrad) or the three à-trous levels (5 taps at dilation 1, 2, 4).
 _MEASURE_RADIUS = {"variance": 0, "laplacian": 1, "tenengrad": 1, "wavelet": 2 + 4 + 8}
@@ -127,10 +136,7 @@ class ClassicalEngine:
         self.keep = None if len(keep) == stack.n_slices else keep
         self.channel, self.window, self.denoise, self.fill_threshold = channel, window, denoise, fill_threshold
         self.halo = bool(halo)
-        self.overlap = classical_support(method, window, denoise=denoise, fill_threshold=fill_threshold, halo=halo)
-        # Less would break exactness; the halo decision's wide reach may be cut by a small tile asked for
-        # (then it is approximate within its reach of a tile border), the measure and fill never.
-        self.min_overlap = classical_support(method, window, denoise=denoise, fill_threshold=fill_threshold)
+        self.overlap, self.min_overlap = classical_margins(method, window, denoise, fill_threshold, halo)
 
     def bytes_per_pixel(self) -> float:
         return CLASSICAL_BYTES_PER_PIXEL

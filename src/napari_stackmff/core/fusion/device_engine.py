@@ -29,7 +29,7 @@ import torch
 from ..io.stack import LUMA_WEIGHTS, FocalStack, dtype_scale
 from ..tiles import classical
 from ..tiles.pipeline import FocusMaps, ProgressFn, check_cancel, peak_maps, renumber
-from .classical_engine import classical_support
+from .classical_engine import classical_margins
 
 #: Slices per upload: large copies reach the link's speed (a 2048² uint16 slice is 8 MB; 8 of them, 64 MB,
 #: are well past the size where pinned copies saturate PCIe), yet the float work of a chunk stays small.
@@ -63,8 +63,7 @@ class DeviceClassicalEngine:
         self.keep = None if len(keep) == stack.n_slices else keep
         self.channel, self.window, self.denoise, self.fill_threshold = channel, window, denoise, fill_threshold
         self.halo = bool(halo)
-        self.overlap = classical_support(method, window, denoise=denoise, fill_threshold=fill_threshold, halo=halo)
-        self.min_overlap = classical_support(method, window, denoise=denoise, fill_threshold=fill_threshold)
+        self.overlap, self.min_overlap = classical_margins(method, window, denoise, fill_threshold, halo)
         self.chunk = max(1, int(chunk))
         self.raw_dtype = np.dtype(stack.dtype)
         self._raw: torch.Tensor | None = None  # (n, h, w[, C]) raw slices of the current tile, on the device

@@ -25,6 +25,8 @@ margin equal the untiled result. Side by side on 24 synthetic stacks (benchmarks
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -121,22 +123,30 @@ def halo_vote(best: torch.Tensor, idx: torch.Tensor, n: int) -> tuple[torch.Tens
     """
     ratio = best / max_filter(best, HALO_RADIUS).clamp_min(1e-20)
     halo = 1 - _ramp(ratio, HALO_LO, HALO_HI)
-    w = best * best
-    top = torch.zeros_like(best)
-    dom = torch.zeros_like(idx)
-    total = torch.zeros_like(best)
-    if bool((halo > 0).any()):
-        for c in range(0, n, 4):  # a few slices per batch: O(H·W) memory whatever n
-            zs = list(range(c, min(c + 4, n)))
-            ind = torch.stack([(idx == z).to(w.dtype) * w for z in zs])[:, None]
-            votes = gaussian_blur(ind.contiguous(), HALO_RADIUS / 2)[:, 0]
-            for z, v in zip(zs, votes):
-                better = v > top
-                dom = torch.where(better, torch.full_like(dom, z), dom)
-                top = torch.maximum(top, v)
-                total += v
+    if not bool((halo > 0).any()):
+        return torch.zeros_like(idx), halo, torch.zeros_like(best)
+    mode, top, total = _vote(idx, best * best, range(n), HALO_RADIUS / 2)
     share = torch.where(total > 0, top / total.clamp_min(1e-30), torch.zeros_like(top))
-    return dom, halo, share
+    return mode.to(idx.dtype), halo, share
+
+
+def _vote(idx: torch.Tensor, w: torch.Tensor, slices: Sequence[int], sigma: float
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weighted vote per slice: each pixel votes for its slice ``idx`` with weight ``w``, blurred with
+    ``sigma``. Returns (winning slice as float, its votes, all votes); ties go to the earlier slice."""
+    top = torch.zeros_like(w)
+    mode = torch.zeros_like(w)
+    total = torch.zeros_like(w)
+    slices = list(slices)
+    for c in range(0, len(slices), 4):  # a few slices per batch: O(H·W) memory whatever n
+        zs = slices[c:c + 4]
+        ind = torch.stack([(idx == z).to(w.dtype) * w for z in zs])[:, None]
+        votes = gaussian_blur(ind.contiguous(), sigma)[:, 0]
+        for z, v in zip(zs, votes):
+            mode = torch.where(v > top, torch.full_like(mode, float(z)), mode)
+            top = torch.maximum(top, v)
+            total += v
+    return mode, top, total
 
 
 def multiscale_fill(focus: torch.Tensor, conf: torch.Tensor, threshold: float, window: int, n: int) -> torch.Tensor:
@@ -158,18 +168,7 @@ def multiscale_fill(focus: torch.Tensor, conf: torch.Tensor, threshold: float, w
         return focus
     filled = focus
     for k, scale in enumerate(sorted(FILL_SCALES, reverse=True)):
-        top = torch.zeros_like(focus)
-        mode = torch.zeros_like(focus)
-        den = torch.zeros_like(focus)
-        for c in range(0, len(used), 4):  # a few slices per batch: O(H·W) memory whatever n
-            zs = used[c:c + 4]
-            ind = torch.stack([(idx == z).to(w.dtype) * w for z in zs])[:, None]
-            votes = gaussian_blur(ind, scale * window)[:, 0]
-            for z, v in zip(zs, votes):
-                better = v > top
-                mode = torch.where(better, torch.full_like(mode, float(z)), mode)
-                top = torch.maximum(top, v)
-                den += v
+        mode, _, den = _vote(idx, w, used, scale * window)
         if k == 0:
             filled = torch.where(den > 1e-12, mode, focus)
         else:
