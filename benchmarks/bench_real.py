@@ -150,6 +150,7 @@ def contenders(extra: list[str], compat: bool = False, baselines: bool = True) -
     ``"decision": "halo"``: the halo decision of issue 26)."""
     c: dict[str, dict] = {m: {"method": m} for m in CLASSICAL}
     c["wavelet-halo"] = {"method": "wavelet", "decision": "halo"}
+    c["wavelet-soft"] = {"method": "wavelet", "blend": "soft"}
     if baselines:
         import baselines as bl
 
@@ -165,6 +166,11 @@ def contenders(extra: list[str], compat: bool = False, baselines: bool = True) -
             c["enfuse"] = {"baseline": "enfuse"}
         else:
             print("enfuse not installed (apt-get install enfuse): no enfuse column", file=sys.stderr)
+        if bl.have_clesperanto():
+            c["clesperanto"] = {"baseline": "clesperanto"}
+        else:
+            print("pyclesperanto or an OpenCL driver missing (pip install pyclesperanto; apt-get install "
+                  "pocl-opencl-icd): no clEsperanto column", file=sys.stderr)
     c["ours"] = {"method": "stackmff-v2"}  # the shipped weights, loaded by default
     if OFFICIAL.exists():
         c["official"] = {"method": "stackmff-v2", "weights": str(OFFICIAL)}
@@ -316,7 +322,7 @@ def main() -> None:
     p.add_argument("--official-compat", action="store_true",
                    help="also run the official checkpoint through the published (whole-image) inference")
     p.add_argument("--quick", action="store_true", help=f"smoke run: only {' and '.join(QUICK)}")
-    p.add_argument("--no-baselines", action="store_true", help="leave out best slice, GFF, DTCWT and enfuse")
+    p.add_argument("--no-baselines", action="store_true", help="leave out best slice, GFF, DTCWT, enfuse and clEsperanto")
     p.add_argument("--no-models", action="store_true", help="leave out the networks (classical and peers only)")
     p.add_argument("--only", action="append", default=[], metavar="NAME", help="only this stack (repeatable)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "real")

@@ -1,4 +1,4 @@
-"""The `stackmff` command: fuse, align, events, batch, demo, synth, train, methods — all thin over the core.
+"""The `stackmff` command: fuse, align, events, batch, demo, synth, train, retouch, methods — all thin over the core.
 
 Problems with the user's input print one line naming the file and the problem (exit code 2);
 a batch with failed stacks finishes the others and exits 1.
@@ -347,6 +347,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retouch(args: argparse.Namespace) -> int:
+    import numpy as np
+    import tifffile
+
+    from .core.errors import StackMFFError
+    from .core.io.read import input_files, load_stack
+    from .core.io.saved import find_result_set, read_result, recorded_inputs
+    from .core.io.write import save_result
+    from .core.retouch import check_labels, retouch
+
+    info_path = find_result_set(args.result, args.name, retouched=False)
+    base, info = read_result(info_path)
+    try:
+        labels = tifffile.imread(args.labels)  # read whole before anything is written (it may be in the set)
+    except Exception as exc:  # noqa: BLE001 - one line naming the file
+        raise StackMFFError(f"{args.labels}: cannot read the edit mask ({type(exc).__name__}: {exc}).") from None
+    labels = check_labels(labels, base, str(args.labels))
+    inputs = [str(args.stack)] if args.stack else recorded_inputs(info, info_path)
+    stack = load_stack(inputs[0] if len(inputs) == 1 else inputs)
+    out = retouch(stack, base, labels)
+    stem = info_path.name[: -len("_fusion.json")]
+    name = args.out_name or f"{stem}_retouched"
+    outdir = args.output or info_path.parent
+    written = save_result(out, outdir, name, inputs=input_files(stack), overwrite=args.overwrite,
+                          extra_info={"retouched_from": info_path.name})
+    n = int((labels > 0).sum())
+    print(f"retouched {stem}: {n:,} painted pixels ({n / labels.size:.1%}) from "
+          f"{len(np.unique(labels[labels > 0]))} slice(s); the automatic result is kept as it was")
+    for key, path in written.items():
+        print(f"  {key:18s} {path}")
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from .core.devices import available_devices
     from .core.fusion.dispatch import available_methods, resolve_method
@@ -540,6 +573,23 @@ def _train_command(sub: Any) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def _retouch_command(sub: Any) -> None:
+    """``stackmff retouch``: replay a painted edit mask on a saved result."""
+    p = sub.add_parser("retouch", help="take painted regions from the slices a label mask names (replays a "
+                                       "retouch from napari on a re-fused result)")
+    p.add_argument("result", type=Path, help="a result folder (or its <name>_fusion.json) written by stackmff fuse")
+    p.add_argument("--labels", type=Path, required=True,
+                   help="edit mask TIFF of the result's shape: 0 keeps the automatic choice, k takes slice k-1 "
+                        "(the <name>_edits.tif a retouch saved)")
+    p.add_argument("--name", default=None, help="which result set in the folder, when it holds several")
+    p.add_argument("--stack", type=Path, default=None,
+                   help="the input stack (default: the files the result's record names)")
+    p.add_argument("-o", "--output", type=Path, default=None, help="output folder (default: the result's)")
+    p.add_argument("--out-name", default=None, help="name of the retouched set (default: <name>_retouched)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing retouched set of that name")
+    p.set_defaults(func=cmd_retouch)
+
+
 def _methods_command(sub: Any) -> None:
     """``stackmff methods``: what can fuse here."""
     p = sub.add_parser("methods", help="list methods, shipped weights and devices")
@@ -557,6 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_command(sub)
     _synth_command(sub)
     _train_command(sub)
+    _retouch_command(sub)
     _methods_command(sub)
     return parser
 

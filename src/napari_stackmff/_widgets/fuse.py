@@ -37,6 +37,7 @@ from ._methods import MethodPicker
 from ._layout import VerticalScroll, section
 from ._outputs import OutputOptions, oblique_view, show_result
 from ._worker import run_in_thread, user_message
+from .retouch import RetouchPanel, RetouchSource
 
 GROUP = "fusion"
 #: (shown text, fuse(align=...)) and (shown text, fuse(blend=...)).
@@ -297,6 +298,9 @@ class FusionWidget(QWidget):
         root.addWidget(self.progress_bar)
         root.addWidget(self.status)
         root.addWidget(self.align_info)
+        self.retouch = RetouchPanel(self.viewer, status=self.status)  # shown once a result exists
+        self.retouch.setVisible(False)
+        root.addWidget(self.retouch)
         root.addStretch(1)
 
         self.layer_combo.currentIndexChanged.connect(self._on_layer_changed)
@@ -586,6 +590,11 @@ class FusionWidget(QWidget):
                                          job.z.positions)
         if first:
             self.viewer.reset_view()  # fit the canvas once; later re-runs keep the user's zoom and pan
+        self.retouch.set_source(RetouchSource(layer=job.layer, source_id=job.source_id, axes=job.axes, stack=job.stack,
+                                              result=result, outputs=job.outputs, z_positions=job.z.positions),
+                                self.result_layers)
+        self.result_layers = self.retouch.layers
+        self.retouch.setVisible(True)
         self._tilt_once()
         took = result.timings.get("total_s", 0.0)
         note = " (3-D surface: single time points only)" if job.outputs.surface and result.n_times > 1 else ""
@@ -634,6 +643,7 @@ class FusionWidget(QWidget):
     def _teardown(self) -> None:
         if self.job is not None:
             self.job.cancel.set()
+        self.retouch.teardown()
         try:
             self._disconnect()
             self.viewer.dims.events.ndisplay.disconnect(self._tilt_once)

@@ -79,6 +79,7 @@ def result_paths(outdir: PathLike, name: str) -> dict[str, Path]:
         "focus_map_png": outdir / f"{name}_focus_map.png",
         "height_map": outdir / f"{name}_height_map.tif",
         "confidence": outdir / f"{name}_confidence.tif",
+        "edits": outdir / f"{name}_edits.tif",  # retouched sets only (core.retouch): the painted labels
         "info": outdir / f"{name}_fusion.json",
     }
 

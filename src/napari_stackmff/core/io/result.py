@@ -45,6 +45,7 @@ class FusionResult:
     blend: str = "hard"  # "soft": all_in_focus mixes slices (core.blend), not pixel-faithful
     excluded: list[dict] | None = None  # per time point: slices left out of the fusion and why (core.checks)
     decision: str | None = None  # classical methods: "legacy" or "halo" (core.tiles.decision), as taken
+    edits: np.ndarray | None = None  # retouched (core.retouch): uint16 (T?, Y, X), k > 0 = slice k-1 painted
 
     @property
     def n_times(self) -> int:

@@ -105,12 +105,22 @@ def _json_default(o: Any) -> Any:
     raise TypeError(type(o))
 
 
+def retouch_summary(edits: np.ndarray, file_name: str) -> dict:
+    """What ``_fusion.json`` says about a retouch: how many pixels were painted, from which slices, and
+    the file holding the painted labels (to replay them: ``stackmff retouch``)."""
+    labels, counts = np.unique(np.asarray(edits), return_counts=True)
+    return {"edited_pixels": int(counts[labels > 0].sum()),
+            "pixels_per_slice": {str(int(k) - 1): int(c) for k, c in zip(labels, counts) if k > 0},
+            "edits": file_name, "labels": "0: automatic choice, k: slice k-1"}
+
+
 def result_bytes(shape_yx: tuple[int, int], n_times: int, n_channels: int, itemsize: int,
-                 height: bool) -> int:
+                 height: bool, edits: bool = False) -> int:
     """Upper bound of a result set's size on disk (uncompressed TIFFs, 8-bit RGB previews), for the
     free-space check before fusing."""
     px = int(shape_yx[0]) * int(shape_yx[1]) * max(1, int(n_times))
-    return px * (max(1, n_channels) * itemsize + 4 * (3 if height else 2)) + 2 * 3 * shape_yx[0] * shape_yx[1]
+    return (px * (max(1, n_channels) * itemsize + 4 * (3 if height else 2) + (2 if edits else 0))
+            + 2 * 3 * shape_yx[0] * shape_yx[1])
 
 
 def save_result(
@@ -143,7 +153,8 @@ def save_result(
     timed0 = result.focus_map.ndim == 3
     check_output_folder(outdir, result_bytes(result.focus_map.shape[-2:], result.focus_map.shape[0] if timed0 else 1,
                                              aif0.shape[-1] if aif0.ndim > result.focus_map.ndim else 1,
-                                             aif0.dtype.itemsize, result.height_map is not None))
+                                             aif0.dtype.itemsize, result.height_map is not None,
+                                             result.edits is not None))
     sweep_stale_temps(outdir)
     staged: dict[str, Path] = {}
     try:
@@ -198,6 +209,9 @@ def _stage_result(result: "FusionResult", paths: dict[str, Path], inputs: Sequen
                                            description={"units": unit or "z units"})
     written["confidence"] = write_tiff(stage("confidence"), result.confidence.astype(np.float32), pixel_size=pixel,
                                        unit=unit)
+    if result.edits is not None:
+        written["edits"] = write_tiff(stage("edits"), np.asarray(result.edits, np.uint16), pixel_size=pixel, unit=unit,
+                                      description={"units": "0: automatic choice, k: slice k-1 painted"})
     info = {
         "method": result.method,
         "blend": result.blend,  # "soft": pixels are mixes of slices, not copies
@@ -217,6 +231,8 @@ def _stage_result(result: "FusionResult", paths: dict[str, Path], inputs: Sequen
         "inputs": [str(Path(p).resolve()) for p in inputs],  # the exact slices, in stack order
         **({"alignment": result.alignment} if result.alignment else {}),
         **({"excluded_slices": result.excluded} if result.excluded else {}),
+        **({"z_positions": [float(z) for z in result.z_positions]} if result.z_positions is not None else {}),
+        **({"retouched": retouch_summary(result.edits, paths["edits"].name)} if result.edits is not None else {}),
         "outputs": {k: paths[k].name for k in written},
     }
     info.update(extra_info or {})
