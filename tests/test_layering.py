@@ -17,7 +17,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "napari_stackmff"
 ROOT = "napari_stackmff"
 #: bottom to top; a module may import its own rank or lower. The doors (cli, widgets, reader, sample
 #: data, the package's __init__) are above everything.
-LAYERS = ["base", "io", "events", "tiles", "models", "fusion", "retouch", "training", "batch", "doors"]
+LAYERS = ["base", "io", "events", "tiles", "models", "fusion", "retouch", "render", "training", "batch", "doors"]
 BASE = {"errors", "defaults", "devices", "_exports", "_moved", "__init__"}
 
 
