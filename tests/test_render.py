@@ -117,3 +117,13 @@ def test_cli_writes_a_physical_dataset(tmp_path, capsys) -> None:
     assert st.n_slices == 5 and st.rgb
     for sub in ("depth_maps", "aif", "valid"):
         assert (tmp_path / "d" / sub / f"{scenes[0]}.png").is_file()
+
+
+def test_training_labels_fill_empty_pixels_from_the_nearest_signal() -> None:
+    from napari_stackmff.core.render.dataset import training_focus
+
+    s = render_micro("fluorescence", seed=2, size=64, n_slices=6)
+    assert (~s.valid).any() and s.valid.any()
+    label = training_focus(s.focus_index, s.valid)
+    np.testing.assert_array_equal(label[s.valid], s.focus_index[s.valid])  # the truth where there is signal
+    assert set(np.unique(label[~s.valid])) <= set(np.unique(s.focus_index[s.valid]))  # never an empty pixel's

@@ -33,6 +33,18 @@ def render_physical(kind: str, seed: int, size: int, n_slices: int) -> Any:
     raise StackMFFError(f"--physical must be one of {', '.join(PHYSICAL_KINDS)}, got {kind!r}.")
 
 
+def training_focus(focus_index: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The focus label a network learns from: the truth where there is signal, and where there is none (dark
+    background, an empty bright field) the nearest pixel's with signal. The dominant layer of an empty pixel
+    is arbitrary (a far cell's faint tail, or the first layer), and learning it teaches noise."""
+    from scipy import ndimage as ndi
+
+    if valid.all() or not valid.any():
+        return focus_index
+    _, (iy, ix) = ndi.distance_transform_edt(~valid, return_indices=True)
+    return focus_index[iy, ix]
+
+
 def _write_one(args: tuple[str, int, int, int, str, str]) -> str:
     from ..io.write import write_png, write_tiff
 
@@ -44,7 +56,7 @@ def _write_one(args: tuple[str, int, int, int, str, str]) -> str:
             write_tiff(root / "stacks" / name / f"{j}.tif", sl)
         else:
             write_png(root / "stacks" / name / f"{j}.png", sl)
-    rel = np.clip(s.focus_index / max(len(s.slices) - 1, 1), 0, 1)
+    rel = np.clip(training_focus(s.focus_index, s.valid) / max(len(s.slices) - 1, 1), 0, 1)
     write_png(root / "depth_maps" / f"{name}.png", (rel * 65535 + 0.5).astype(np.uint16))
     (write_tiff if s.aif.dtype == np.uint16 else write_png)(root / "aif" / f"{name}.{'tif' if s.aif.dtype == np.uint16 else 'png'}", s.aif)
     write_png(root / "valid" / f"{name}.png", s.valid.astype(np.uint8) * 255)
