@@ -70,12 +70,17 @@ def _ssim(a: np.ndarray, truth: np.ndarray) -> float:
                                        channel_axis=-1 if t.ndim == 3 else None))
 
 
-def contenders(models: bool, peers: bool) -> dict[str, dict]:
+def contenders(models: bool, peers: bool, extra: list[str] = ()) -> dict[str, dict]:
     c: dict[str, dict] = {m: {"method": m} for m in CLASSICAL}
     c["wavelet-soft"] = {"method": "wavelet", "blend": "soft"}
     if models:
         c["stackmff-v2"] = {"method": "stackmff-v2"}
         c["stackmff-v3"] = {"method": "stackmff-v3"}
+    for item in extra:  # NAME=PATH: V2 weights to compare (e.g. a fine-tune on physical stacks)
+        name, sep, path = item.partition("=")
+        if not sep or not Path(path).exists():
+            raise SystemExit(f"--weights wants NAME=PATH to an existing checkpoint, got {item!r}")
+        c[name] = {"method": "stackmff-v2", "weights": path}
     if peers:
         import baselines as bl
 
@@ -148,6 +153,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="render processes")
     p.add_argument("--no-models", action="store_true")
     p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH", help="also these V2 weights")
     p.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "results" / "physical")
     a = p.parse_args()
     a.cache.mkdir(parents=True, exist_ok=True)
@@ -164,7 +170,7 @@ def main() -> None:
         done = list(pool.map(_render, jobs))
     render_s = {k: [s for (path, s), j in zip(done, jobs) if j[0] == k and s > 0] for k in kinds}
     cached = {k: np.mean([float(np.load(j[2])["seconds"]) for j in jobs if j[0] == k]) for k in kinds}
-    cands = contenders(not a.no_models, not a.no_peers)
+    cands = contenders(not a.no_models, not a.no_peers, a.weights)
     print(f"held-out seeds {SEED0}..{SEED0 + a.count - 1}; methods: {', '.join(cands)}; OMP_NUM_THREADS={env_threads}")
     tables = []
     for k in kinds:

@@ -125,6 +125,8 @@ def child(spec: dict) -> dict:
         out.update(voxels=int(data.size), tiles=r.timings.get("tiles", 1))
     elif kind == "lazy":
         stack = load_stack(spec["path"], lazy=True)
+        if spec.get("budget"):
+            extra["memory_budget"] = spec["budget"]
         with Meter() as m:
             r = fuse(stack, spec["method"], "cpu", **extra)
         out.update(voxels=int(stack.n_slices * np.prod(stack.yx_shape)), tiles=r.timings.get("tiles", 1),
