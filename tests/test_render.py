@@ -95,12 +95,19 @@ def test_lens_stack_truth() -> None:
     pytest.importorskip("mitsuba")
     from napari_stackmff.core.render.macro import render_macro
 
-    s = render_macro(3, size=64, n_slices=4, spp=16, truth_spp=64, max_coc_share=0.08)
+    s = render_macro(1, size=64, n_slices=4, spp=16, truth_spp=64, max_coc_share=0.08)
     assert s.slices.shape == (4, 64, 64, 3) and s.slices.dtype == np.uint8 and s.aif.shape == (64, 64, 3)
-    truth = _band_energy(s.aif, s.valid)
-    assert all(truth > _band_energy(sl, s.valid) for sl in s.slices)
+    # Sharper than every slice wherever that slice is out of focus (where a slice is in focus it equals the
+    # truth, plus its Monte-Carlo noise).
+    checked = 0
+    for k, sl in enumerate(s.slices):
+        m = s.valid & (np.abs(s.focus_index - k) >= 1.5)
+        if m.sum() >= 50:
+            assert _band_energy(s.aif, m) > 1.2 * _band_energy(sl, m), k
+            checked += 1
+    assert checked >= 2
     assert 0 <= s.focus_index.min() and s.focus_index.max() <= 3 and np.all(s.depth > 0)
-    again = render_macro(3, size=64, n_slices=4, spp=16, truth_spp=64, max_coc_share=0.08)
+    again = render_macro(1, size=64, n_slices=4, spp=16, truth_spp=64, max_coc_share=0.08)
     np.testing.assert_array_equal(s.slices, again.slices)
 
 
