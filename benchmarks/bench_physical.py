@@ -38,12 +38,12 @@ SIZES = {"macro": (160, 8), "fluorescence": (192, 12), "brightfield": (192, 12)}
 CLASSICAL = ("variance", "laplacian", "tenengrad", "wavelet")
 
 
-def _render(args: tuple[str, int, str]) -> tuple[str, float]:
+def _render(args: tuple[str, int, str]) -> None:
     from napari_stackmff.core.render.dataset import render_physical
 
     kind, seed, path = args
     if Path(path).exists():
-        return path, 0.0
+        return
     t0 = time.perf_counter()
     size, n = SIZES[kind]
     s = render_physical(kind, seed, size, n)
@@ -51,7 +51,6 @@ def _render(args: tuple[str, int, str]) -> tuple[str, float]:
     tmp = Path(path).with_suffix(".tmp.npz")
     np.savez_compressed(tmp, slices=s.slices, aif=s.aif, focus_index=s.focus_index, valid=s.valid, seconds=took)
     os.replace(tmp, path)
-    return path, took
 
 
 def _range_psnr(a: np.ndarray, truth: np.ndarray) -> float:
@@ -167,15 +166,15 @@ def main() -> None:
     jobs = [(k, SEED0 + i, str(a.cache / f"{k}_{SEED0 + i}.npz")) for k in kinds for i in range(a.count)]
     env_threads = os.environ.get("OMP_NUM_THREADS")
     with ProcessPoolExecutor(a.workers) as pool:
-        done = list(pool.map(_render, jobs))
-    render_s = {k: [s for (path, s), j in zip(done, jobs) if j[0] == k and s > 0] for k in kinds}
-    cached = {k: np.mean([float(np.load(j[2])["seconds"]) for j in jobs if j[0] == k]) for k in kinds}
+        list(pool.map(_render, jobs))
+    # Each cached stack keeps the seconds its render took.
+    render_s = {k: float(np.mean([float(np.load(j[2])["seconds"]) for j in jobs if j[0] == k])) for k in kinds}
     cands = contenders(not a.no_models, not a.no_peers, a.weights)
     print(f"held-out seeds {SEED0}..{SEED0 + a.count - 1}; methods: {', '.join(cands)}; OMP_NUM_THREADS={env_threads}")
     tables = []
     for k in kinds:
         res = run(k, [j[2] for j in jobs if j[0] == k], cands)
-        tables.append(table(k, res, a.count, float(np.mean(render_s[k])) if render_s[k] else cached[k]))
+        tables.append(table(k, res, a.count, render_s[k]))
     print("\n".join(tables))
 
 

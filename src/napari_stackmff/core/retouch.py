@@ -28,7 +28,7 @@ from scipy import ndimage as ndi
 from .errors import StackMFFError
 from .fusion.align import AlignedArray
 from .io.result import FusionResult
-from .io.stack import FocalStack
+from .io.stack import FocalStack, cast_to
 from .tiles.blend import SOFT_RADIUS
 
 #: Feather width (px) at a painted region's edge on soft-blended results: the soft blend's own reach
@@ -139,14 +139,13 @@ class WholePlanes:
         return plane[key[self.n_lead:]]
 
 
-def _boxes(mask: np.ndarray, grow: int, tile: int) -> Iterator[tuple[slice, slice]]:
-    """Tiles (at most ``tile`` square) covering the bounding box of ``mask`` grown by ``grow`` px."""
+def _boxes(mask: np.ndarray, tile: int) -> Iterator[tuple[slice, slice]]:
+    """Tiles (at most ``tile`` square) covering the bounding box of ``mask`` (:meth:`Retoucher.update`
+    itself reaches the feather's width beyond each)."""
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if rows.size == 0:
         return
-    h, w = mask.shape
-    y0, y1 = max(0, rows[0] - grow), min(h, rows[-1] + 1 + grow)
-    x0, x1 = max(0, cols[0] - grow), min(w, cols[-1] + 1 + grow)
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     for ya in range(y0, y1, tile):
         for xa in range(x0, x1, tile):
             yield slice(ya, min(y1, ya + tile)), slice(xa, min(x1, xa + tile))
@@ -209,7 +208,7 @@ class Retoucher:
             zk = (self.z[np.maximum(lab[inner].astype(np.intp) - 1, 0)] if self.z is not None
                   else np.float32(np.nan))
             hm[box] = np.where(painted, zk, b_hm[box])
-        self._edits(out, t)[box] = lab[inner]
+        self._plane(out.edits, t)[box] = lab[inner]
         aif[box] = b_aif[box]
         if f == 0:
             for k in np.unique(lab[inner][painted]):
@@ -226,7 +225,7 @@ class Retoucher:
             pix = self.stack.read_window(int(k) - 1, t, box).astype(np.float64)
             wc = wk[..., None] if pix.ndim == 3 else wk
             acc = acc * (1 - wc) + pix * wc
-        aif[box] = _to_dtype(acc, aif.dtype)
+        aif[box] = cast_to(acc, aif.dtype)
         return box
 
     @staticmethod
@@ -237,15 +236,7 @@ class Retoucher:
         counts = ndi.correlate(mask.astype(np.int32), np.ones((k, k), np.int32), mode="nearest")
         return counts / float(k * k)
 
-    def _edits(self, out: FusionResult, t: int) -> np.ndarray:
-        return out.edits[t] if self.timed else out.edits
 
-
-def _to_dtype(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if np.dtype(dtype).kind in "ui":
-        info = np.iinfo(dtype)
-        x = np.clip(np.rint(x), info.min, info.max)
-    return x.astype(dtype)
 
 
 def retouch(stack: Any, result: FusionResult, labels: Any, *, tile: int = TILE, **load: Any) -> FusionResult:
@@ -263,7 +254,7 @@ def retouch(stack: Any, result: FusionResult, labels: Any, *, tile: int = TILE, 
     timed = result.focus_map.ndim == 3
     for t in range(result.n_times):
         lab = labels[t] if timed else labels
-        for ys, xs in _boxes(lab > 0, rt.feather, tile):
+        for ys, xs in _boxes(lab > 0, tile):
             rt.update(out, lab, t, ys, xs)
     if result.edits is not None:  # edits on edits: keep the earlier marks where this edit paints nothing
         out.edits = np.where(out.edits > 0, out.edits, result.edits).astype(EDITS_DTYPE)

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import StackMFFError
+from ..io.stack import cast_to
 
 MOTIONS = ("translation", "similarity", "homography")
 #: Longer side of the copy that transforms are estimated on (px): the median shift error on synthetic
@@ -528,11 +529,7 @@ def warp_window(read: Any, matrix: np.ndarray, shape: tuple[int, int], ys: slice
     x0 = int(np.clip(np.floor(sx.min()) - WARP_MARGIN, 0, w - 1))
     x1 = int(np.clip(np.ceil(sx.max()) + WARP_MARGIN + 1, x0 + 1, w))
     src = np.asarray(read(slice(y0, y1), slice(x0, x1)))
-    res = _sample(src, sx - x0, sy - y0)
-    if src.dtype.kind in "ui":
-        info = np.iinfo(src.dtype)
-        res = np.clip(np.rint(res), info.min, info.max)
-    return res.astype(src.dtype, copy=False)
+    return cast_to(_sample(src, sx - x0, sy - y0), src.dtype)
 
 
 def warp_slice(img: np.ndarray, matrix: np.ndarray) -> np.ndarray:

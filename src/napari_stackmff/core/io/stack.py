@@ -204,6 +204,16 @@ class FocalStack:
         return out
 
 
+def cast_to(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Float pixel values (a resampled or blended image) back in ``dtype``: integers rounded and clipped
+    to the dtype's range, so a mix of slices never wraps around."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        values = np.clip(np.rint(values), info.min, info.max)
+    return values.astype(dtype, copy=False)
+
+
 def dtype_scale(dtype: np.dtype) -> float:
     """Divisor that maps the dtype's natural range to [0, 1] (1 for floats)."""
     dtype = np.dtype(dtype)

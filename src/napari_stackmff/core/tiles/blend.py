@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import StackMFFError
-from ..io.stack import FocalStack, dtype_scale, to_focus_image
+from ..io.stack import FocalStack, cast_to, dtype_scale, to_focus_image
 from .classical import box_mean
 
 BLENDS = ("hard", "soft")
@@ -116,8 +116,4 @@ def soft_blend_window(stack: FocalStack, index: np.ndarray, t: int, read: tuple[
         num[sub] += (q[..., None] if chans else q) * pixels
     cy, cx = crop
     den_c = np.maximum(den[cy, cx], 1e-12)
-    out = num[cy, cx] / (den_c[..., None] if chans else den_c)
-    if stack.dtype.kind in "ui":
-        info = np.iinfo(stack.dtype)
-        out = np.clip(np.rint(out), info.min, info.max)
-    return out.astype(stack.dtype)
+    return cast_to(num[cy, cx] / (den_c[..., None] if chans else den_c), stack.dtype)
