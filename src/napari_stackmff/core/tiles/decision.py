@@ -79,12 +79,19 @@ def resolve_decision(name: str | None, sample: np.ndarray | None = None) -> bool
     return name == "halo"
 
 #: Halo neighbourhood radius (px): the defocus blur of the pseudoscorpion's outer slices spreads the
-#: dark edge ~30-50 px into the bright field. On synthetic stacks 32-64 measured alike (PSNR within 0.01 dB).
-HALO_RADIUS = 64
+#: dark edge ~30-50 px into the bright field, and in a thick specimen the outline seen out of focus lies
+#: inside the sharp one: at full size (2592 px) slice 7's bright ramp reaches ~100 px into the leg's dark
+#: body, where 64 px left speckle of that slice (docs/img/issue26_fullres_radius.png; tests/test_decision.py
+#: thick specimen: 19% of the band 40-130 px inside wrong at 64, 0 at 128). On synthetic stacks 32-64
+#: measured alike (PSNR within 0.01 dB); 128 costs no time (a van Herk max filter, a box-Gaussian vote).
+HALO_RADIUS = 128
 #: Halo ratio below HALO_LO: in a stronger edge's halo; above HALO_HI: the pixel's own detail (a pixel is
 #: decided by the vote below the midpoint, 0.06). 0.01-0.04 left rings inside the leg's dark body
 #: (ratio 0.03-0.1 there); on synthetic stacks both measured alike.
 HALO_LO, HALO_HI = 0.02, 0.1
+#: Blur of the halo vote (px). Half the radius: with 32 at radius 128 the vote's reach stopped inside the
+#: leg's body and left an elliptic seam between two slices there (full size, pseudoscorpion).
+VOTE_SIGMA = HALO_RADIUS / 2
 #: Fill scales, in multiples of the window (sigma = 2·w, 6·w: 18 and 54 px at w = 9; the box-Gaussian's
 #: support is 3 sigma, so the coarsest reaches 162 px).
 FILL_SCALES = (2.0, 6.0)
@@ -117,7 +124,7 @@ def halo_vote(best: torch.Tensor, idx: torch.Tensor, n: int) -> tuple[torch.Tens
 
     Beside a sharp edge the background is right in the edge's own slice (flat and clean there); every
     other slice shows the edge's defocused spread (the rings). So the vote: every pixel votes for its
-    slice with its energy squared, blurred with sigma = :data:`HALO_RADIUS` / 2; the sharp edge outvotes
+    slice with its energy squared, blurred with sigma = :data:`VOTE_SIGMA`; the sharp edge outvotes
     its own halo by ~10^4 (100x the energy). A plain max filter carried the edge's slice in square blocks,
     and energy (not squared) let the rings' own votes win (both tried on the leg).
     """
@@ -125,7 +132,7 @@ def halo_vote(best: torch.Tensor, idx: torch.Tensor, n: int) -> tuple[torch.Tens
     halo = 1 - _ramp(ratio, HALO_LO, HALO_HI)
     if not bool((halo > 0).any()):
         return torch.zeros_like(idx), halo, torch.zeros_like(best)
-    mode, top, total = _vote(idx, best * best, range(n), HALO_RADIUS / 2)
+    mode, top, total = _vote(idx, best * best, range(n), VOTE_SIGMA)
     share = torch.where(total > 0, top / total.clamp_min(1e-30), torch.zeros_like(top))
     return mode.to(idx.dtype), halo, share
 
@@ -181,5 +188,5 @@ def decision_radius(window: int) -> int:
     blur (both read the measure), then the widest fill (the median's 1 px is counted by the caller)."""
 
     w = int(window) | 1
-    halo = HALO_RADIUS + gaussian_radius(HALO_RADIUS / 2)  # the max filter, then the vote's blur
+    halo = HALO_RADIUS + gaussian_radius(VOTE_SIGMA)  # the max filter, then the vote's blur
     return halo + gaussian_radius(max(FILL_SCALES) * w)
