@@ -298,8 +298,10 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_stacks"
 @pytest.mark.slow  # 30 s: the real stack at full size
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data")
 def test_pseudoscorpion_registers_the_slices_that_can_be_registered() -> None:
-    """Focused down and back up by hand, with a leg that moves: slices 1-7 register together; the others are
-    left out with what was measured, not the whole stack fused unaligned (issue 26 item 4)."""
+    """Focused down and back up by hand, with a leg that moves: slices 1-7 register together; 0 and 10-13 are
+    left out with what was measured, not the whole stack fused unaligned (issue 26 item 4). Slices 8-9 are so
+    far out of focus that whether they agree within 1 px depends on the patch size (left out with 86-px
+    patches on the 384-px copy, kept with 81 px; the fused images look alike): either is right here."""
     import re
 
     from napari_stackmff.core import load_stack
@@ -309,7 +311,8 @@ def test_pseudoscorpion_registers_the_slices_that_can_be_registered() -> None:
     s = load_stack(files)
     al = estimate((s.focus_image(z) for z in range(s.n_slices)), "similarity")
     assert al.distrust is None
-    assert sorted(al.left_out) == [0, 8, 9, 10, 11, 12, 13]
+    assert {0, 10, 11, 12, 13} <= set(al.left_out) <= {0, 8, 9, 10, 11, 12, 13}
+    assert not set(al.left_out) & set(range(1, 8))
     assert "disagree across slices 0-2" in al.left_out[0] and "the scene moved" in al.left_out[0]
     scales = [float(np.sqrt(np.linalg.det(m[:2, :2]))) for m in al.matrices[1:8]]
     assert 0.95 < min(scales) and max(scales) < 1.05  # focus breathing, not a wild fit
