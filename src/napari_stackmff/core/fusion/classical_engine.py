@@ -63,8 +63,7 @@ def _classical_stream(images: Iterator[np.ndarray], n: int, method: str, device:
         for z in range(n):
             check_cancel(cancel)
             x = _to_tensor(next(images), device)
-            with native_cpu_conv(device):
-                f = classical.focus_measure(x[None, None], method, window)[0, 0]
+            f = banded_measure(x, method, window, device)
             if best is None:
                 best, idx = f.clone(), torch.zeros(f.shape, dtype=torch.int32, device=device)
                 left = torch.full_like(f, float("nan"))
@@ -85,8 +84,33 @@ def _classical_stream(images: Iterator[np.ndarray], n: int, method: str, device:
     finally:
         images.close()  # type: ignore[attr-defined]
     assert best is not None and idx is not None
-    return peak_maps(best, idx, left, right, total, n, window=window, fill_threshold=fill_threshold,
-                     denoise=denoise, halo=halo)
+    state = [best, idx, left, right, total]
+    del best, idx, left, right, total, prev, f, x  # peak_maps releases the state as it goes
+    return peak_maps(*state, n, window=window, fill_threshold=fill_threshold, denoise=denoise, halo=halo,
+                     release=state)
+
+
+#: Rows per band of a measure on the CPU: its temporaries (13 maps at the peak for the wavelet) are
+#: a band's, not the tile's; each band reads its measure's footprint around it, so the values are the
+#: whole tile's. 64 x 2048² uint16 from a path: see benchmarks/RESULTS.md, issue 29.
+MEASURE_BAND_ROWS = 512
+
+
+def banded_measure(x: torch.Tensor, method: str, window: int, device: torch.device) -> torch.Tensor:
+    """The (H, W) focus measure of ``x``, computed in bands of :data:`MEASURE_BAND_ROWS` rows on the CPU."""
+    h = x.shape[0]
+    r = _MEASURE_RADIUS[method] + (int(window) | 1) // 2
+    with native_cpu_conv(device):
+        if device.type != "cpu" or h <= MEASURE_BAND_ROWS + 2 * r:
+            return classical.focus_measure(x[None, None], method, window)[0, 0]
+        out = torch.empty_like(x)
+        for r0 in range(0, h, MEASURE_BAND_ROWS):
+            r1 = min(h, r0 + MEASURE_BAND_ROWS)
+            a0, a1 = max(0, r0 - r), min(h, r1 + r)
+            if a1 - a0 <= r:  # a sliver at the bottom: reflect padding needs more rows than it has
+                a0 = max(0, a1 - 2 * r - 1)
+            out[r0:r1] = classical.focus_measure(x[a0:a1][None, None], method, window)[0, 0, r0 - a0:r1 - a0]
+        return out
 
 
 # ------------------------------------------------------------------------------- tiling
@@ -100,8 +124,10 @@ def classical_margins(method: str, window: int, denoise: bool, fill_threshold: f
 
 
 #: Radius of each classical measure's footprint for window w: w//2 for the box mean, plus the
-#: 3x3 derivative (laplacian, tenengrad) or the three à-trous levels (5 taps at dilation 1, 2, 4).
-_MEASURE_RADIUS = {"variance": 0, "laplacian": 1, "tenengrad": 1, "wavelet": 2 + 4 + 8}
+#: 3x3 smoothing and 3x3 Laplacian (laplacian: 2; it read 1 until the measure was computed in bands,
+#: hidden by the tile margin's fill radius), the 3x3 Sobel (tenengrad) or the three à-trous levels (5
+#: taps at dilation 1, 2, 4).
+_MEASURE_RADIUS = {"variance": 0, "laplacian": 2, "tenengrad": 1, "wavelet": 2 + 4 + 8}
 #: Peak working bytes per tile pixel of the classical path (float32 maps, streaming state,
 #: fill and median temporaries, read-ahead), measured on the wavelet path with margin.
 CLASSICAL_BYTES_PER_PIXEL = 256

@@ -203,19 +203,35 @@ def wavelet(x: torch.Tensor, window: int, levels: int = 3) -> torch.Tensor:
     Fine scales decide where there is fine texture; coarser scales keep a vote in regions whose
     texture is coarse, which single-scale measures misjudge.
     """
-    b3 = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=x.dtype, device=x.device) / 16.0
     energy = torch.zeros_like(x)
     smooth = x
     for level in range(levels):
-        d = 2**level
-        r = 2 * d
-        s = _pad(smooth, r)
-        s = F.conv2d(s, b3.view(1, 1, 1, 5), dilation=(1, d))
-        s = F.conv2d(s, b3.view(1, 1, 5, 1), dilation=(d, 1))
-        detail = smooth - s
-        energy += detail * detail
+        s = _b3_smooth(smooth, 2**level)
+        detail = torch.sub(smooth, s)
+        energy.addcmul_(detail, detail)
+        del detail
         smooth = s
     return box_mean(energy, window)
+
+
+#: The B3-spline taps (1 4 6 4 1) / 16.
+_B3 = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)
+
+
+def _b3_smooth(x: torch.Tensor, d: int) -> torch.Tensor:
+    """Separable B3 smoothing with taps ``d`` apart (reflect borders), as five shifted multiply-adds per
+    axis: 2-3.5x faster than ``conv2d`` on 1-channel maps on the CPU (which unfolds the map five times),
+    the same values to 2e-7 (summation order)."""
+    h, w = x.shape[-2:]
+    p = _pad(x, 2 * d)
+    rows = p[..., :, 0:w] * _B3[0]
+    for k in range(1, 5):
+        rows.add_(p[..., :, k * d:k * d + w], alpha=_B3[k])
+    del p
+    out = rows[..., 0:h, :] * _B3[0]
+    for k in range(1, 5):
+        out.add_(rows[..., k * d:k * d + h, :], alpha=_B3[k])
+    return out
 
 
 MEASURES: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {

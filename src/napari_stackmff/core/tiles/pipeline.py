@@ -151,10 +151,18 @@ def median3(x: torch.Tensor) -> torch.Tensor:
     """
     h, w = x.shape
     p = F.pad(x[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
-    v = [p[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
-    for a, b in _MED9:
-        v[a], v[b] = torch.minimum(v[a], v[b]), torch.maximum(v[a], v[b])
-    return v[4].contiguous()
+    out = torch.empty_like(x)
+    for r0 in range(0, h, MEDIAN_BAND_ROWS):  # in bands: the network's ~11 temporaries are a band's
+        r1 = min(h, r0 + MEDIAN_BAND_ROWS)
+        v = [p[r0 + dy:r1 + dy, dx:dx + w] for dy in range(3) for dx in range(3)]
+        for a, b in _MED9:
+            v[a], v[b] = torch.minimum(v[a], v[b]), torch.maximum(v[a], v[b])
+        out[r0:r1] = v[4]
+    return out
+
+
+#: Rows per band of :func:`median3` (exact: each band reads its own rows of the padded map).
+MEDIAN_BAND_ROWS = 256
 
 
 def fill_low_confidence(focus: torch.Tensor, conf: torch.Tensor, threshold: float, sigma: float) -> torch.Tensor:
@@ -175,19 +183,28 @@ def fill_low_confidence(focus: torch.Tensor, conf: torch.Tensor, threshold: floa
 
 
 def peak_maps(best: torch.Tensor, idx: torch.Tensor, left: torch.Tensor, right: torch.Tensor, total: torch.Tensor,
-              n: int, *, window: int, fill_threshold: float, denoise: bool, halo: bool = False) -> FocusMaps:
+              n: int, *, window: int, fill_threshold: float, denoise: bool, halo: bool = False,
+              release: list | None = None) -> FocusMaps:
     """Maps from a streamed argmax: the best score, its slice, its neighbours' scores (NaN at the stack's
     ends) and the sum over slices; ``halo``: the halo decision (decision.py). Used by the streaming and the
-    device-resident classical engines."""
+    device-resident classical engines. ``release``: the caller's list holding those five maps, emptied so
+    that each map is freed once used (the streaming state is most of a tile's memory)."""
+    if release is not None:
+        release.clear()
     # Sub-slice peak: vertex of the parabola through (z-1, z, z+1); none at the stack's ends.
     denom = left - 2 * best + right
-    offset = 0.5 * (left - right) / torch.where(denom.abs() > 1e-20, denom, torch.ones_like(denom))
-    offset = torch.nan_to_num(offset, nan=0.0).clamp(-0.5, 0.5)
-    offset = torch.where(denom < 0, offset, torch.zeros_like(offset))
-    focus = idx.to(best.dtype) + offset
-    mean = total / n
-    conf = ((1 - mean / best.clamp_min(1e-20)) * (n / (n - 1))).clamp(0, 1)
-    conf = torch.where(best > 1e-12, conf, torch.zeros_like(conf))
+    offset = torch.sub(left, right, out=left if release is not None else None).mul_(0.5)
+    offset.div_(torch.where(denom.abs() > 1e-20, denom, torch.ones_like(denom)))
+    offset = torch.nan_to_num_(offset, nan=0.0).clamp_(-0.5, 0.5)
+    offset.masked_fill_(~(denom < 0), 0.0)
+    del denom, right, left
+    focus = offset.add_(idx.to(best.dtype))
+    del offset
+    mean = total.div_(n) if release is not None else total / n
+    del total
+    conf = mean.div_(best.clamp_min(1e-20)).neg_().add_(1).mul_(n / (n - 1)).clamp_(0, 1)
+    del mean
+    conf.masked_fill_(~(best > 1e-12), 0.0)
     robust = halo and denoise and fill_threshold > 0
     decided = None
     if robust:  # defocus halos take the slice of the dominant detail nearby (decision.py)
