@@ -128,9 +128,12 @@ def classical_margins(method: str, window: int, denoise: bool, fill_threshold: f
 #: hidden by the tile margin's fill radius), the 3x3 Sobel (tenengrad) or the three à-trous levels (5
 #: taps at dilation 1, 2, 4).
 _MEASURE_RADIUS = {"variance": 0, "laplacian": 2, "tenengrad": 1, "wavelet": 2 + 4 + 8}
-#: Peak working bytes per tile pixel of the classical path (float32 maps, streaming state,
-#: fill and median temporaries, read-ahead), measured on the wavelet path with margin.
-CLASSICAL_BYTES_PER_PIXEL = 256
+#: Peak working bytes per tile pixel of the classical path (float32 maps, streaming state, fill and
+#: median temporaries, read-ahead), with room to spare: measured 93 B/px on 64 x 2048² uint16 from a
+#: path (390 MB peak anonymous memory, outputs included; benchmarks/bench_memory.py), 189 B/px with the
+#: halo decision (792 MB: its votes blur one slice's map at a time).
+CLASSICAL_BYTES_PER_PIXEL = 128
+HALO_BYTES_PER_PIXEL = 256
 
 
 def classical_support(method: str, window: int, *, denoise: bool = True, fill_threshold: float = 0.25,
@@ -165,7 +168,7 @@ class ClassicalEngine:
         self.overlap, self.min_overlap = classical_margins(method, window, denoise, fill_threshold, halo)
 
     def bytes_per_pixel(self) -> float:
-        return CLASSICAL_BYTES_PER_PIXEL
+        return HALO_BYTES_PER_PIXEL if self.halo else CLASSICAL_BYTES_PER_PIXEL
 
     def schedule(self, windows: Sequence[tuple[slice, slice]]) -> None:
         """Nothing to do: slices are read ahead within each tile instead."""

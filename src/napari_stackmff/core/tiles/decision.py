@@ -132,9 +132,15 @@ def halo_vote(best: torch.Tensor, idx: torch.Tensor, n: int) -> tuple[torch.Tens
     halo = 1 - _ramp(ratio, HALO_LO, HALO_HI)
     if not bool((halo > 0).any()):
         return torch.zeros_like(idx), halo, torch.zeros_like(best)
-    mode, top, total = _vote(idx, best * best, range(n), VOTE_SIGMA)
+    used = torch.unique(idx).tolist()  # slices nobody picked get no votes: skip their blurs
+    mode, top, total = _vote(idx, best * best, used, VOTE_SIGMA)
     share = torch.where(total > 0, top / total.clamp_min(1e-30), torch.zeros_like(top))
     return mode.to(idx.dtype), halo, share
+
+
+#: Slices blurred per call of the vote: each holds ~5 maps (indicator, three box passes). 64 x 2048² with
+#: the halo decision: 4 -> 1235 MB peak, 2 -> 916, 1 -> 792, all in 44 s (the blur is per map either way).
+VOTE_BATCH = 1
 
 
 def _vote(idx: torch.Tensor, w: torch.Tensor, slices: Sequence[int], sigma: float
@@ -145,8 +151,8 @@ def _vote(idx: torch.Tensor, w: torch.Tensor, slices: Sequence[int], sigma: floa
     mode = torch.zeros_like(w)
     total = torch.zeros_like(w)
     slices = list(slices)
-    for c in range(0, len(slices), 4):  # a few slices per batch: O(H·W) memory whatever n
-        zs = slices[c:c + 4]
+    for c in range(0, len(slices), VOTE_BATCH):  # a few slices per batch: O(H·W) memory whatever n
+        zs = slices[c:c + VOTE_BATCH]
         ind = torch.stack([(idx == z).to(w.dtype) * w for z in zs])[:, None]
         votes = gaussian_blur(ind.contiguous(), sigma)[:, 0]
         for z, v in zip(zs, votes):
