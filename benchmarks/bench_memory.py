@@ -60,10 +60,13 @@ def main() -> None:
     p.add_argument("--baseline", type=Path, default=None, help="another checkout to run side by side")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--big", action="store_true", help="also 8 x 9000² (1.3 GB)")
+    p.add_argument("--only-big", action="store_true", help="only 8 x 9000²")
     args = p.parse_args()
     cases = [("random texture 64 x 2048²", 64, 2048, "random"), ("bright field 64 x 2048² (halo)", 64, 2048, "bright")]
-    if args.big:
+    if args.big or args.only_big:
         cases.append(("random texture 8 x 9000²", 8, 9000, "random"))
+    if args.only_big:
+        cases = cases[-1:]
     roots = [("this", ROOT)] + ([("baseline", args.baseline.resolve())] if args.baseline else [])
     print("| case | checkout | tiles | seconds (each round) | peak anon MB (each round) |\n|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:

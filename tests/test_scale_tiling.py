@@ -166,3 +166,26 @@ def test_v2_prefetch_and_channels_last_do_not_change_results(tmp_path_factory):
     from napari_stackmff.core.models import registry
 
     registry._cache.clear()  # channels_last changed the cached model's layout; start clean
+
+
+def test_classical_auto_budget_is_capped_not_a_share_of_free_memory(monkeypatch):
+    """Classical tiles on the CPU come from at most ClassicalEngine.max_budget (1.5 GiB), whatever is free: bigger
+    tiles bought no speed (8 x 9000²: 4 tiles 55.9 s / 3.6 GB, 9 tiles 54.9 s / 1.9 GB) — but a 2048² stack,
+    even with the halo decision, stays one tile. A budget the caller gives is used as given."""
+    from napari_stackmff.core.fusion.classical_engine import ClassicalEngine
+    from napari_stackmff.core.tiles import pipeline
+
+    monkeypatch.setattr(pipeline, "memory_budget", lambda device: 64 << 30)  # a machine with lots free
+    cpu = torch.device("cpu")
+    big = FocalStack(np.broadcast_to(np.zeros((1, 1), np.uint16), (8, 9000, 9000)))  # no memory behind it
+    eng = ClassicalEngine(big, 0, "wavelet", cpu, channel=None, window=9, denoise=True)
+    tile, overlap = pipeline.plan_tile(big, eng, cpu)
+    assert count_tiles(9000, 9000, tile, overlap) > 4
+    assert (eng.bytes_per_pixel() + 16) * tile * tile <= ClassicalEngine.max_budget * 1.1
+    tile_given, overlap_given = pipeline.plan_tile(big, eng, cpu, budget=64 << 30)
+    assert count_tiles(9000, 9000, tile_given, overlap_given) < count_tiles(9000, 9000, tile, overlap)
+    small = FocalStack(np.broadcast_to(np.zeros((1, 1), np.uint16), (64, 2048, 2048)))
+    for halo in (False, True):
+        eng = ClassicalEngine(small, 0, "wavelet", cpu, channel=None, window=9, denoise=True, halo=halo)
+        tile, overlap = pipeline.plan_tile(small, eng, cpu)
+        assert count_tiles(2048, 2048, tile, overlap) == 1

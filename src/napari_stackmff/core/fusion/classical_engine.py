@@ -155,6 +155,11 @@ class ClassicalEngine:
 
     single_tile = False
     feather = 0  # tiles are exact: nothing to blend
+    #: The automatic tile budget on the CPU is capped here, not at 40% of free memory (up to 4 GB): 8 x 9000²
+    #: uint16 from a path took 55.9 s in 4 tiles (3.6 GB anonymous memory), 54.8 s in 9 (2 GB budget), 56.5 s
+    #: in 16 (1 GB, 1.5 GB anonymous: the rest is the 81-Mpx outputs); 1.5 GB keeps 64 x 2048² in one tile
+    #: even with the halo decision (272 B/px). benchmarks/bench_memory.py, RESULTS.md issue 29.
+    max_budget = 3 << 29  # 1.5 GiB
     estimate_s = None  # classical runs take seconds: nothing to warn about
 
     def __init__(self, stack: FocalStack, t: int, method: str, device: torch.device, *, channel: int | None,

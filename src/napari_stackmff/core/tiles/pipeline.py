@@ -351,8 +351,11 @@ def plan_tile(stack: FocalStack, engine: TileEngine, device: torch.device, tile:
         gather_bytes = stack.dtype.itemsize * stack.n_channels * 2 + 12  # gathered + focus/conf out
         if blend is not None:
             gather_bytes += blend.bytes_per_pixel(stack.n_channels) + 8 * (stack.n_channels + 1)
-        budget = memory_budget(str(device)) if budget is None else int(budget)
-        tile = auto_tile_side(engine.bytes_per_pixel() + gather_bytes, budget, overlap=overlap)
+        if budget is None:  # an engine may cap the automatic budget where bigger tiles buy nothing
+            budget = memory_budget(str(device))
+            cap = getattr(engine, "max_budget", None)
+            budget = min(budget, cap) if cap and str(device).startswith("cpu") else budget
+        tile = auto_tile_side(engine.bytes_per_pixel() + gather_bytes, int(budget), overlap=overlap)
         tile = balance_tile(h, w, tile, overlap)
     tile = int(tile)
     if tile < max(h, w) and tile - 2 * overlap < 64:
