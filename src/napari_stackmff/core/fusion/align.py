@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import StackMFFError
 from ..io.stack import cast_to
+from ..tiles.classical import band_pool
 
 MOTIONS = ("translation", "similarity", "homography")
 #: Longer side of the copy that transforms are estimated on (px): the median shift error on synthetic
@@ -549,7 +550,7 @@ def _solve_similarities(measured: list[tuple[int, int, np.ndarray]], n: int, ref
     out = []
     for k in range(n):
         ak, bk = (1.0 + 0j, 0j) if k == ref else (a[col[k]], b[col[k]])
-        out.append(np.array([[ak.real, -ak.imag, bk.real], [ak.imag, ak.real, bk.imag], [0.0, 0.0, 1.0]]))
+        out.append(_complex_similarity(ak, bk))
     return out
 
 
@@ -602,18 +603,6 @@ def _sample(src: np.ndarray, sx: np.ndarray, sy: np.ndarray, img: Any = None) ->
 WARP_BAND_ROWS = 256
 
 
-def _warp_pool(workers: int) -> Any:
-    from concurrent.futures import ThreadPoolExecutor
-
-    global _POOL
-    if _POOL is None or _POOL[0] != workers:
-        _POOL = (workers, ThreadPoolExecutor(workers, thread_name_prefix="stackmff-warp"))
-    return _POOL[1]
-
-
-_POOL: tuple[int, Any] | None = None
-
-
 def _source_coords(m: np.ndarray, oy: np.ndarray, ox: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Source (x, y) of the output pixels on rows ``oy`` and columns ``ox`` (reference-grid coordinates)."""
     gx, gy = ox[None, :], oy[:, None]
@@ -657,10 +646,10 @@ def warp_window(read: Any, matrix: np.ndarray, shape: tuple[int, int], ys: slice
         sx, sy = _source_coords(m, oy[r0:r0 + WARP_BAND_ROWS], ox)
         out[r0:r0 + WARP_BAND_ROWS] = cast_to(_sample(src, sx - x0, sy - y0, img), src.dtype)
 
-    starts = range(0, len(oy), WARP_BAND_ROWS)
-    workers = min(torch.get_num_threads(), len(starts))
+    starts = list(range(0, len(oy), WARP_BAND_ROWS))
+    workers = min(torch.get_num_threads(), len(starts))  # 1 in Dask workers: no pool
     if workers > 1:
-        list(_warp_pool(workers).map(band, starts))
+        list(band_pool().map(lambda group: [band(r0) for r0 in group], [starts[i::workers] for i in range(workers)]))
     else:
         for r0 in starts:
             band(r0)
@@ -810,7 +799,7 @@ def _fit_similarity_lsq(src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
         a, b = np.linalg.lstsq(np.stack([zs[keep], np.ones(keep.sum())], 1), zd[keep], rcond=None)[0]
         r = np.abs(a * zs + b - zd)
         keep = r <= max(1.0, 3 * float(np.median(r)))
-    return np.array([[a.real, -a.imag, b.real], [a.imag, a.real, b.imag], [0.0, 0.0, 1.0]])
+    return _complex_similarity(a, b)
 
 
 def probe(images: Sequence[np.ndarray], shape: tuple[int, int] | None = None) -> dict:

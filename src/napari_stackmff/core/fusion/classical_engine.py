@@ -84,10 +84,9 @@ def _classical_stream(images: Iterator[np.ndarray], n: int, method: str, device:
     finally:
         images.close()  # type: ignore[attr-defined]
     assert best is not None and idx is not None
-    state = [best, idx, left, right, total]
-    del best, idx, left, right, total, prev, f, x  # peak_maps releases the state as it goes
-    return peak_maps(*state, n, window=window, fill_threshold=fill_threshold, denoise=denoise, halo=halo,
-                     release=state)
+    state = {"best": best, "idx": idx, "left": left, "right": right, "total": total}
+    del best, idx, left, right, total, prev, f, x  # peak_maps frees the state as it goes
+    return peak_maps(state, n, window=window, fill_threshold=fill_threshold, denoise=denoise, halo=halo)
 
 
 #: Rows per band of a measure on the CPU: its temporaries (13 maps at the peak for the wavelet) are

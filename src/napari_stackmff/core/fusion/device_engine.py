@@ -161,8 +161,7 @@ class DeviceClassicalEngine:
             if self._copy_stream is not None:
                 self._copy_stream.synchronize()  # the pinned buffers are freed on return: no copy may still read them
             self._raw = raw
-            maps = peak_maps(state["best"], state["idx"], state["left"], state["right"], state["total"], n,
-                             window=self.window, fill_threshold=self.fill_threshold, denoise=self.denoise,
+            maps = peak_maps(state, n, window=self.window, fill_threshold=self.fill_threshold, denoise=self.denoise,
                              halo=self.halo)
             return renumber(maps, self.keep)
 

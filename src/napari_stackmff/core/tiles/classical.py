@@ -111,7 +111,6 @@ def _scipy_box(a: np.ndarray, k: int) -> np.ndarray:
     """
     from scipy.ndimage import uniform_filter1d
 
-    global _pool
     a = np.ascontiguousarray(a)
     tmp, out = np.empty_like(a), np.empty_like(a)
     n = _threads()
@@ -125,11 +124,19 @@ def _scipy_box(a: np.ndarray, k: int) -> np.ndarray:
         run_rows((0, h))
         run_cols((0, w))
         return out
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="stackmff-box")
-    list(_pool.map(run_rows, rows))
-    list(_pool.map(run_cols, cols))
+    list(band_pool().map(run_rows, rows))
+    list(band_pool().map(run_cols, cols))
     return out
+
+
+def band_pool() -> ThreadPoolExecutor:
+    """The process's pool for bands of one image run on several cores at once: scipy's filters and torch's
+    ``grid_sample`` (core.fusion.align's warps) release the GIL. Callers submit at most as many tasks as
+    the threads they may use."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="stackmff-band")
+    return _pool
 
 
 def box_mean(x: torch.Tensor, size: int) -> torch.Tensor:

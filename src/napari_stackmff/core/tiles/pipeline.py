@@ -182,28 +182,27 @@ def fill_low_confidence(focus: torch.Tensor, conf: torch.Tensor, threshold: floa
     return alpha * focus + (1 - alpha) * filled
 
 
-def peak_maps(best: torch.Tensor, idx: torch.Tensor, left: torch.Tensor, right: torch.Tensor, total: torch.Tensor,
-              n: int, *, window: int, fill_threshold: float, denoise: bool, halo: bool = False,
-              release: list | None = None) -> FocusMaps:
-    """Maps from a streamed argmax: the best score, its slice, its neighbours' scores (NaN at the stack's
-    ends) and the sum over slices; ``halo``: the halo decision (decision.py). Used by the streaming and the
-    device-resident classical engines. ``release``: the caller's list holding those five maps, emptied so
-    that each map is freed once used (the streaming state is most of a tile's memory)."""
-    if release is not None:
-        release.clear()
+def peak_maps(state: dict[str, torch.Tensor], n: int, *, window: int, fill_threshold: float, denoise: bool,
+              halo: bool = False) -> FocusMaps:
+    """Maps from a streamed argmax: ``state`` holds the best score ("best"), its slice ("idx"), its
+    neighbours' scores ("left", "right"; NaN at the stack's ends) and the sum over slices ("total");
+    ``halo``: the halo decision (decision.py). Used by the streaming and the device-resident classical
+    engines. The state is consumed: its maps are taken out (emptying the dict) and reused in place, so
+    each is freed once used (the streaming state is most of a tile's memory)."""
+    best, idx, left, right, total = (state.pop(k) for k in ("best", "idx", "left", "right", "total"))
+    state.clear()
     # Sub-slice peak: vertex of the parabola through (z-1, z, z+1); none at the stack's ends.
     denom = left - 2 * best + right
-    offset = torch.sub(left, right, out=left if release is not None else None).mul_(0.5)
+    offset = torch.sub(left, right, out=left).mul_(0.5)
+    del left, right
     offset.div_(torch.where(denom.abs() > 1e-20, denom, torch.ones_like(denom)))
     offset = torch.nan_to_num_(offset, nan=0.0).clamp_(-0.5, 0.5)
     offset.masked_fill_(~(denom < 0), 0.0)
-    del denom, right, left
+    del denom
     focus = offset.add_(idx.to(best.dtype))
     del offset
-    mean = total.div_(n) if release is not None else total / n
+    conf = total.div_(n).div_(best.clamp_min(1e-20)).neg_().add_(1).mul_(n / (n - 1)).clamp_(0, 1)  # 1 - mean/best
     del total
-    conf = mean.div_(best.clamp_min(1e-20)).neg_().add_(1).mul_(n / (n - 1)).clamp_(0, 1)
-    del mean
     conf.masked_fill_(~(best > 1e-12), 0.0)
     robust = halo and denoise and fill_threshold > 0
     decided = None
