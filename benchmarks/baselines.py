@@ -71,14 +71,21 @@ def guided_filter(guide: np.ndarray, p: np.ndarray, r: int, eps: float) -> np.nd
     return _box(a, r) * guide + _box(b, r)
 
 
-def gff(sources: np.ndarray) -> np.ndarray:
-    x, top = _unit(sources)
+def gff_weights(sources: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GFF's hard saliency mask (H, W) and its guided-filtered base and detail weights (N, H, W), unnormalised."""
+    x, _ = _unit(sources)
     g = np.stack([_gray(s) for s in x])  # (N, H, W)
     lap = np.stack([np.abs(ndi.laplace(s)) for s in g])
     sal = np.stack([ndi.gaussian_filter(s, 5, truncate=1.0) for s in lap])  # 11x11 window, sigma 5
     win = sal.argmax(0)
     wb = np.stack([guided_filter(g[k], (win == k).astype(np.float32), 45, 0.3) for k in range(len(g))])
     wd = np.stack([guided_filter(g[k], (win == k).astype(np.float32), 7, 1e-6) for k in range(len(g))])
+    return win, wb, wd
+
+
+def gff(sources: np.ndarray) -> np.ndarray:
+    x, top = _unit(sources)
+    _, wb, wd = gff_weights(sources)
     wb = np.clip(wb, 0, None)
     wd = np.clip(wd, 0, None)
     wb /= np.maximum(wb.sum(0), 1e-12)

@@ -79,6 +79,8 @@ class Meter:
 
 
 def _weights(spec: dict) -> str | None:
+    if spec.get("weights"):
+        return spec["weights"]
     if spec.get("method") != "stackmff-v2":
         return None
     if OFFICIAL.exists():
@@ -142,7 +144,7 @@ def child(spec: dict) -> dict:
     elif kind == "v2cpu":
         from napari_stackmff.core.models.v2 import published_kernels
 
-        stacks = [np.load(f) for f in spec["files"]]
+        stacks = [np.load(f) if f.endswith(".npy") else load_stack(f).data for f in spec["files"]]
         kw = {"compat": True} if spec["compat"] else {}
         if spec.get("nchw"):
             kw["channels_last"] = False  # the official code's layout
@@ -159,7 +161,8 @@ def child(spec: dict) -> dict:
                 maps.append((r.focus_map, r.index))
         np.save(spec["out"], np.concatenate([f.ravel() for f, _ in maps]))
         np.save(spec["out"].replace(".npy", "_index.npy"), np.concatenate([i.ravel() for _, i in maps]))
-        out.update(times=times, voxels=[int(np.prod(s.shape[:3])) for s in stacks])
+        out.update(times=times, voxels=[int(np.prod(s.shape[:3])) for s in stacks], anon_mb=m.anon_mb,
+                   peak_mb=m.peak_mb)
     elif kind == "floor":
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -353,6 +356,49 @@ def table_v2_cpu(threads: int | None, tmp: Path, rounds: int = 2) -> None:
           f"{100 * np.mean(np.abs(fast - ref) < 1e-4):.3f}% of pixels within 1e-4")
 
 
+REAL_V3 = ROOT.parent / "shared" / "data" / "real_stacks" / "pseudoscorpion_rpi_microscope"
+
+
+def table_v3(threads: int | None, tmp: Path, baseline: str | None, real: bool, rounds: int = 1) -> None:
+    """StackMFF-V3 against V2 (both our default inference) on the same stacks: the 12 synthetic stacks of
+    table 2b and, with ``real``, the pseudoscorpion at full size (14 x 1944 x 2592 RGB). Each model runs in
+    its own process per set, in turn; time is the sum over the set (best of ``rounds``), memory the
+    peak anonymous memory of the process while fusing. ``baseline``: other V3 weights (e.g. the stride-1
+    weights shipped before) as a third row."""
+    sets = [("12 synthetic 384² x 6-24", v2_cpu_stacks(tmp))]
+    if real and REAL_V3.exists():
+        sets.append(("pseudoscorpion 14 x 1944 x 2592", [str(REAL_V3)]))
+    rows = [("V2 (ours)", "stackmff-v2", None), ("V3 (shipped)", "stackmff-v3", None)]
+    if baseline:
+        rows.append((f"V3 ({Path(baseline).name})", "stackmff-v3", baseline))
+    print(f"\n## 2c. StackMFF-V3 against V2, our default inference, threads {threads or 'default'}, "
+          f"best of {rounds}")
+    print(f"{'set':34s} {'model':28s} {'seconds':>8s} {'x V2':>6s} {'anon MB':>8s} {'x V2':>6s} {'same index':>10s}")
+    for label, files in sets:
+        best: dict[str, dict] = {}
+        for _ in range(rounds):
+            for i, (name, method, weights) in enumerate(rows):
+                spec = {"kind": "v2cpu", "method": method, "files": files, "compat": False,
+                        "published_kernels": False, "repeats": 1, "threads": threads, "weights": weights,
+                        "out": str(tmp / f"v3maps_{i}.npy")}
+                r = run_case(spec, timeout=7200)
+                if "error" in r:
+                    print(f"{label:34s} {name:28s} failed: {r['error']}")
+                    return
+                t = sum(r["times"])
+                if name not in best or t < best[name]["t"]:
+                    best[name] = {"t": t, "anon": r["anon_mb"]}
+        import numpy as np
+
+        idx = {i: np.load(tmp / f"v3maps_{i}_index.npy") for i in range(len(rows))}
+        v2 = best["V2 (ours)"]
+        for i, (name, _, _) in enumerate(rows):
+            b = best[name]
+            same = "—" if i < 2 else f"{100 * np.mean(idx[i] == idx[1]):.2f}%"
+            print(f"{label:34s} {name:28s} {b['t']:8.1f} {b['t'] / v2['t']:6.2f} {b['anon']:8.0f} "
+                  f"{b['anon'] / max(v2['anon'], 1):6.2f} {same:>10s}")
+
+
 def table_batch(threads: int | None, tmp: Path, method: str) -> None:
     root = tmp / "batch_in"
     write_batch(root)
@@ -398,6 +444,9 @@ def main() -> None:
     p.add_argument("--huge", action="store_true", help="also stream a 20000x20000x10 stack (8 GB; long)")
     p.add_argument("--no-disk", action="store_true", help="skip table 4")
     p.add_argument("--v2-cpu", action="store_true", help="only table 2b (V2 vs the published inference)")
+    p.add_argument("--v3", action="store_true", help="only table 2c (V3 vs V2)")
+    p.add_argument("--v3-baseline", default=None, help="table 2c: other V3 weights as a third row")
+    p.add_argument("--v3-real", action="store_true", help="table 2c: also the pseudoscorpion at full size")
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
@@ -407,6 +456,11 @@ def main() -> None:
     t0 = time.perf_counter()
     print(f"# bench_scale: {os.cpu_count()} CPUs, torch {torch.__version__}, threads {args.threads or 'default'}, "
           f"V2 weights: {'official' if OFFICIAL.exists() else 'random init'}")
+    if args.v3:
+        with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
+            table_v3(args.threads, Path(tmp), args.v3_baseline, args.v3_real)
+        print(f"\n(total {time.perf_counter() - t0:.0f} s)")
+        return
     if args.v2_cpu:
         with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
             table_v2_cpu(args.threads, Path(tmp))

@@ -1,6 +1,6 @@
 """StackMFF-V3 against V2 and classical fusion on tidy and untidy stacks (issue 13).
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/bench_v3.py [--stacks 12] [--size 128] [--v3-weights PATH]
+Run:  OMP_NUM_THREADS=1 python benchmarks/bench_v3.py [--stacks 12] [--size 128] [--v3-weights [NAME=]PATH ...]
                                                       [--real] [--max-side 1024]
 
 Held-out synthetic stacks (seeds 77000+, never used in training; the training pool and validation use
@@ -10,7 +10,7 @@ other seeds), N = 6-12, 8/16-bit, gray, noisy, all depth kinds, rendered by core
   shuffled+invalid shuffled, with 1-3 invalid slices inserted (blank, saturated, duplicated, another
                    scene, heavy noise, shifted; core/synth.py:disorder)
   pairs            N = 2 (the first and last slice of a 2-slice render)
-Rows: V3 (our weights, or --v3-weights), V2 (shipped weights), every classical measure, and the oracle
+Rows: V3 (our weights, then each --v3-weights, side by side), V2 (shipped weights), every classical measure, and the oracle
 (per pixel, the slice closest to the truth: the bound of any selection method). Scores: PSNR and SSIM of
 the fused image against the all-in-focus truth; focus accuracy = share of textured pixels whose chosen
 slice is the true in-focus one (for pairs and shuffled stacks: exactly; ordered: within one slice).
@@ -90,9 +90,21 @@ def score(fused: np.ndarray, focus: np.ndarray | None, s, truth: np.ndarray, exa
     return psnr(fused, s.aif), ssim(fused, s.aif), acc
 
 
+def v3_rows(items: list[str]) -> dict[str, dict]:
+    """The V3 rows: the shipped weights, then each ``NAME=PATH`` (or PATH, named by its file)."""
+    rows: dict[str, dict] = {"stackmff-v3": {"method": "stackmff-v3"}}
+    for item in items:
+        name, sep, path = item.partition("=")
+        name, path = (name, path) if sep else (f"v3 {Path(item).name}", item)
+        if not Path(path).exists():
+            raise SystemExit(f"--v3-weights: no file {path}")
+        rows[name] = {"method": "stackmff-v3", "weights": path}
+    return rows
+
+
 def run_synthetic(args) -> dict:
-    methods = {"stackmff-v3": {"method": "stackmff-v3", **({"weights": args.v3_weights} if args.v3_weights else {})},
-               "stackmff-v2": {"method": "stackmff-v2"}, **{m: {"method": m} for m in CLASSICAL}}
+    methods = {**v3_rows(args.v3_weights), "stackmff-v2": {"method": "stackmff-v2"},
+               **{m: {"method": m} for m in CLASSICAL}}
     stacks, pairs = held_out(args.stacks, args.size), pair_stacks(args.stacks, args.size)
     results: dict[str, dict[str, list]] = {}
     for cond in CONDITIONS:
@@ -149,8 +161,7 @@ def run_real(args) -> None:
     from bench_real import real_sets
 
     sets = {r.name: r for r in real_sets()}
-    kws = {"stackmff-v3": {"method": "stackmff-v3", **({"weights": args.v3_weights} if args.v3_weights else {})},
-           "stackmff-v2": {"method": "stackmff-v2"}, "wavelet": {"method": "wavelet"}}
+    kws = {**v3_rows(args.v3_weights), "stackmff-v2": {"method": "stackmff-v2"}, "wavelet": {"method": "wavelet"}}
     print(f"\nCPU seconds and peak memory (fresh process each; max side {args.max_side}):\n")
     print("| stack | shape | method | s | peak RSS GB | Q4 | sharp |")
     print("|---|---|---|---|---|---|---|")
@@ -174,7 +185,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stacks", type=int, default=12)
     ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--v3-weights", default=None)
+    ap.add_argument("--v3-weights", nargs="*", default=[], help="more V3 rows: [NAME=]PATH ...")
     ap.add_argument("--real", action="store_true")
     ap.add_argument("--max-side", type=int, default=512)
     ap.add_argument("--json", type=Path, default=None, help="write the synthetic summary here")

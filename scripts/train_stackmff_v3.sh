@@ -15,4 +15,13 @@ OMP_NUM_THREADS=1 stackmff -q train --model stackmff-v3 --variant narrow --objec
     --init-weights runs/v3_narrow.best.pt --epochs 14 --steps 40 --batch-size 4 --crop 96 --n-min 2 --n-max 12 \
     --val-stacks 8 --shuffle 0.8 --invalid 0.3 --lr 3e-4 --lr-gamma 0.9 --seed 1 --device cpu \
     --checkpoint runs/v3_stage2/v3_narrow.pt
-# then: cp runs/v3_stage2/v3_narrow.best.pt weights/stackmff_v3.pt and add its benchmark record to meta (card).
+# Stage 3 (the shipped file since issue 29): the same weights as the "narrow-fast" variant (head and cross-slice
+# attention at half resolution), fine-tuned with stage 2's settings. It stopped itself after 7 epochs; the
+# LAST epoch (runs/v3_fast/v3_narrow_fast.pt) was shipped, chosen on a separate selection set with invalid
+# slices (the loop's validation has none; see the card).
+OMP_NUM_THREADS=1 stackmff -q train --model stackmff-v3 --variant narrow-fast --objective classify \
+    --init-weights runs/v3_stage2/v3_narrow.best.pt --epochs 14 --steps 40 --batch-size 4 --crop 96 --n-min 2 \
+    --n-max 12 --val-stacks 8 --shuffle 0.8 --invalid 0.3 --lr 3e-4 --lr-gamma 0.9 --seed 2 --device cpu \
+    --checkpoint runs/v3_fast/v3_narrow_fast.pt
+# then: save runs/v3_fast/v3_narrow_fast.pt's state_dict as weights/stackmff_v3.pt with its benchmark record in
+# meta (card).

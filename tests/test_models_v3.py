@@ -41,6 +41,33 @@ def test_registry_builds_the_size_a_weights_file_holds(tmp_path, make_synth) -> 
     np.testing.assert_array_equal(r.all_in_focus, np.take_along_axis(s.slices, idx[None], 0)[0])
 
 
+def test_fast_variant_attends_at_half_resolution_and_its_file_says_so(tmp_path) -> None:
+    """A stride-2 model: its banded inference is its training forward (same numbers), the weights file
+    builds the fast variant by name, and it can start from stride-1 weights of the same size."""
+    torch.manual_seed(1)
+    slow = StackMFFV3.narrow()
+    fast = StackMFFV3.narrow(cross_stride=2)
+    fast.adopt(slow.state_dict())
+    theirs = fast.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in slow.state_dict().items())
+    assert int(theirs["stride_marker"]) == 2
+    fast.eval()
+    fast.BAND_TOKENS = 3000  # several bands of rows
+    x = torch.rand(1, 5, 96, 64)
+    with torch.no_grad():
+        banded = fast(x)
+        direct = fast._to_full(fast._cross_logits(fast.features(x)), (96, 64))
+        coarse = fast._cross_logits(fast.features(x))
+    assert coarse.shape == (1, 5, 48, 32) and banded.shape == (1, 5, 96, 64)
+    torch.testing.assert_close(banded, direct, atol=1e-5, rtol=0)
+    path = tmp_path / "fast.pt"
+    torch.save({"model": "stackmff-v3", "state_dict": fast.state_dict(), "readout": "argmax"}, path)
+    loaded = registry.load_model("stackmff-v3", path)
+    assert loaded.cross_stride == 2 and count_parameters(loaded) == 714_284
+    assert registry.get_spec("stackmff-v3").variant_of(fast.state_dict()) == "narrow-fast"
+    assert registry.get_spec("stackmff-v3").variant_of(slow.state_dict()) == "narrow"
+
+
 def test_order_free_maps_never_average_slice_numbers() -> None:
     """Two regions won by slices 0 and 4 of a shuffled stack, with noisy low-confidence pixels between:
     the clean-up may move the border, but every pixel keeps a slice some pixel voted for (never 2)."""

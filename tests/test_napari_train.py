@@ -72,14 +72,14 @@ def test_config_from_form(make_napari_viewer, qtbot, isolated_settings):
 
 def test_order_free_model_trains_on_untidy_stacks(make_napari_viewer, qtbot, isolated_settings):
     """Choosing StackMFF-V3 switches to its classification objective with shuffled and invalid slices, and
-    to the narrow variant on a CPU; back to V2, the hybrid objective and tidy stacks."""
+    to the narrow fast variant (the shipped weights' kind) on a CPU; back to V2, the hybrid objective and tidy stacks."""
     viewer = make_napari_viewer()
     trainer = TrainingWidget(viewer)
     qtbot.addWidget(trainer)
     trainer.device_combo.setCurrentText("cpu")
     trainer.model_combo.setCurrentIndex(trainer.model_combo.findData("stackmff-v3"))
     cfg = trainer.make_config()
-    assert cfg.model == "stackmff-v3" and cfg.objective == "classify" and cfg.variant == "narrow"
+    assert cfg.model == "stackmff-v3" and cfg.objective == "classify" and cfg.variant == "narrow-fast"
     assert cfg.shuffle > 0 and cfg.invalid > 0
     trainer.model_combo.setCurrentIndex(trainer.model_combo.findData("stackmff-v2"))
     cfg = trainer.make_config()

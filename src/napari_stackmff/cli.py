@@ -556,7 +556,8 @@ def _train_command(sub: Any) -> None:
                    help="processes rendering synthetic stacks, so a GPU never waits for data (default 0: in "
                         "the training loop, exactly reproducible)")
     p.add_argument("--variant", default=None, help="a model size other than the default, e.g. narrow "
-                                                   "(StackMFF-V3 with every width halved, trainable on a CPU)")
+                                                   "(StackMFF-V3 with every width halved, trainable on a CPU) or "
+                                                   "narrow-fast (also attending across slices at half resolution)")
     p.add_argument("--train-only", default=None, metavar="PART",
                    help="train this part of the model alone, the rest frozen: 'prior' (eventstackmff's focus "
                         "prior gate, e.g. added to weights trained without it)")

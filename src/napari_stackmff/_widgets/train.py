@@ -98,7 +98,7 @@ ORDER_FREE_SHUFFLE, ORDER_FREE_INVALID = 0.8, 0.3
 
 def _model_settings(model: str, init_path: Path | str | None, device: str) -> dict[str, Any]:
     """The model's own training settings: its size (that of the weights it starts from; else the narrow
-    variant on a CPU, where the full size trains too slowly), and shuffled/invalid slices when order-free."""
+    (fast) variant on a CPU, where the full size trains too slowly), and shuffled/invalid slices when order-free."""
     from ..core.devices import resolve_device
     from ..core.models.checkpoint import read_state_dict
 
@@ -107,8 +107,8 @@ def _model_settings(model: str, init_path: Path | str | None, device: str) -> di
     if spec.variants:
         if init_path is not None and spec.variant_of is not None:
             out["variant"] = spec.variant_of(read_state_dict(init_path))
-        elif resolve_device(device).type == "cpu" and "narrow" in spec.variants:
-            out["variant"] = "narrow"
+        elif resolve_device(device).type == "cpu":  # the narrow size, attending at half resolution if it can
+            out["variant"] = next((v for v in ("narrow-fast", "narrow") if v in spec.variants), None)
     if spec.order_free:
         out.update(shuffle=ORDER_FREE_SHUFFLE, invalid=ORDER_FREE_INVALID)
     return out

@@ -43,9 +43,12 @@ def _build_v2(variant: str | None = None) -> nn.Module:
 
 
 def _build_v3(variant: str | None = None) -> nn.Module:
-    from .v3 import StackMFFV3
+    from .v3 import FAST_CROSS_STRIDE, NARROW_WIDTHS, WIDTHS, StackMFFV3
 
-    return StackMFFV3.narrow() if variant == "narrow" else StackMFFV3()
+    if variant not in (None, "narrow", "fast", "narrow-fast"):
+        raise ValueError(f"unknown StackMFF-V3 variant {variant!r}")
+    stride = FAST_CROSS_STRIDE if variant and variant.endswith("fast") else 1
+    return StackMFFV3(NARROW_WIDTHS if variant and variant.startswith("narrow") else WIDTHS, stride)
 
 
 def _build_event(variant: str | None = None) -> nn.Module:
@@ -62,11 +65,14 @@ def _event_variant(state: dict[str, torch.Tensor]) -> str | None:
 
 
 def _v3_variant(state: dict[str, torch.Tensor]) -> str | None:
-    """The narrow variant's stem has 8 channels, the published size's 16."""
-    from .v3 import NARROW_WIDTHS
+    """The narrow variant's stem has 8 channels, the published size's 16; a fast variant's weights carry
+    their cross-slice stride."""
+    from .v3 import NARROW_WIDTHS, StackMFFV3
 
     stem = state.get("encoder.stem.0.weight")
-    return "narrow" if stem is not None and stem.shape[0] == NARROW_WIDTHS[0] else None
+    narrow = stem is not None and stem.shape[0] == NARROW_WIDTHS[0]
+    fast = StackMFFV3.stride_of(state) != 1
+    return {(True, True): "narrow-fast", (True, False): "narrow", (False, True): "fast"}.get((narrow, fast))
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -83,9 +89,9 @@ MODELS: dict[str, ModelSpec] = {
         weights_file="stackmff_v3.pt",
         readout="argmax",
         description="StackMFF-V3: order-free focus classification over the slices (2.7M parameters; the narrow "
-                    "variant 0.7M).",
+                    "variant 0.7M; the fast variants attend across slices at half resolution).",
         order_free=True,
-        variants=("narrow",),
+        variants=("narrow", "fast", "narrow-fast"),
         variant_of=_v3_variant,
     ),
     "eventstackmff": ModelSpec(

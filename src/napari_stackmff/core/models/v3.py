@@ -10,6 +10,11 @@ not from their order: out-of-order, blank or duplicated slices do not derail it.
 Sizes: ``StackMFFV3()`` is the published size (widths 16-256, 2,738,268 parameters, of which the
 cross-slice transformer is 6,560); ``StackMFFV3.narrow()`` (widths 8-128, 714,284) is the variant we
 can train on a CPU. Input height and width must be multiples of 32 (the inference pads).
+
+``cross_stride=2`` (ours, not published) runs the head and the cross-slice transformer on a grid of half
+the resolution and upsamples the logits: the features there are a bilinear upsampling of the decoder's
+1/4-resolution map anyway, and the transformer over every full-resolution pixel was ~80% of V3's time
+(FAST_CROSS_STRIDE). A stride-2 model carries a ``stride_marker`` buffer, so its weights file says so.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ FEATURES = 16  # per pixel per slice, the transformer's token width
 HEADS, FFN, LAYERS = 4, 64, 2
 DROP_PATH = 0.1
 PPM_BINS = (1, 2, 3, 6)
+#: The cross-slice grid of our fast variants (benchmarks/RESULTS.md, issue 29 item 2): on 512 x 640 crops,
+#: 1 thread, the narrow weights spent 15.2 of 18.8 s (pseudoscorpion, 14 slices) and 50.2 of 58.4 s
+#: (keyboard, 41) in the full-resolution head and transformer; at half resolution 4.0 and 12.3 s, with the
+#: same argmax on 99.3% / 97.4% of pixels before any fine-tuning. Stride 4 (1.0 / 3.2 s) kept 98.2% / 92.9%.
+FAST_CROSS_STRIDE = 2
 
 
 class ImageContext:
@@ -235,15 +245,17 @@ class Decoder(nn.Module):
         return torch.sigmoid(self.head(x))
 
     def rows(self, q: torch.Tensor, size: tuple[int, int], r0: int, r1: int) -> torch.Tensor:
-        """Rows [r0, r1) of ``forward``'s output from its 1/4-resolution map ``q`` (:meth:`quarter`), computed
-        on those rows alone: the bilinear upsampling reads q rows r0/4 - 2 .. r1/4 + 2, the 3x3 head one
-        full-resolution row either side (zeros beyond the image, as its padding)."""
+        """Rows [r0, r1) of ``forward``'s output of ``size`` (an integer multiple ``k`` of the 1/4-resolution
+        map ``q`` of :meth:`quarter`: 4 at full resolution), computed on those rows alone: the bilinear
+        upsampling reads q rows r0/k - 2 .. r1/k + 2, the 3x3 head one output row either side (zeros beyond
+        the image, as its padding)."""
         h, w = size
         qh = q.shape[-2]
-        a, b = max(0, r0 // 4 - 2), min(qh, r1 // 4 + 2)
-        up = F.interpolate(q[..., a:b, :], size=(4 * (b - a), w), mode="bilinear", align_corners=False)
+        k = h // qh
+        a, b = max(0, r0 // k - 2), min(qh, r1 // k + 2)
+        up = F.interpolate(q[..., a:b, :], size=(k * (b - a), w), mode="bilinear", align_corners=False)
         lo, hi = max(r0 - 1, 0), min(r1 + 1, h)
-        band = up[..., lo - 4 * a:hi - 4 * a, :]
+        band = up[..., lo - k * a:hi - k * a, :]
         band = F.pad(band, (0, 0, lo - (r0 - 1), (r1 + 1) - hi))  # the conv's zero padding at the image edge
         conv, bn = self.head[0], self.head[1]
         return torch.sigmoid(bn(F.conv2d(band, conv.weight, None, padding=(0, 1))))
@@ -358,22 +370,51 @@ class StackMFFV3(nn.Module):
         (``tile_bytes``), never below one encoder batch."""
         return max(self.ENCODER_PIXELS, int(tile_bytes / self.CONTEXT_BYTES_PER_PIXEL))
 
-    def __init__(self, widths: tuple[int, ...] = WIDTHS) -> None:
+    def __init__(self, widths: tuple[int, ...] = WIDTHS, cross_stride: int = 1) -> None:
         super().__init__()
+        if cross_stride not in (1, 2, 4):
+            raise ValueError(f"cross_stride must be 1, 2 or 4, not {cross_stride}")
         self.widths = tuple(widths)
         self.encoder = Encoder(self.widths)
         self.decoder = Decoder(self.widths)
         self.cross = CrossSlice()
+        self.cross_stride = cross_stride
+        if cross_stride != 1:  # in the state dict: the weights file tells the registry which model it is
+            self.register_buffer("stride_marker", torch.tensor(cross_stride))
 
     @classmethod
-    def narrow(cls) -> "StackMFFV3":
+    def narrow(cls, cross_stride: int = 1) -> "StackMFFV3":
         """The CPU-trainable variant: every width halved (714,284 parameters)."""
-        return cls(NARROW_WIDTHS)
+        return cls(NARROW_WIDTHS, cross_stride)
+
+    @staticmethod
+    def stride_of(state: dict[str, torch.Tensor]) -> int:
+        """The cross-slice stride a state dict was trained with (1: no marker, the published layout)."""
+        marker = state.get("stride_marker")
+        return 1 if marker is None else int(marker)
+
+    def adopt(self, state: dict[str, torch.Tensor]) -> None:
+        """Start from weights of the same size trained at another cross-slice stride (fine-tuning): every
+        parameter is the same, only the marker differs."""
+        state = {k: v for k, v in state.items() if k != "stride_marker"}
+        if self.cross_stride != 1:
+            state["stride_marker"] = self.stride_marker
+        self.load_state_dict(state, strict=True)
+
+    def _coarse(self, h: int, w: int) -> tuple[int, int]:
+        return h // self.cross_stride, w // self.cross_stride
+
+    def _to_full(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if self.cross_stride == 1:
+            return logits
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, D, h, w) features on the cross-slice grid (h, w: the input's over ``cross_stride``)."""
         b, n, h, w = x.shape
-        f = self.decoder(self.encoder(x.reshape(b * n, 1, h, w)), (h, w))
-        return f.reshape(b, n, FEATURES, h, w)
+        hs, ws = self._coarse(h, w)
+        f = self.decoder(self.encoder(x.reshape(b * n, 1, h, w)), (hs, ws))
+        return f.reshape(b, n, FEATURES, hs, ws)
 
     def encode(self, x: torch.Tensor) -> Iterator[list[torch.Tensor]]:
         """Encoder features of (B, N, H, W) slices, a group of slices at a time (inference; every slice is
@@ -402,17 +443,18 @@ class StackMFFV3(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, h, w = x.shape
         if self.training:
-            return self._cross_logits(self.features(x))
-        # Inference: the full-resolution part (upsampling, head, tokens, attention: ~5 copies of N x 16
-        # floats per pixel) runs in bands of rows, so the peak is the encoder's, not 16 features per voxel.
+            return self._to_full(self._cross_logits(self.features(x)), (h, w))
+        # Inference: the part on the cross-slice grid (upsampling, head, tokens, attention: ~5 copies of
+        # N x 16 floats per pixel) runs in bands of rows, so the peak is the encoder's, not 16 features per voxel.
         q = torch.cat([self.decoder.quarter(feats) for feats in self.encode(x)])
-        out = torch.empty((b, n, h, w), dtype=q.dtype, device=q.device)
-        rows = max(1, self.BAND_TOKENS // (n * w))
-        for r0 in range(0, h, rows):
-            r1 = min(h, r0 + rows)
-            f = self.decoder.rows(q, (h, w), r0, r1)
-            out[:, :, r0:r1] = self._cross_logits(f.reshape(b, n, FEATURES, r1 - r0, w))
-        return out
+        hs, ws = self._coarse(h, w)
+        out = torch.empty((b, n, hs, ws), dtype=q.dtype, device=q.device)
+        rows = max(1, self.BAND_TOKENS // (n * ws))
+        for r0 in range(0, hs, rows):
+            r1 = min(hs, r0 + rows)
+            f = self.decoder.rows(q, (hs, ws), r0, r1)
+            out[:, :, r0:r1] = self._cross_logits(f.reshape(b, n, FEATURES, r1 - r0, ws))
+        return self._to_full(out, (h, w))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -111,6 +111,18 @@ def _build_model(cfg: TrainConfig, spec: Any, device: torch.device) -> torch.nn.
                 raise StackMFFError(f"{cfg.init_weights}: cannot start {cfg.model} from it ({exc}).") from None
         else:
             load_state_dict(cfg.init_weights, model, model_name=cfg.model)
+    elif cfg.init_weights and hasattr(model, "stride_of"):  # V3: may start from another cross-slice stride
+        from ..models.checkpoint import read_state_dict
+
+        state = read_state_dict(cfg.init_weights)
+        if model.stride_of(state) == model.cross_stride:
+            load_state_dict(cfg.init_weights, model, model_name=cfg.model)
+        else:
+            try:
+                model.adopt(state)
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise StackMFFError(f"{cfg.init_weights}: cannot start {cfg.model} from it ({first}).") from None
     elif cfg.init_weights:
         load_state_dict(cfg.init_weights, model, model_name=cfg.model)
     if cfg.train_only:
