@@ -104,3 +104,26 @@ def test_clean_fraction_mixes_noise_free_stacks_into_training_and_validation(mon
     seen.clear()
     train_mod.SyntheticPool(np.random.default_rng(0), 16, (3, 3), 20, 1, noise=True, clean_fraction=0.0)
     assert seen == [True] * 20
+
+
+def test_order_free_validation_is_as_untidy_as_the_training_stacks() -> None:
+    """With an order-free model's rates, validation stacks are shuffled and get invalid slices as its
+    training stacks do (else the best epoch is picked on tidy stacks alone); the truth follows the slices:
+    gathering each stack at its label gives what the tidy stack gave at its own."""
+    from napari_stackmff.core import training as train_mod
+
+    tidy = train_mod.validation_set(3, 8, 48, (4, 6))
+    untidy = train_mod.validation_set(3, 8, 48, (4, 6), shuffle=1.0, invalid=1.0)
+    lengths = [len(s.slices) for _, s in untidy]
+    assert all(len(b.slices) > len(a.slices) for (_, a), (_, b) in zip(tidy, untidy))  # invalid slices in
+    assert sum(not np.array_equal(a.slices, b.slices[:len(a.slices)]) for (_, a), (_, b) in zip(tidy, untidy)) >= 6
+    for (_, a), (sample, b) in zip(tidy, untidy):
+        assert sample.images.shape[0] == len(b.slices) and sample.focus.max() < len(b.slices)
+        def at(slices: np.ndarray, label: np.ndarray) -> np.ndarray:
+            idx = np.rint(label).astype(int)[None]
+            return np.take_along_axis(slices, idx[..., None] if slices.ndim == 4 else idx, 0)[0]
+
+        before, after = at(a.slices, a.focus_index), at(b.slices, b.focus_index)
+        np.testing.assert_array_equal(after, before)
+    assert max(lengths) <= 6 + 3
+    assert [len(s.slices) for _, s in train_mod.validation_set(3, 8, 48, (4, 6))] == [len(s.slices) for _, s in tidy]

@@ -318,7 +318,8 @@ def train(
     loss_of = (lambda lg, b: crit(lg, b.images)) if crit is not None else objective.loss
     val = (event_validation_set(cfg.seed, cfg.val_stacks, max(cfg.crop, 96), cfg.n_range, cfg.noise,
                                 cfg.clean_fraction) if spec.uses_events else
-           validation_set(cfg.seed, cfg.val_stacks, max(cfg.crop, 96), cfg.n_range, cfg.noise, cfg.clean_fraction))
+           validation_set(cfg.seed, cfg.val_stacks, max(cfg.crop, 96), cfg.n_range, cfg.noise, cfg.clean_fraction,
+                          shuffle=cfg.shuffle, invalid=cfg.invalid))
     for _ in val:
         on_render(0, 0)
     stopped = stop is not None and stop.is_set()
