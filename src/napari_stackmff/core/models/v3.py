@@ -33,10 +33,11 @@ FEATURES = 16  # per pixel per slice, the transformer's token width
 HEADS, FFN, LAYERS = 4, 64, 2
 DROP_PATH = 0.1
 PPM_BINS = (1, 2, 3, 6)
-#: The cross-slice grid of our fast variants (benchmarks/RESULTS.md, issue 29 item 2): on 512 x 640 crops,
-#: 1 thread, the narrow weights spent 15.2 of 18.8 s (pseudoscorpion, 14 slices) and 50.2 of 58.4 s
-#: (keyboard, 41) in the full-resolution head and transformer; at half resolution 4.0 and 12.3 s, with the
-#: same argmax on 99.3% / 97.4% of pixels before any fine-tuning. Stride 4 (1.0 / 3.2 s) kept 98.2% / 92.9%.
+#: The cross-slice grid of our fast variants (benchmarks/bench_v3_stride.py, RESULTS.md issue 29 item 2): on
+#: 512 x 640 crops, 1 thread, the stride-1 narrow weights spent 22.5 of 26.7 s (pseudoscorpion, 14 slices)
+#: and 54.3 of 64.0 s (keyboard, 41) in the full-resolution head and transformer; at half resolution 4.3 and
+#: 13.2 s, with the same argmax on 99.3% / 97.4% of pixels before any fine-tuning. Stride 4 (1.0 / 4.3 s)
+#: kept 98.2% / 92.9%.
 FAST_CROSS_STRIDE = 2
 
 
