@@ -328,3 +328,32 @@ def test_a_static_stack_never_loses_slices_to_a_partial_alignment() -> None:
     with pytest.warns(UserWarning, match="too little to tell motion from defocus"):
         r = fuse(rgb, method="variance", align="auto")
     assert r.all_in_focus.shape == (64, 64, 3) and not r.excluded
+
+
+@pytest.mark.parametrize("dtype, channels", [("uint8", 3), ("uint16", 0), ("float32", 0)])
+@pytest.mark.parametrize("homography", [False, True])
+def test_fast_warp_is_the_exact_warp(dtype, channels, homography) -> None:
+    """The slices a fusion reads are warped by OpenCV when it is installed: the same cubic convolution and
+    edges as the torch path, for a window with an offset (a crop), within a grey level (its sub-pixel
+    positions are on a 1/32-px grid)."""
+    pytest.importorskip("cv2")
+    from scipy import ndimage as ndi
+
+    from napari_stackmff.core.fusion.align import similarity_matrix, warp_window
+
+    rng = np.random.default_rng(5)
+    shape = (120, 160) + ((channels,) if channels else ())
+    top = {"uint8": 255, "uint16": 65535, "float32": 1.0}[dtype]
+    img = (ndi.gaussian_filter(rng.random(shape), (2, 2, 0)[:len(shape)]) * 4 - 1.5).clip(0, 1) * top
+    img = img.astype(dtype)
+    m = similarity_matrix(1.03, 2.0, np.array([4.3, -2.6]), (80, 60))
+    if homography:
+        m = m.copy()
+        m[2, :2] = (1e-4, -5e-5)
+    read = lambda a, b: img[a, b]  # noqa: E731
+    exact = warp_window(read, m, (120, 160), slice(10, 110), slice(5, 150), (3, 4))
+    fast = warp_window(read, m, (120, 160), slice(10, 110), slice(5, 150), (3, 4), fast=True)
+    assert fast.shape == exact.shape and fast.dtype == exact.dtype
+    diff = np.abs(fast.astype(np.float64) - exact.astype(np.float64))
+    assert diff.max() <= (1 if dtype == "uint8" else 0.004 * top), diff.max()
+    assert diff.mean() <= 0.001 * top
