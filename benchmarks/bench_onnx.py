@@ -1,11 +1,13 @@
-"""Is ONNX Runtime worth a CPU inference path for StackMFF-V2? (issue 29 item 1: choose by measurement)
+"""Is ONNX Runtime or OpenVINO worth a CPU inference path for StackMFF-V2? (issue 29 item 1: choose by measurement)
 
-Run:  pip install onnxruntime onnx && python benchmarks/bench_onnx.py [--slices 12] [--side 384]
+Run:  pip install onnxruntime onnx [openvino] && python benchmarks/bench_onnx.py [--slices 12] [--side 384]
 
 V2 is a per-slice feature extractor (batch = slices) and a bidirectional ConvGRU stepped once per slice in
 each direction. Both parts are exported to ONNX with dynamic shapes (batch, height, width; the GRU loop
 stays in Python, so any number of slices runs without re-export) and timed against torch on the same
 inputs, same thread count, best of 3 after a warm-up. The end-to-end estimate is fe + 2·N cell steps.
+OpenVINO (when installed) compiles the same ONNX files for its CPU plugin, fp32 (precision hint), with the
+same thread count.
 Random init: the time does not depend on the weights.
 """
 
@@ -65,6 +67,15 @@ def main() -> None:
         V2._FAST = True
         s_fe = ort.InferenceSession(f"{tmp}/fe.onnx", so, providers=["CPUExecutionProvider"])
         s_cell = ort.InferenceSession(f"{tmp}/cell.onnx", so, providers=["CPUExecutionProvider"])
+        try:
+            import openvino as ov
+        except ImportError:
+            ov = None
+        if ov is not None:
+            core = ov.Core()
+            cfg = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32"}
+            v_fe = core.compile_model(f"{tmp}/fe.onnx", "CPU", cfg)
+            v_cell = core.compile_model(f"{tmp}/cell.onnx", "CPU", cfg)
     xn, fn, hn = x.numpy(), feats[:1].numpy(), h.numpy()
     with torch.no_grad():
         t_fe = best_of(lambda: fe(x))
@@ -74,14 +85,30 @@ def main() -> None:
     o_cell = best_of(lambda: s_cell.run(None, {"x": fn, "h": hn}))
     d_fe = float(np.abs(s_fe.run(None, {"x": xn})[0] - ref_fe).max())
     d_cell = float(np.abs(s_cell.run(None, {"x": fn, "h": hn})[0] - ref_cell).max())
+    v = {}
+    if ov is not None:
+        v["fe"] = best_of(lambda: v_fe({"x": xn}))
+        v["cell"] = best_of(lambda: v_cell({"x": fn, "h": hn}))
+        v["d_fe"] = float(np.abs(v_fe({"x": xn})[0] - ref_fe).max())
+        v["d_cell"] = float(np.abs(v_cell({"x": fn, "h": hn})[0] - ref_cell).max())
     n = a.slices
     print(f"V2 parts, {n} slices of {a.side}², {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"onnxruntime {ort.__version__}\n")
-    print("| part | torch s | onnxruntime s | torch / ort | max abs diff |\n|---|---|---|---|---|")
-    print(f"| feature extraction ({n} slices) | {t_fe:.3f} | {o_fe:.3f} | {t_fe / o_fe:.2f}x | {d_fe:.1e} |")
-    print(f"| one ConvGRU step | {t_cell:.3f} | {o_cell:.3f} | {t_cell / o_cell:.2f}x | {d_cell:.1e} |")
+          f"onnxruntime {ort.__version__}" + (f", openvino {ov.__version__}" if ov is not None else "") + "\n")
+    ovh = " openvino s | torch / ov | max abs diff (ov) |" if v else ""
+    print("| part | torch s | onnxruntime s | torch / ort | max abs diff |" + ovh + "\n|---|---|---|---|---|"
+          + ("---|---|---|" if v else ""))
+
+    def ovc(key: str, t: float, d: str) -> str:
+        return f" {v[key]:.3f} | {t / v[key]:.2f}x | {d} |" if v else ""
+
+    print(f"| feature extraction ({n} slices) | {t_fe:.3f} | {o_fe:.3f} | {t_fe / o_fe:.2f}x | {d_fe:.1e} |"
+          + ovc("fe", t_fe, f"{v.get('d_fe', 0):.1e}"))
+    print(f"| one ConvGRU step | {t_cell:.3f} | {o_cell:.3f} | {t_cell / o_cell:.2f}x | {d_cell:.1e} |"
+          + ovc("cell", t_cell, f"{v.get('d_cell', 0):.1e}"))
     tt, to = t_fe + 2 * n * t_cell, o_fe + 2 * n * o_cell
-    print(f"| V2 estimate (fe + {2 * n} steps) | {tt:.2f} | {to:.2f} | {tt / to:.2f}x | |")
+    if v:
+        v["all"] = v["fe"] + 2 * n * v["cell"]
+    print(f"| V2 estimate (fe + {2 * n} steps) | {tt:.2f} | {to:.2f} | {tt / to:.2f}x | |" + ovc("all", tt, ""))
 
 
 if __name__ == "__main__":
