@@ -332,13 +332,14 @@ def test_a_static_stack_never_loses_slices_to_a_partial_alignment() -> None:
 
 @pytest.mark.parametrize("dtype, channels", [("uint8", 3), ("uint16", 0), ("float32", 0)])
 @pytest.mark.parametrize("homography", [False, True])
-def test_fast_warp_is_the_exact_warp(dtype, channels, homography) -> None:
+def test_fast_warp_is_the_exact_warp(dtype, channels, homography, monkeypatch) -> None:
     """The slices a fusion reads are warped by OpenCV when it is installed: the same cubic convolution and
     edges as the torch path, for a window with an offset (a crop), within a grey level (its sub-pixel
-    positions are on a 1/32-px grid)."""
+    positions are on a 1/32-px grid). Without OpenCV the fast path is the torch path itself."""
     pytest.importorskip("cv2")
     from scipy import ndimage as ndi
 
+    from napari_stackmff.core.fusion import align
     from napari_stackmff.core.fusion.align import similarity_matrix, warp_window
 
     rng = np.random.default_rng(5)
@@ -357,3 +358,6 @@ def test_fast_warp_is_the_exact_warp(dtype, channels, homography) -> None:
     diff = np.abs(fast.astype(np.float64) - exact.astype(np.float64))
     assert diff.max() <= (1 if dtype == "uint8" else 0.004 * top), diff.max()
     assert diff.mean() <= 0.001 * top
+    monkeypatch.setattr(align, "_cv2", lambda: None)
+    np.testing.assert_array_equal(warp_window(read, m, (120, 160), slice(10, 110), slice(5, 150), (3, 4), fast=True),
+                                  exact)
