@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..devices import resolve_device
-from ..errors import StackMFFError
+from ..errors import StackMFFError, WeightsError
 from ..io.stack import FocalStack
 from ..models import fusion2void as f2v
 from ..models.inference import pad_to_multiple
@@ -111,20 +111,18 @@ def _build_model(cfg: TrainConfig, spec: Any, device: torch.device) -> torch.nn.
                 raise StackMFFError(f"{cfg.init_weights}: cannot start {cfg.model} from it ({exc}).") from None
         else:
             load_state_dict(cfg.init_weights, model, model_name=cfg.model)
-    elif cfg.init_weights and hasattr(model, "stride_of"):  # V3: may start from another cross-slice stride
-        from ..models.checkpoint import read_state_dict
-
-        state = read_state_dict(cfg.init_weights)
-        if model.stride_of(state) == model.cross_stride:
-            load_state_dict(cfg.init_weights, model, model_name=cfg.model)
-        else:
-            try:
-                model.adopt(state)
-            except RuntimeError as exc:
-                first = str(exc).strip().splitlines()[0]
-                raise StackMFFError(f"{cfg.init_weights}: cannot start {cfg.model} from it ({first}).") from None
     elif cfg.init_weights:
-        load_state_dict(cfg.init_weights, model, model_name=cfg.model)
+        try:
+            load_state_dict(cfg.init_weights, model, model_name=cfg.model)
+        except WeightsError as exc:  # a model may start from a near relative's weights (V3: another stride)
+            if not hasattr(model, "adopt"):
+                raise
+            from ..models.checkpoint import read_state_dict
+
+            try:
+                model.adopt(read_state_dict(cfg.init_weights))
+            except RuntimeError:
+                raise exc from None  # not a relative either: the loader's one line says why
     if cfg.train_only:
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith(cfg.train_only + "."))
