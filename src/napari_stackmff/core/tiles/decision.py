@@ -66,17 +66,27 @@ def bright_field_share(image: np.ndarray) -> float:
     return float(np.mean(x[flat] > 0.7))
 
 
-def resolve_decision(name: str | None, sample: np.ndarray | None = None) -> bool:
-    """True for the halo decision ("auto": when ``sample``, a view of the stack's middle slice, is a bright
-    field); one clear line for an unknown name."""
+def resolve_decision(name: str | None, sample: np.ndarray | None = None) -> float:
+    """The halo threshold to fuse with (:func:`halo_vote`'s ``hi``), 0.0 for the legacy decision: "auto"
+    takes the halo decision when ``sample``, a view of the stack's middle slice, is a bright field, with
+    :data:`HALO_HI_BRIGHT`; "halo" takes it anyway, with :data:`HALO_HI` where the field is not bright.
+    One clear line for an unknown name."""
     from ..errors import StackMFFError
 
     name = DEFAULT_DECISION if name is None else str(name)
     if name not in DECISIONS:
         raise StackMFFError(f"decision must be one of {', '.join(DECISIONS)}, got {name!r}.")
-    if name == "auto":
-        return sample is not None and bright_field_share(sample) >= BRIGHT_FIELD_SHARE
-    return name == "halo"
+    if name == "legacy":
+        return 0.0
+    bright = sample is not None and bright_field_share(sample) >= BRIGHT_FIELD_SHARE
+    if bright:
+        return HALO_HI_BRIGHT
+    return HALO_HI if name == "halo" else 0.0
+
+
+def halo_threshold(halo: bool | float) -> float:
+    """``halo`` as the engines carry it (False/0: off; True: :data:`HALO_HI`; a number: that threshold)."""
+    return HALO_HI if halo is True else float(halo)
 
 #: Halo neighbourhood radius (px): the defocus blur of the pseudoscorpion's outer slices spreads the
 #: dark edge ~30-50 px into the bright field, and in a thick specimen the outline seen out of focus lies
@@ -89,6 +99,13 @@ HALO_RADIUS = 128
 #: decided by the vote below the midpoint, 0.06). 0.01-0.04 left rings inside the leg's dark body
 #: (ratio 0.03-0.1 there); on synthetic stacks both measured alike.
 HALO_LO, HALO_HI = 0.02, 0.1
+#: HALO_HI on a bright field (what "auto" tests; midpoint 0.16). 0.1 left thin lines ~5-10 px inside the
+#: pseudoscorpion leg's outline: the knee of the edge of slices 1-2 off focus, whose outline lies a few px
+#: inside the sharp one (ratio 0.08-0.17 at 768 px; docs/img/issue26_halo_hi.png); 0.3 removes them, 0.5
+#: lost 0.028 of Q4 there (bench_real.py at 768 px: 0.8345 / 0.8317 / 0.8064 for 0.1 / 0.3 / 0.5). Not on
+#: other stacks: there a body is rarely flat, and 0.3 moved real weak detail to a stronger neighbour's slice
+#: (24 synthetic stacks with the halo decision forced: 27.32 -> 26.90 dB).
+HALO_HI_BRIGHT = 0.3
 #: Blur of the halo vote (px). Half the radius: with 32 at radius 128 the vote's reach stopped inside the
 #: leg's body and left an elliptic seam between two slices there (full size, pseudoscorpion).
 VOTE_SIGMA = HALO_RADIUS / 2
@@ -118,7 +135,8 @@ def max_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
     return F.max_pool2d(y, (k, 1), stride=1, padding=(radius, 0))[0, 0]
 
 
-def halo_vote(best: torch.Tensor, idx: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def halo_vote(best: torch.Tensor, idx: torch.Tensor, n: int, hi: float | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(slice of the dominant detail nearby, how much each pixel lies in a stronger peak's halo in [0, 1],
     the winning slice's share of the votes).
 
@@ -126,10 +144,11 @@ def halo_vote(best: torch.Tensor, idx: torch.Tensor, n: int) -> tuple[torch.Tens
     other slice shows the edge's defocused spread (the rings). So the vote: every pixel votes for its
     slice with its energy squared, blurred with sigma = :data:`VOTE_SIGMA`; the sharp edge outvotes
     its own halo by ~10^4 (100x the energy). A plain max filter carried the edge's slice in square blocks,
-    and energy (not squared) let the rings' own votes win (both tried on the leg).
+    and energy (not squared) let the rings' own votes win (both tried on the leg). ``hi``: the ratio above
+    which a pixel keeps its own detail (default :data:`HALO_HI`).
     """
     ratio = best / max_filter(best, HALO_RADIUS).clamp_min(1e-20)
-    halo = 1 - _ramp(ratio, HALO_LO, HALO_HI)
+    halo = 1 - _ramp(ratio, HALO_LO, HALO_HI if hi is None else hi)
     if not bool((halo > 0).any()):
         return torch.zeros_like(idx), halo, torch.zeros_like(best)
     used = torch.unique(idx).tolist()  # slices nobody picked get no votes: skip their blurs

@@ -183,10 +183,10 @@ def fill_low_confidence(focus: torch.Tensor, conf: torch.Tensor, threshold: floa
 
 
 def peak_maps(state: dict[str, torch.Tensor], n: int, *, window: int, fill_threshold: float, denoise: bool,
-              halo: bool = False) -> FocusMaps:
+              halo: bool | float = False) -> FocusMaps:
     """Maps from a streamed argmax: ``state`` holds the best score ("best"), its slice ("idx"), its
     neighbours' scores ("left", "right"; NaN at the stack's ends) and the sum over slices ("total");
-    ``halo``: the halo decision (decision.py). Used by the streaming and the device-resident classical
+    ``halo``: the halo decision (decision.py; a number is its threshold, decision.halo_threshold). Used by the streaming and the device-resident classical
     engines. The state is consumed: its maps are taken out (emptying the dict) and reused in place, so
     each is freed once used (the streaming state is most of a tile's memory)."""
     best, idx, left, right, total = (state.pop(k) for k in ("best", "idx", "left", "right", "total"))
@@ -204,10 +204,10 @@ def peak_maps(state: dict[str, torch.Tensor], n: int, *, window: int, fill_thres
     conf = total.div_(n).div_(best.clamp_min(1e-20)).neg_().add_(1).mul_(n / (n - 1)).clamp_(0, 1)  # 1 - mean/best
     del total
     conf.masked_fill_(~(best > 1e-12), 0.0)
-    robust = halo and denoise and fill_threshold > 0
+    robust = bool(halo) and denoise and fill_threshold > 0
     decided = None
     if robust:  # defocus halos take the slice of the dominant detail nearby (decision.py)
-        dom, halo, share = decision.halo_vote(best, idx, n)
+        dom, halo, share = decision.halo_vote(best, idx, n, decision.halo_threshold(halo))
         decided = halo > 0.5
         focus = torch.where(decided, dom.to(focus.dtype), focus)
         conf = torch.where(decided, share, conf)
