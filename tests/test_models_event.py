@@ -129,6 +129,45 @@ def test_focus_prior_log_energy_peaks_at_the_sharp_slice(make_synth) -> None:
     assert (np.abs(lf.argmax(0).numpy() - truth)[mask] <= 1).mean() > 0.9
 
 
+def test_focus_prior_signal_to_noise_tells_texture_from_noise(make_synth) -> None:
+    """The gate's noise cue: the best slice's energy over the noise floor is high on textured pixels and
+    near zero where the slices hold only noise (a flat field at 20 photons), where the measure's vote is
+    noise and the gate must be able to turn it down."""
+    from napari_stackmff.core.training import synth
+    from napari_stackmff.core.models.event import FocusPrior
+
+    s = make_synth(seed=52, n=6, size=96)
+    x = torch.from_numpy(s.slices.astype(np.float32) / 255.0)[None]
+    snr = FocusPrior.signal_to_noise(x, FocusPrior.raw_log_energy(x))[0].numpy()
+    textured = np.median(snr[synth.texture_mask(s.aif.astype(np.float32) / 255.0, quantile=0.4)])
+    flat = torch.from_numpy(np.random.default_rng(0).poisson(10.0, (1, 6, 96, 96)).astype(np.float32) / 20.0)
+    noise = np.median(FocusPrior.signal_to_noise(flat, FocusPrior.raw_log_energy(flat)).numpy())
+    assert textured > 2.0 > 1.0 > noise, (textured, noise)  # 3.1 and 0.5 measured
+
+
+def test_a_three_cue_gate_loads_and_votes_as_before(tmp_path) -> None:
+    """Event weights saved before the gate's noise cue (three cues) load through the shared loader, and the
+    model gives the same logits as the model they were saved from."""
+    from napari_stackmff.core.models.checkpoint import load_state_dict
+
+    torch.manual_seed(0)
+    old = EventStackMFF()
+    with torch.no_grad():
+        for p in old.prior.gate.parameters():
+            p.normal_(0, 0.3)
+        old.prior.gate[0].weight[:, 3:].zero_()  # what a three-cue gate is, in today's layout
+    state = old.state_dict()
+    state["prior.gate.0.weight"] = state["prior.gate.0.weight"][:, :3].clone()
+    path = tmp_path / "three_cues.pt"
+    torch.save({"model": "eventstackmff", "state_dict": state}, path)
+    new = EventStackMFF()
+    load_state_dict(path, new, model_name="eventstackmff")
+    x, ev = torch.rand(1, 4, 64, 64), torch.randn(1, 4, 64, 64) * 0.3
+    with torch.no_grad():
+        assert torch.equal(new.eval()(x, ev), old.eval()(x, ev))
+    assert new.prior.gate[0].weight.shape[1] == 4
+
+
 def _noise_free_psnr(weights: Path, seeds: range) -> float:
     from napari_stackmff.core.fusion.metrics import psnr
     from napari_stackmff.core.training.data import render_event_item

@@ -100,6 +100,9 @@ def load_state_dict(path: str | PathLike[str], model: nn.Module, *, model_name: 
     meta = {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, (str, int, float, bool))
             and k != "model"} if isinstance(raw, Mapping) and raw.get("state_dict") is not None else {}
 
+    upgrade = getattr(model, "upgrade_state", None)  # a model that reads its older layouts says so
+    if callable(upgrade):
+        state = upgrade(state)
     expected = model.state_dict()
     problems: list[str] = []
     problems += [f"missing key '{k}'" for k in expected if k not in state]

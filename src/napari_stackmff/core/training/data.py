@@ -218,26 +218,35 @@ def _scaled_events(events: np.ndarray) -> np.ndarray:
     return np.tanh(events / 2.0).astype(np.float32)
 
 
+#: Peak photon counts of the event training stacks, one drawn per stack: V2's synthesis (synth.py, 30-2000)
+#: and 10, where the wavelet measure falls behind V2 and the focus prior's gate must learn to stop trusting it
+#: (issue 28; before 2026-12-07 the gate never saw such stacks and weighed the vote more under noise).
+EVENT_PHOTONS = (10.0, 30.0, 200.0, 2000.0)
+
+
 def render_event_item(seed: int | Sequence[int], size: int, n_dense: int, noise: bool,
-                      *, with_clean: bool = False) -> tuple[np.ndarray, ...]:
+                      *, with_clean: bool = False,
+                      photons: Sequence[float] = EVENT_PHOTONS, scene: str | None = None) -> tuple[np.ndarray, ...]:
     """One dense image + event stack for event models: (images, events, depth, focus positions, aif).
 
     A third of the scenes have weak texture (contrast 5-30%) and blur radii reach 24 px: where image
     focus cues fade, which is where the events are meant to help. ``with_clean`` appends the noise-free
     slices and truth (on their own [0, 1] scale): benchmarks use them to pick the truly sharpest slice per pixel.
+    ``photons``: the peak photon counts one is drawn from (benchmarks pass fewer for a heavy-noise set);
+    ``scene``: one scene kind of synth.SCENE_KINDS instead of a random one.
     """
     from . import synth
 
     rng = np.random.default_rng(seed)
     shape = (size, size)
-    aif = synth.random_scene(rng, shape)
+    aif = synth.random_scene(rng, shape, scene)
     if rng.random() < 1 / 3:
         aif = (0.5 + (aif - 0.5) * rng.uniform(0.05, 0.3)).astype(np.float32)
     depth = synth.random_depth(rng, shape)
     pos = synth.focus_positions(rng, n_dense)
     radius = float(rng.uniform(6.0, 24.0))
-    photons = float(rng.choice([30.0, 200.0, 2000.0])) if noise else None
-    s = synth.render_stack(aif, depth, pos, max_radius=radius, layers=24, dtype=np.uint16, peak_photons=photons,
+    peak = float(rng.choice(list(photons))) if noise else None
+    s = synth.render_stack(aif, depth, pos, max_radius=radius, layers=24, dtype=np.uint16, peak_photons=peak,
                            read_noise=float(rng.uniform(0.002, 0.01)) if noise else 0.0, rng=rng)
     events = synth.simulate_events(aif, depth, pos, max_radius=radius, substeps=4, rng=rng)
     images, aif_unit = _to_unit(s.slices, s.aif)
