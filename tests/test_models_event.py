@@ -145,6 +145,39 @@ def test_focus_prior_signal_to_noise_tells_texture_from_noise(make_synth) -> Non
     assert textured > 2.0 > 1.0 > noise, (textured, noise)  # 3.1 and 0.5 measured
 
 
+def _mean_prior_weight(model: EventStackMFF, photons: float | None) -> float:
+    from napari_stackmff.core.models.event import event_scale
+    from napari_stackmff.core.training.data import render_event_item
+
+    out = []
+    for i in range(3):
+        img, ev, *_ = render_event_item([99100, i], 96, 8, noise=photons is not None, photons=(photons or 30.0,))
+        x, e = torch.from_numpy(img)[None], event_scale(torch.from_numpy(ev))[None]
+        prior, model.prior = model.prior, None
+        try:
+            with torch.no_grad():
+                logits = model(x, e)  # the network's own vote, before the prior
+        finally:
+            model.prior = prior
+        raw = prior.raw_log_energy(x)
+        with torch.no_grad():
+            w = prior.weight(logits, raw - raw.amax(1, keepdim=True), e, prior.signal_to_noise(x, raw))
+        out.append(float(w.mean()))
+    return float(np.mean(out))
+
+
+def test_shipped_gate_trusts_the_measure_less_on_noisy_stacks() -> None:
+    """The shipped gate weighs the wavelet measure's vote less where the frames are noisy (10 photons), where
+    the measure follows the noise and falls behind V2, than on noise-free stacks, where it is exact: 1.4 against
+    2.6 measured. The gate shipped before the noise cue did the opposite (2.6 against 2.2)."""
+    from napari_stackmff.core.models.checkpoint import load_state_dict
+
+    model = EventStackMFF()
+    load_state_dict(SHIPPED, model, model_name="eventstackmff")
+    noisy, clean = _mean_prior_weight(model.eval(), 10.0), _mean_prior_weight(model, None)
+    assert noisy < 0.75 * clean, (noisy, clean)
+
+
 def test_a_three_cue_gate_loads_and_votes_as_before(tmp_path) -> None:
     """Event weights saved before the gate's noise cue (three cues) load through the shared loader, and the
     model gives the same logits as the model they were saved from."""
