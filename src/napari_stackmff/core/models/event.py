@@ -11,17 +11,18 @@ module across slices is V2's bidirectional ConvGRU fed 8 + 4 channels instead of
 transformer. With the attention's output projection, the gate and the extra GRU inputs initialised to
 zero, the network starts as exactly our trained StackMFF-V2 (:meth:`EventStackMFF.from_v2`), so a short
 CPU training run can only add what the events tell, instead of re-learning focus from scratch. The
-published model is 74.1 M parameters (42 M unused); this one is 159,957, and 160,190 with the
+published model is 74.1 M parameters (42 M unused); this one is 159,957, and 160,262 with the
 focus prior.
 
 Ours, not in the published model: a **focus prior** (:class:`FocusPrior`). A classical measure (wavelet
 detail energy, as ``method="wavelet"``) votes on every slice, added to the network's logits with a weight
-per pixel that a small learned gate sets from how peaked the measure and the network's own vote are and
-how active the events are there. Why: on noise-free synthetic stacks the network's off-by-one picks on
+per pixel that a small learned gate sets from how peaked the measure and the network's own vote are, how
+active the events are there, and how far the measure stands above the frames' noise. Why: on noise-free synthetic stacks the network's off-by-one picks on
 smooth depth cost it 1.4 dB against the bare wavelet measure, and on real optics the classical measures
 beat the network everywhere (benchmarks/RESULTS.md, issue 14); the measure is exact where the texture is
-clear, the network where noise and weak texture fool the measure. Checkpoints without it load as the
-``"no-prior"`` variant.
+clear, the network where noise and weak texture fool the measure. The noise cue (2026-12-07) is what lets
+the gate turn the vote down on noisy frames, where without it the event model fell behind V2 (RESULTS.md,
+issue 28). Checkpoints without the prior load as the ``"no-prior"`` variant.
 """
 
 from __future__ import annotations
