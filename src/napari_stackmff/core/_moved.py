@@ -102,8 +102,8 @@ MOVED: dict[str, dict[str, str]] = {
     },
     "decision": {
         "tiles.decision": (
-            "FILL_ENOUGH FILL_SCALES HALO_RADIUS "
-            "decision_radius max_filter multiscale_fill"
+            "HALO_RADIUS "
+            "decision_radius max_filter"
         ),
     },
     "distributed": {

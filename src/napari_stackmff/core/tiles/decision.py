@@ -11,15 +11,18 @@ background ~4e-6 (noise), the sharp edge a few tens of px away ~1.7e-3, 100x the
 **Halo vote** (:func:`halo_vote`): a pixel that weak beside a much stronger peak takes the slice that the
 detail around it votes for, each pixel voting for its own slice with its energy squared: the sharp
 edge's slice, in which the background right beside the edge is clean (z-order: the background is seen
-correctly where the edge is in focus). **Fill** (:func:`multiscale_fill`): other unconfident pixels (the
-legacy confidence ``(1 - mean/best)·n/(n-1)`` below the fill threshold: flat regions) take the slice that
-confident neighbours vote for, at the finest of :data:`FILL_SCALES` with enough votes, so the inside of
-a 200-px body reaches its confident outline.
+correctly where the edge is in focus). Other unconfident pixels (the legacy confidence
+``(1 - mean/best)·n/(n-1)`` below the fill threshold) take the legacy fill (pipeline.fill_low_confidence):
+the vote, reaching :data:`HALO_RADIUS`, already decides the inside of a body up to its confident outline.
+A multi-scale fill that voted per slice at 18 and 54 px (for a body the vote did not reach at radius 64)
+cost the diamond ring 0.009 of Q4 (below its best single slice) once the radius was 128, and changed
+0.2 % of the pseudoscorpion's pixels by more than 10 grey levels, none visibly (2026-12-07; RESULTS.md).
 
 Every step is a shift-invariant filter with a finite radius (:func:`decision_radius`), so tiles with that
 margin equal the untiled result. Side by side on 24 synthetic stacks (benchmarks/bench_classical.py
---decisions legacy,halo, wavelet): PSNR 27.27 -> 27.33 dB, focus MAE 0.73 -> 0.61 slices, within ±1
-88.1% -> 88.3%; a coarse-window noise test tried before lost 0.06 dB and 6% within ±1 and is gone.
+--decisions legacy,halo, wavelet; none is a bright field, so this is the decision forced): PSNR 27.27 ->
+27.29 dB, focus MAE 0.73 -> 0.69 slices, within ±1 88.1% -> 87.3% (2026-12-07); a coarse-window noise test
+tried before lost 0.06 dB and 6% within ±1 and is gone.
 ``decision="auto"`` (the default) takes it on a bright field, where the rings form (:data:`DECISIONS`).
 """
 
@@ -109,13 +112,6 @@ HALO_HI_BRIGHT = 0.3
 #: Blur of the halo vote (px). Half the radius: with 32 at radius 128 the vote's reach stopped inside the
 #: leg's body and left an elliptic seam between two slices there (full size, pseudoscorpion).
 VOTE_SIGMA = HALO_RADIUS / 2
-#: Fill scales, in multiples of the window (sigma = 2·w, 6·w: 18 and 54 px at w = 9; the box-Gaussian's
-#: support is 3 sigma, so the coarsest reaches 162 px).
-FILL_SCALES = (2.0, 6.0)
-#: A finer fill scale decides once its blurred confident weight reaches this (a fraction of the
-#: neighbourhood that is fully confident); below it the coarser scale's focus is kept.
-FILL_ENOUGH = 0.05
-
 
 def _ramp(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     return ((x - lo) / (hi - lo)).clamp(0, 1)
@@ -181,37 +177,10 @@ def _vote(idx: torch.Tensor, w: torch.Tensor, slices: Sequence[int], sigma: floa
     return mode, top, total
 
 
-def multiscale_fill(focus: torch.Tensor, conf: torch.Tensor, threshold: float, window: int, n: int) -> torch.Tensor:
-    """Unconfident pixels take the slice most confident neighbours chose: a weighted vote per slice
-    (normalised convolution of each slice's indicator, weights conf²) at the scales :data:`FILL_SCALES`,
-    coarse to fine (a finer scale takes over where it has enough weight).
-
-    A vote, not an average: where the outline is sharp in slices 3 and 12 (a stack focused out and back)
-    an average fills the flat background with slice 7 or 8, whose blurred edge is the halo; the vote
-    fills it with 3 or 12. Pixels below half the ``threshold`` take the vote, the others keep their own
-    pick (a soft blend of two far-apart slices would pick a third one)."""
-
-    if threshold <= 0:
-        return focus
-    w = conf * conf
-    idx = torch.round(focus).clamp(0, n - 1)
-    used = [z for z in torch.unique(idx[w > 0]).long().tolist()]
-    if not used:
-        return focus
-    filled = focus
-    for k, scale in enumerate(sorted(FILL_SCALES, reverse=True)):
-        mode, _, den = _vote(idx, w, used, scale * window)
-        if k == 0:
-            filled = torch.where(den > 1e-12, mode, focus)
-        else:
-            filled = torch.where(den >= FILL_ENOUGH, mode, filled)
-    return torch.where(conf >= threshold, focus, filled)
-
-
 def decision_radius(window: int) -> int:
     """Pixels the robust decision adds to the measure's footprint: the halo test's max filter and its vote's
-    blur (both read the measure), then the widest fill (the median's 1 px is counted by the caller)."""
+    blur (both read the measure), then the fill (the median's 1 px is counted by the caller)."""
 
     w = int(window) | 1
     halo = HALO_RADIUS + gaussian_radius(VOTE_SIGMA)  # the max filter, then the vote's blur
-    return halo + gaussian_radius(max(FILL_SCALES) * w)
+    return halo + gaussian_radius(2.0 * w)

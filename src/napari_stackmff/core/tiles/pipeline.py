@@ -219,14 +219,12 @@ def finish_maps(
     focus: torch.Tensor, conf: torch.Tensor, n: int, *, window: int, fill_threshold: float, denoise: bool,
     robust: bool = False, decided: torch.Tensor | None = None,
 ) -> FocusMaps:
-    """Shared clean-up of a raw focus map: low-confidence fill (``robust``: multi-scale, decision.py; the
-    ``decided`` pixels keep their focus and are not filled), 3×3 median, integer index."""
+    """Shared clean-up of a raw focus map: low-confidence fill (``robust``: the ``decided`` pixels, decision.py,
+    keep their focus and are not filled), 3×3 median, integer index."""
     if denoise:
-        if robust:
-            weight = conf if decided is None else torch.where(decided, conf.clamp_min(fill_threshold), conf)
-            focus = decision.multiscale_fill(focus, weight, fill_threshold, window, n)
-        else:
-            focus = fill_low_confidence(focus, conf, fill_threshold, sigma=2.0 * window)
+        if robust and decided is not None:
+            conf = torch.where(decided, conf.clamp_min(fill_threshold), conf)
+        focus = fill_low_confidence(focus, conf, fill_threshold, sigma=2.0 * window)
         focus = median3(focus)
     focus = focus.clamp(0, n - 1)
     index = torch.round(focus).long().clamp(0, n - 1)
