@@ -136,9 +136,11 @@ def _knee_errors(seed: int) -> float:
 def test_no_thin_lines_just_inside_a_thick_specimens_outline(monkeypatch) -> None:
     """2-20 px inside the sharp outline, where the slices 1-2 off focus have the knee of their own (inner,
     softer) edge, the body keeps the sharp outline's slice: 0% more than one slice off with the bright
-    field's threshold (0.3); the 0.1 used before left ~12% there (the thin curved lines inside the
-    pseudoscorpion's leg). Off a bright field the halo decision keeps 0.1."""
+    field's threshold (0.3, for a thick dark specimen); the 0.1 used before left ~12% there (the thin curved
+    lines inside the pseudoscorpion's leg). A sparse object on a bright field, and any stack off one, keep
+    0.1 (on dark text on white, 0.3 moved weak strokes to a stronger neighbour's slice)."""
     assert decision.resolve_decision("halo", thick_specimen_stack(0, size=320, step=5.0)[0][5]) == 0.3
+    assert decision.resolve_decision("auto", brightfield_stack(0)[0].slices[5]) == decision.HALO_HI
     assert _knee_errors(0) < 0.01
     monkeypatch.setattr(decision, "HALO_HI_BRIGHT", decision.HALO_HI)
     assert _knee_errors(0) > 0.05
