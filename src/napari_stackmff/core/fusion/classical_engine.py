@@ -38,7 +38,7 @@ def classical_maps(
     window: int = classical.DEFAULT_WINDOW,
     fill_threshold: float = 0.25,
     denoise: bool = True,
-    halo: bool | float = False,
+    halo: float = 0.0,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> FocusMaps:
@@ -55,7 +55,7 @@ def classical_maps(
 
 
 def _classical_stream(images: Iterator[np.ndarray], n: int, method: str, device: torch.device, *, window: int,
-                      fill_threshold: float, denoise: bool, halo: bool | float, progress: ProgressFn | None,
+                      fill_threshold: float, denoise: bool, halo: float, progress: ProgressFn | None,
                       cancel: threading.Event | None) -> FocusMaps:
     best = left = right = prev = total = None
     idx: torch.Tensor | None = None
@@ -114,7 +114,7 @@ def banded_measure(x: torch.Tensor, method: str, window: int, device: torch.devi
 
 # ------------------------------------------------------------------------------- tiling
 def classical_margins(method: str, window: int, denoise: bool, fill_threshold: float,
-                      halo: bool | float) -> tuple[int, int]:
+                      halo: float) -> tuple[int, int]:
     """(tile margin, least margin a small tile asked for may shrink it to) for a classical engine. Less than
     the first breaks exactness only for the halo decision's wide reach (then approximate within that reach
     of a tile border); less than the second would break the measure and fill."""
@@ -137,7 +137,7 @@ HALO_BYTES_PER_PIXEL = 256
 
 
 def classical_support(method: str, window: int, *, denoise: bool = True, fill_threshold: float = 0.25,
-                      halo: bool | float = False) -> int:
+                      halo: float = 0.0) -> int:
     """Pixels beyond which input changes cannot reach an output pixel: measure + fill + median.
 
     A tile margin of at least this makes tiled classical fusion exactly equal to untiled.
@@ -164,12 +164,12 @@ class ClassicalEngine:
 
     def __init__(self, stack: FocalStack, t: int, method: str, device: torch.device, *, channel: int | None,
                  window: int, denoise: bool, fill_threshold: float = 0.25, exclude: Sequence[int] = (),
-                 halo: bool | float = False) -> None:
+                 halo: float = 0.0) -> None:
         self.stack, self.t, self.method, self.device = stack, t, method, device
         keep = [z for z in range(stack.n_slices) if z not in set(exclude)]
         self.keep = None if len(keep) == stack.n_slices else keep
         self.channel, self.window, self.denoise, self.fill_threshold = channel, window, denoise, fill_threshold
-        self.halo = halo  # off, or the halo threshold (decision.resolve_decision)
+        self.halo = float(halo)  # the halo decision's threshold, 0: off (decision.resolve_decision)
         self.overlap, self.min_overlap = classical_margins(method, window, denoise, fill_threshold, halo)
 
     def bytes_per_pixel(self) -> float:

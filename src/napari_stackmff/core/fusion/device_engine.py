@@ -57,12 +57,12 @@ class DeviceClassicalEngine:
 
     def __init__(self, stack: FocalStack, t: int, method: str, device: torch.device, *, channel: int | None,
                  window: int, denoise: bool, fill_threshold: float = 0.25, exclude: Sequence[int] = (),
-                 chunk: int = CHUNK_SLICES, halo: bool | float = False) -> None:
+                 chunk: int = CHUNK_SLICES, halo: float = 0.0) -> None:
         self.stack, self.t, self.method, self.device = stack, t, method, device
         keep = [z for z in range(stack.n_slices) if z not in set(exclude)]
         self.keep = None if len(keep) == stack.n_slices else keep
         self.channel, self.window, self.denoise, self.fill_threshold = channel, window, denoise, fill_threshold
-        self.halo = halo  # off, or the halo threshold (decision.resolve_decision)
+        self.halo = float(halo)  # the halo decision's threshold, 0: off (decision.resolve_decision)
         self.overlap, self.min_overlap = classical_margins(method, window, denoise, fill_threshold, halo)
         self.chunk = max(1, int(chunk))
         self.raw_dtype = np.dtype(stack.dtype)

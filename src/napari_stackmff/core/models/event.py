@@ -17,12 +17,13 @@ focus prior.
 Ours, not in the published model: a **focus prior** (:class:`FocusPrior`). A classical measure (wavelet
 detail energy, as ``method="wavelet"``) votes on every slice, added to the network's logits with a weight
 per pixel that a small learned gate sets from how peaked the measure and the network's own vote are, how
-active the events are there, and how far the measure stands above the frames' noise. Why: on noise-free synthetic stacks the network's off-by-one picks on
-smooth depth cost it 1.4 dB against the bare wavelet measure, and on real optics the classical measures
-beat the network everywhere (benchmarks/RESULTS.md, issue 14); the measure is exact where the texture is
-clear, the network where noise and weak texture fool the measure. The noise cue (2026-12-07) is what lets
-the gate turn the vote down on noisy frames, where without it the event model fell behind V2 (RESULTS.md,
-issue 28). Checkpoints without the prior load as the ``"no-prior"`` variant.
+active the events are there, and how far the measure stands above the frames' noise. Why: on noise-free
+synthetic stacks the network's off-by-one picks on smooth depth cost it 1.4 dB against the bare wavelet
+measure, and on real optics the classical measures beat the network everywhere (benchmarks/RESULTS.md, issue
+14); the measure is exact where the texture is clear, the network where noise and weak texture fool the
+measure. The noise cue (2026-12-07) is what lets the gate turn the vote down on noisy frames, where without it
+the event model fell behind V2 (RESULTS.md, issue 28). Checkpoints without the prior load as the
+``"no-prior"`` variant.
 """
 
 from __future__ import annotations
@@ -110,10 +111,6 @@ class FocusPrior(nn.Module):
             state = dict(state)
             state[key] = torch.cat([w, w.new_zeros(w.shape[0], cls.CUES - w.shape[1], *w.shape[2:])], 1)
         return state
-
-    def _load_from_state_dict(self, state, prefix, *args, **kwargs) -> None:
-        state.update(self.upgrade({k: v for k, v in state.items() if k.startswith(prefix)}, prefix))
-        super()._load_from_state_dict(state, prefix, *args, **kwargs)
 
     @staticmethod
     def raw_log_energy(slices: Tensor) -> Tensor:
@@ -215,7 +212,7 @@ class EventStackMFF(nn.Module):
     def adopt(self, state: dict[str, Tensor]) -> None:
         """Load an event checkpoint trained without the focus prior: every part but the prior's gate,
         which keeps its start (how the prior is added to trained weights, core/train.py)."""
-        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing, unexpected = self.load_state_dict(self.upgrade_state(state), strict=False)
         if unexpected or any(not k.startswith("prior.") for k in missing):
             raise ValueError(f"not an EventStackMFF state (missing {missing[:2]}, unexpected {unexpected[:2]})")
 

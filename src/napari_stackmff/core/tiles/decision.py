@@ -36,8 +36,8 @@ import torch.nn.functional as F
 
 from .classical import gaussian_blur, gaussian_radius
 
-#: The classical decisions: "legacy" (confidence from best/mean, one fill scale), "halo" (the halo vote +
-#: multi-scale fill) and "auto" (the default): halo on a bright field (:func:`bright_field_share`), else
+#: The classical decisions: "legacy" (confidence from best/mean, one fill scale), "halo" (the halo vote,
+#: then the same fill) and "auto" (the default): halo on a bright field (:func:`bright_field_share`), else
 #: legacy. Not halo everywhere: on the synthetic "cells" scene (bright cells of very different brightness
 #: on a dark ground) the vote moves dim in-focus cells to a brighter neighbour's slice (within ±1
 #: 0.92-0.94 -> 0.70-0.76, seeds 0-2).
@@ -47,8 +47,18 @@ DEFAULT_DECISION = "auto"
 #: field). Measured on the middle slice as fuse() samples it (about 65k pixels): pseudoscorpion
 #: (brightfield) 0.88, diamond ring (white backdrop) 1.0; every other real stack of ../shared/data
 #: 0.0-0.29 (beetle, pcb, keyboard, leaves, cells3d, rpi disc, event stack); synthetic scenes 0.0-0.53
-#: (cells 0.0, fibres 0.36-0.53, text 0.24-0.38). The threshold sits between.
+#: (cells 0.0, fibres 0.36-0.53, text 0.24-0.38). The threshold sits between. Noise-free synthetic text on
+#: white (bench_events_model.py) measures 0.76-0.78: it takes the halo decision, at HALO_HI (THICK_DARK_SHARE).
 BRIGHT_FIELD_SHARE = 0.7
+
+
+def _unit_luma(image: np.ndarray) -> np.ndarray | None:
+    """The image's luma (mean of channels) scaled so its 1-99 percentile range is [0, 1]; None if flat."""
+    img = np.asarray(image, np.float32)
+    if img.ndim == 3:
+        img = img.mean(-1)
+    lo, hi = np.percentile(img, [1, 99])
+    return None if hi <= lo else (img - lo) / (hi - lo)
 
 
 def bright_field_share(image: np.ndarray) -> float:
@@ -57,16 +67,18 @@ def bright_field_share(image: np.ndarray) -> float:
     for a dark ground (fluorescence), in between for scenes textured all over."""
     from scipy import ndimage as ndi
 
-    img = np.asarray(image, np.float32)
-    if img.ndim == 3:
-        img = img.mean(-1)
-    lo, hi = np.percentile(img, [1, 99])
-    if hi <= lo:
+    x = _unit_luma(image)
+    if x is None:
         return 0.0
-    x = (img - lo) / (hi - lo)
     var = ndi.uniform_filter(x * x, 9) - ndi.uniform_filter(x, 9) ** 2
     flat = var <= np.quantile(var, 0.3)
     return float(np.mean(x[flat] > 0.7))
+
+
+def dark_share(image: np.ndarray) -> float:
+    """Share of pixels below 0.4 of the 1-99 percentile range (luma of RGB): large under a thick specimen."""
+    x = _unit_luma(image)
+    return 0.0 if x is None else float(np.mean(x < 0.4))
 
 
 def resolve_decision(name: str | None, sample: np.ndarray | None = None) -> float:
@@ -85,11 +97,6 @@ def resolve_decision(name: str | None, sample: np.ndarray | None = None) -> floa
     if bright:
         return HALO_HI_BRIGHT if dark_share(sample) >= THICK_DARK_SHARE else HALO_HI
     return HALO_HI if name == "halo" else 0.0
-
-
-def halo_threshold(halo: bool | float) -> float:
-    """``halo`` as the engines carry it (False/0: off; True: :data:`HALO_HI`; a number: that threshold)."""
-    return HALO_HI if halo is True else float(halo)
 
 #: Halo neighbourhood radius (px): the defocus blur of the pseudoscorpion's outer slices spreads the
 #: dark edge ~30-50 px into the bright field, and in a thick specimen the outline seen out of focus lies
@@ -116,17 +123,10 @@ HALO_HI_BRIGHT = 0.3
 #: test object 0.16.
 THICK_DARK_SHARE = 0.2
 
-
-def dark_share(image: np.ndarray) -> float:
-    """Share of pixels below 0.4 of the 1-99 percentile range (luma of RGB)."""
-    img = np.asarray(image, np.float32)
-    if img.ndim == 3:
-        img = img.mean(-1)
-    lo, hi = np.percentile(img, [1, 99])
-    return float(np.mean((img - lo) < 0.4 * (hi - lo))) if hi > lo else 0.0
 #: Blur of the halo vote (px). Half the radius: with 32 at radius 128 the vote's reach stopped inside the
 #: leg's body and left an elliptic seam between two slices there (full size, pseudoscorpion).
 VOTE_SIGMA = HALO_RADIUS / 2
+
 
 def _ramp(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     return ((x - lo) / (hi - lo)).clamp(0, 1)

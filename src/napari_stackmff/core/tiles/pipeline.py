@@ -183,12 +183,13 @@ def fill_low_confidence(focus: torch.Tensor, conf: torch.Tensor, threshold: floa
 
 
 def peak_maps(state: dict[str, torch.Tensor], n: int, *, window: int, fill_threshold: float, denoise: bool,
-              halo: bool | float = False) -> FocusMaps:
+              halo: float = 0.0) -> FocusMaps:
     """Maps from a streamed argmax: ``state`` holds the best score ("best"), its slice ("idx"), its
     neighbours' scores ("left", "right"; NaN at the stack's ends) and the sum over slices ("total");
-    ``halo``: the halo decision (decision.py; a number is its threshold, decision.halo_threshold). Used by the streaming and the device-resident classical
-    engines. The state is consumed: its maps are taken out (emptying the dict) and reused in place, so
-    each is freed once used (the streaming state is most of a tile's memory)."""
+    ``halo``: the halo decision's threshold (decision.resolve_decision; 0: the legacy decision). Used by the
+    streaming and the device-resident classical engines. The state is consumed: its maps are taken out
+    (emptying the dict) and reused in place, so each is freed once used (the streaming state is most of a
+    tile's memory)."""
     best, idx, left, right, total = (state.pop(k) for k in ("best", "idx", "left", "right", "total"))
     state.clear()
     # Sub-slice peak: vertex of the parabola through (z-1, z, z+1); none at the stack's ends.
@@ -204,25 +205,24 @@ def peak_maps(state: dict[str, torch.Tensor], n: int, *, window: int, fill_thres
     conf = total.div_(n).div_(best.clamp_min(1e-20)).neg_().add_(1).mul_(n / (n - 1)).clamp_(0, 1)  # 1 - mean/best
     del total
     conf.masked_fill_(~(best > 1e-12), 0.0)
-    robust = bool(halo) and denoise and fill_threshold > 0
     decided = None
-    if robust:  # defocus halos take the slice of the dominant detail nearby (decision.py)
-        dom, halo, share = decision.halo_vote(best, idx, n, decision.halo_threshold(halo))
-        decided = halo > 0.5
+    if halo > 0 and denoise and fill_threshold > 0:  # defocus halos take the dominant detail's slice nearby
+        dom, in_halo, share = decision.halo_vote(best, idx, n, halo)
+        decided = in_halo > 0.5
         focus = torch.where(decided, dom.to(focus.dtype), focus)
         conf = torch.where(decided, share, conf)
     return finish_maps(focus, conf, n, window=window, fill_threshold=fill_threshold, denoise=denoise,
-                       robust=robust, decided=decided)
+                       decided=decided)
 
 
 def finish_maps(
     focus: torch.Tensor, conf: torch.Tensor, n: int, *, window: int, fill_threshold: float, denoise: bool,
-    robust: bool = False, decided: torch.Tensor | None = None,
+    decided: torch.Tensor | None = None,
 ) -> FocusMaps:
-    """Shared clean-up of a raw focus map: low-confidence fill (``robust``: the ``decided`` pixels, decision.py,
-    keep their focus and are not filled), 3×3 median, integer index."""
+    """Shared clean-up of a raw focus map: low-confidence fill (the ``decided`` pixels of the halo decision,
+    decision.py, keep their focus and are not filled), 3×3 median, integer index."""
     if denoise:
-        if robust and decided is not None:
+        if decided is not None:
             conf = torch.where(decided, conf.clamp_min(fill_threshold), conf)
         focus = fill_low_confidence(focus, conf, fill_threshold, sigma=2.0 * window)
         focus = median3(focus)
