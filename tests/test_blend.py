@@ -112,5 +112,5 @@ def test_blend_through_cli_and_parallel_batch(make_synth, tmp_path, capsys) -> N
 
 
 def test_unknown_blend_is_one_line() -> None:
-    with pytest.raises(StackMFFError, match="blend must be one of hard, soft"):
+    with pytest.raises(StackMFFError, match="blend must be one of hard, exact, soft"):
         fuse(np.zeros((3, 32, 32), np.uint8), method="variance", blend="smooth")

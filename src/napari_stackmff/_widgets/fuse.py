@@ -45,7 +45,7 @@ GROUP = "fusion"
 #: the tooltips say more.
 ALIGN_CHOICES = (("auto", "auto"), ("off", None), ("shift", "translation"), ("shift + scale", "similarity"),
                  ("homography", "homography"))
-BLEND_CHOICES = (("hard (exact pixels)", "hard"), ("soft (fewer halos)", "soft"))
+BLEND_CHOICES = (("hard", "hard"), ("exact pixels", "exact"), ("soft (fewer halos)", "soft"))
 DECISION_CHOICES = (("auto", "auto"), ("brightfield (no rings)", "halo"), ("plain", "legacy"))
 
 
@@ -213,9 +213,10 @@ class FusionWidget(QWidget):
             "slice covers; the transforms are shown below and kept in the layers' metadata.")
         self.blend_combo = _choice_combo(
             BLEND_CHOICES,
-            "hard: every pixel copied from one slice (pixel-faithful, for measurements). soft: slices mixed "
-            "with weights that follow image edges: fewer seams and halos at depth edges, but values are "
-            "mixes, not measurements.")
+            "hard: every pixel copied from one slice, except a few pixels of open field where a bright "
+            "field's slice changes, cross-faded so that no seam shows. exact pixels: every pixel copied "
+            "from one slice (for measurements). soft: slices mixed with weights that follow image edges: "
+            "fewer seams and halos at depth edges, but values are mixes, not measurements.")
         main.addRow("Layer", self.layer_combo)
         main.addRow("Method", self.method_combo)
         main.addRow("Weights", self.methods.weights_row)  # networks only: shown when one is chosen

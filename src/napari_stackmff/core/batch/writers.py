@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import OutputError, StackMFFError
-from ..fusion.dispatch import prepare
+from ..fusion.dispatch import plan_blend, prepare
 from ..io.read import input_files
 from ..io.records import check_output_safe
 from ..io.safe_files import (
@@ -330,7 +330,7 @@ def fuse_to_disk(
     specs = _specs(stack, side, overlap, fmt, with_height=stack.z_positions is not None)
     info = {"method": plan.method, "n_slices": n, "z_step": stack.z_step, "unit": stack.unit,
             "source": stack.source, "tile": side, "overlap": overlap,
-            "blend": "hard" if plan.blend is None else "soft", "decision": plan.decision,
+            "blend": plan_blend(plan), "decision": plan.decision,
             **({"alignment": plan.alignment} if plan.alignment else {})}
     finals = {"all_in_focus": out} if fmt == "zarr" else _tiff_paths(out, specs)
     check_output_safe(finals.values(), input_files(stack))
@@ -356,7 +356,7 @@ def fuse_to_disk(
             engine = engine0 if t == 0 else plan.make_engine(t)
             sub = sub_progress(progress, t, T, f" (t={t})" if T > 1 else "")
             for tl in iter_fused_tiles(stack, engine, t, side, overlap, progress=sub, cancel=cancel,
-                                       timings=timings, blend=plan.blend):
+                                       timings=timings, blend=plan.blend, fade=plan.fade):
                 tw = time.perf_counter()
                 sink.write("all_in_focus", t, tl.write, tl.all_in_focus)
                 sink.write("focus_map", t, tl.write, tl.focus)

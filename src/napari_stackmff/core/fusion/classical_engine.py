@@ -15,6 +15,7 @@ import torch
 
 from ..io.stack import FocalStack
 from ..tiles import classical, decision
+from ..tiles.blend import seam_reach
 from ..tiles.classical import gaussian_radius
 from ..tiles.pipeline import (
     FocusMaps,
@@ -39,6 +40,7 @@ def classical_maps(
     fill_threshold: float = 0.25,
     denoise: bool = True,
     halo: float = 0.0,
+    origin: tuple[int, int] = (0, 0),
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> FocusMaps:
@@ -51,12 +53,12 @@ def classical_maps(
     images = prefetch((focus_images(z) for z in range(n)), depth=2)
     with torch.no_grad(), classical.bands_take_threads(device):
         return _classical_stream(images, n, method, device, window=window, fill_threshold=fill_threshold,
-                                 denoise=denoise, halo=halo, progress=progress, cancel=cancel)
+                                 denoise=denoise, halo=halo, origin=origin, progress=progress, cancel=cancel)
 
 
 def _classical_stream(images: Iterator[np.ndarray], n: int, method: str, device: torch.device, *, window: int,
-                      fill_threshold: float, denoise: bool, halo: float, progress: ProgressFn | None,
-                      cancel: threading.Event | None) -> FocusMaps:
+                      fill_threshold: float, denoise: bool, halo: float, origin: tuple[int, int],
+                      progress: ProgressFn | None, cancel: threading.Event | None) -> FocusMaps:
     best = left = right = prev = total = None
     idx: torch.Tensor | None = None
     try:
@@ -86,7 +88,8 @@ def _classical_stream(images: Iterator[np.ndarray], n: int, method: str, device:
     assert best is not None and idx is not None
     state = {"best": best, "idx": idx, "left": left, "right": right, "total": total}
     del best, idx, left, right, total, prev, f, x  # peak_maps frees the state as it goes
-    return peak_maps(state, n, window=window, fill_threshold=fill_threshold, denoise=denoise, halo=halo)
+    return peak_maps(state, n, window=window, fill_threshold=fill_threshold, denoise=denoise, halo=halo,
+                     origin=origin)
 
 
 #: Rows per band of a measure on the CPU: its temporaries (13 maps at the peak for the wavelet) are
@@ -147,6 +150,8 @@ def classical_support(method: str, window: int, *, denoise: bool = True, fill_th
         if fill_threshold > 0:
             r += decision.decision_radius(window) if halo else gaussian_radius(2.0 * window)
         r += 1  # median3
+        if fill_threshold > 0 and halo:
+            r += seam_reach()  # the image's cross-fade across the vote's changes of slice (blend.py)
     return r
 
 
@@ -187,5 +192,5 @@ class ClassicalEngine:
         read = lambda i: self.stack.focus_window(zs[i], self.t, self.channel, window)  # noqa: E731
         return renumber(classical_maps(read, len(zs), self.method, self.device, window=self.window,
                                        fill_threshold=self.fill_threshold, denoise=self.denoise, halo=self.halo,
-                                       progress=progress,
+                                       origin=(window[0].start or 0, window[1].start or 0), progress=progress,
                                        cancel=cancel), self.keep)

@@ -162,7 +162,7 @@ class DeviceClassicalEngine:
                 self._copy_stream.synchronize()  # the pinned buffers are freed on return: no copy may still read them
             self._raw = raw
             maps = peak_maps(state, n, window=self.window, fill_threshold=self.fill_threshold, denoise=self.denoise,
-                             halo=self.halo)
+                             halo=self.halo, origin=(window[0].start or 0, window[1].start or 0))
             return renumber(maps, self.keep)
 
     def gather(self, crop: tuple[slice, slice], index: np.ndarray) -> np.ndarray | None:

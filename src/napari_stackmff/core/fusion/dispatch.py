@@ -104,8 +104,14 @@ class FusionPlan:
     make_engine: Callable[[int], TileEngine]
     alignment: list[dict] | None = None  # per time point, when align= was asked (core.align)
     blend: SoftBlend | None = None  # the soft blend's settings; None: hard selection (core.blend)
+    fade: bool = True  # hard selection: cross-fade the halo decision's changes of slice in flat areas ("exact": off)
     excluded: list[dict[int, str]] | None = None  # per time point: slices left out and why (core.checks)
     decision: str | None = None  # the classical decision taken ("legacy" or "halo"; decision.py), None for networks
+
+
+def plan_blend(plan: FusionPlan) -> str:
+    """The blend a plan fuses with, by name (resolve_blend's)."""
+    return "soft" if plan.blend is not None else "hard" if plan.fade else "exact"
 
 
 def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto", *, channel: int | None = None,
@@ -179,7 +185,7 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
     excluded = exclusions(stack, surveys)
     soft = soft_blend_for(stack, channel) if blend == "soft" else None
     return FusionPlan(stack=stack, method=method, device=dev, make_engine=make_engine, alignment=alignment,
-                      blend=soft, excluded=excluded,
+                      blend=soft, fade=blend == "hard", excluded=excluded,
                       decision=("halo" if halo else "legacy") if method in classical.CLASSICAL_METHODS else None)
 
 
@@ -313,12 +319,15 @@ def fuse(
         result is exactly the unaligned one. ``result.alignment`` records what the probe found either
         way. The command line and the napari widget use ``"auto"`` by default. Here the default is
         None (no alignment, no probe): a script gets results on its input's pixel grid, of its shape,
-        every pixel copied from an input slice (with ``blend="hard"``), whatever the data; an aligned
+        every pixel copied from an input slice (with ``blend="exact"``), whatever the data; an aligned
         result is resampled and cropped, which a pipeline must ask for. Camera focus brackets (macro
         rails, hand-focused microscopes) usually breathe: use ``align="auto"`` for them.
     blend
-        ``"hard"`` (default): every output pixel is copied from the slice the focus map names
-        (pixel-faithful). ``"soft"``: slices are mixed with edge-following weights (a guided filter of
+        ``"hard"`` (default): every output pixel is copied from the slice the focus map names, except
+        that where the halo decision (bright fields) changes slice in the open field, flat pixels within
+        ~20 px of the change are cross-faded (otherwise the field's shade in the two slices meets in a
+        seam). ``"exact"``: every pixel copied from its slice, those too (pixel-faithful, for
+        measurements). ``"soft"``: slices are mixed with edge-following weights (a guided filter of
         the selection, :mod:`napari_stackmff.core.blend`), which removes seams and most halos at depth
         edges; **not pixel-faithful** (values are mixes of slices). The focus maps are the same.
     axes
@@ -352,7 +361,7 @@ def fuse(
         side, overlap = plan_tile(stack, engine, plan.device, tile, memory_budget, blend=plan.blend)
         n_tiles = count_tiles(h, w, side, overlap)
         for out in iter_fused_tiles(stack, engine, t, side, overlap, progress=sub, cancel=cancel,
-                                    timings=timings, blend=plan.blend):
+                                    timings=timings, blend=plan.blend, fade=plan.fade):
             aif[(t, *out.write)] = out.all_in_focus
             focus[(t, *out.write)] = out.focus
             conf[(t, *out.write)] = out.confidence
@@ -373,7 +382,7 @@ def fuse(
         z_positions=stack.z_positions,
         display_range=stack_display_range(stack),
         alignment=plan.alignment,
-        blend="hard" if plan.blend is None else "soft",
+        blend=plan_blend(plan),
         excluded=[{str(z): why for z, why in d.items()} for d in plan.excluded] if plan.excluded else None,
         decision=plan.decision,
     )

@@ -14,8 +14,9 @@ class FusionResult:
     Attributes
     ----------
     all_in_focus
-        (T?, Y, X, C?) with the input's dtype and channels; each pixel copied from one slice
-        (``blend="soft"``: a weighted mix of slices, see :mod:`napari_stackmff.core.blend`).
+        (T?, Y, X, C?) with the input's dtype and channels; each pixel copied from one slice, but for
+        the open field next to a bright field's change of slice, cross-faded (``blend="exact"``: none;
+        ``blend="soft"``: a weighted mix of slices, see :mod:`napari_stackmff.core.tiles.blend`).
     focus_map
         float32 (T?, Y, X): the in-focus slice index, sub-slice where the method resolves it.
     confidence
@@ -42,7 +43,7 @@ class FusionResult:
     z_positions: np.ndarray | None = None
     display_range: tuple[float, float] | None = None
     alignment: list[dict] | None = None  # per time point: motion, matrices (reference -> slice), shifts, scales
-    blend: str = "hard"  # "soft": all_in_focus mixes slices (core.blend), not pixel-faithful
+    blend: str = "hard"  # "exact": every pixel one slice's; "soft": all_in_focus mixes slices (tiles.blend)
     excluded: list[dict] | None = None  # per time point: slices left out of the fusion and why (core.checks)
     decision: str | None = None  # classical methods: "legacy" or "halo" (core.tiles.decision), as taken
     edits: np.ndarray | None = None  # retouched (core.retouch): uint16 (T?, Y, X), k > 0 = slice k-1 painted

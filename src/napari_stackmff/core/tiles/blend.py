@@ -22,12 +22,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..errors import StackMFFError
 from ..io.stack import FocalStack, cast_to, dtype_scale, to_focus_image
-from .classical import box_mean
+from .classical import box_mean, gaussian_blur, gaussian_radius
 
-BLENDS = ("hard", "soft")
+#: "hard" (the default): every pixel with detail copied from one slice; where the halo decision changes
+#: slice in the open field, a few px are cross-faded (:func:`seam_fade_window`). "exact": every pixel copied
+#: from one slice, those too (for measurements). "soft": the guided-filter blend below.
+BLENDS = ("hard", "exact", "soft")
 #: Guided-filter radius (px) and regularisation (on the guide scaled to [0, 1]), from
 #: benchmarks/bench_halo.py on synthetic occlusion stacks (RESULTS.md, issue 12): radius 2 is the largest
 #: that beats hard selection in PSNR on mildly noisy stacks too (+0.28 dB; radius 4: -0.09, 8: -1.0 dB,
@@ -38,7 +42,7 @@ SOFT_EPS = 1e-3
 
 
 def resolve_blend(blend: str | None) -> str:
-    """``blend=`` -> "hard" or "soft" (None means hard, the pixel-faithful default)."""
+    """``blend=`` -> "hard", "exact" or "soft" (None means hard, the default)."""
     b = "hard" if blend is None else str(blend).lower()
     if b not in BLENDS:
         raise StackMFFError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}.")
@@ -117,3 +121,103 @@ def soft_blend_window(stack: FocalStack, index: np.ndarray, t: int, read: tuple[
     cy, cx = crop
     den_c = np.maximum(den[cy, cx], 1e-12)
     return cast_to(num[cy, cx] / (den_c[..., None] if chans else den_c), stack.dtype)
+
+
+# ------------------------------------------------------------------ seams in flat areas (hard selection)
+#: Cross-fade (Gaussian sigma, px) across a change of slice inside the halo decision's flat areas (pixels
+#: whose slice the vote decided: no detail of their own, decision.halo_vote). Between two specimens at
+#: different depths the vote changes slice in the open field, where each slice carries the other
+#: specimen's defocused shadow: a hard switch there draws a curved seam (the pseudoscorpion's lower legs:
+#: 1,885 steps of more than 24 grey levels (RGB sum) between horizontal neighbours in a 800 x 500 crop at
+#: full size). Chosen from benchmarks/bench_seams.py (RESULTS.md, issue 26).
+SEAM_SIGMA = 6.0
+
+
+def seam_reach(sigma: float | None = None) -> int:
+    """Pixels of focus map a faded output pixel depends on (the change test and the weights: the blur, a
+    coarse block and the bilinear step, and the block grid's alignment); a tile margin of this beyond the
+    decision's keeps tiled output equal to untiled."""
+    sigma = SEAM_SIGMA if sigma is None else sigma
+    return gaussian_radius(sigma) + 3 * SEAM_COARSE if sigma > 0 else 0
+
+
+#: The cross-fade's weights are blurred on a grid this many times coarser (counts per block, then bilinear
+#: back at the faded pixels only): the weights vary over ``sigma`` px, and at full resolution the blurs of
+#: every slice's weight took 3.7 of 5.2 s on the pseudoscorpion (14 x 2592 x 1944).
+SEAM_COARSE = 4
+
+
+def _block_range(index: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray]:
+    """Least and greatest label of each f x f block (float32; edge blocks padded by replication)."""
+    h, w = index.shape
+    x = np.pad(index, ((0, -h % f), (0, -w % f)), mode="edge")
+    x = x.reshape(x.shape[0] // f, f, x.shape[1] // f, f)
+    return x.min((1, 3)).astype(np.float32), x.max((1, 3)).astype(np.float32)
+
+
+def seam_fade_window(stack: FocalStack, index: np.ndarray, flat: np.ndarray, t: int, read: tuple[slice, slice],
+                     crop: tuple[slice, slice], hard: np.ndarray, sigma: float | None = None) -> np.ndarray:
+    """Hard-selected pixels ``hard`` of a tile's ``crop`` with every change of slice inside ``flat`` areas
+    cross-faded over ``sigma``: within reach of such a change a flat pixel is the mean of its flat
+    neighbours' slices, Gaussian-weighted; everywhere else (detail, and flat pixels away from a change)
+    it stays the one slice's own pixel. ``index`` and ``flat`` cover the read window ``read``.
+
+    Why only there: a flat pixel has no detail in any slice, so a mix loses none, while a switch of
+    slice shows as a seam wherever the slices' backgrounds differ (a defocused neighbour's shadow).
+    """
+    from .decision import max_filter
+
+    sigma = SEAM_SIGMA if sigma is None else sigma
+    if sigma <= 0:
+        return hard
+    r, f = gaussian_radius(sigma), SEAM_COARSE
+    cy, cx = crop
+    y0, x0 = read[0].start or 0, read[1].start or 0
+    h, w = index.shape
+    # the work window: the crop and reach r + 2f around it, its block grid on absolute multiples of f, so
+    # that every tile sees the same blocks (tiled = untiled)
+    ya, xa = max(0, cy.start - r - 2 * f), max(0, cx.start - r - 2 * f)
+    ya, xa = max(0, ya - (y0 + ya) % f), max(0, xa - (x0 + xa) % f)
+    yb, xb = min(h, cy.stop + r + 2 * f), min(w, cx.stop + r + 2 * f)
+    sub = (slice(ya, yb), slice(xa, xb))
+    fl, isub = flat[sub], np.asarray(index[sub])
+    hs, ws = fl.shape
+    hl, wl = -(-hs // f), -(-ws // f)
+    # where another slice lies within r: the blocks' label ranges, dilated (a few px generous)
+    lo, hi = _block_range(isub, f)
+    reach = -(-r // f) + 1
+    spread = max_filter(torch.from_numpy(hi), reach).numpy() + max_filter(torch.from_numpy(-lo), reach).numpy()
+    sel = np.repeat(np.repeat(spread > 0, f, 0), f, 1)[:hs, :ws] & fl
+    inside = np.zeros_like(sel)
+    inside[cy.start - ya:cy.stop - ya, cx.start - xa:cx.stop - xa] = True
+    sel &= inside
+    if not sel.any():
+        return hard
+    # every flat pixel's slice counted per f x f block, all slices in one pass: (slices, hl, wl)
+    labels = isub[fl]
+    zs = np.flatnonzero(np.bincount(labels))
+    lut = np.zeros(int(zs[-1]) + 1, np.int64)
+    lut[zs] = np.arange(len(zs))
+    block = (np.arange(hs)[:, None] // f * wl + np.arange(ws)[None, :] // f)[fl]
+    counts = np.bincount(block * len(zs) + lut[labels], minlength=hl * wl * len(zs))
+    low = torch.from_numpy(counts.reshape(hl, wl, len(zs)).astype(np.float32)).permute(2, 0, 1)
+    oy, ox = np.nonzero(sel)
+    lin = oy * ws + ox
+
+    def smooth(m: torch.Tensor) -> np.ndarray:
+        """A coarse count map blurred, back at full resolution (bilinear), at the faded pixels."""
+        up = F.interpolate(gaussian_blur(m.contiguous(), sigma / f)[None, None], scale_factor=f,
+                           mode="bilinear", align_corners=False)[0, 0]
+        return np.take(up[:hs, :ws].contiguous().numpy().reshape(-1), lin)
+
+    den = np.maximum(smooth(low.sum(0)), 1e-12)
+    chans = (stack.n_channels,) if stack.has_channels else ()
+    num = np.zeros(den.shape + chans, np.float32)
+    for k, z in enumerate(zs):
+        wz = smooth(low[k])
+        pixels = stack.read_window(int(z), t, (slice(y0 + ya, y0 + yb), slice(x0 + xa, x0 + xb)))
+        pixels = np.take(pixels.reshape(hs * ws, -1) if chans else pixels.reshape(-1), lin, axis=0)
+        num += (wz[:, None] if chans else wz) * pixels
+    out = np.array(hard, copy=True)
+    out[oy + ya - cy.start, ox + xa - cx.start] = cast_to(num / (den[:, None] if chans else den), stack.dtype)
+    return out

@@ -146,8 +146,8 @@ def max_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
     return F.max_pool2d(y, (k, 1), stride=1, padding=(radius, 0))[0, 0]
 
 
-def halo_vote(best: torch.Tensor, idx: torch.Tensor, n: int, hi: float | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def halo_vote(best: torch.Tensor, idx: torch.Tensor, n: int, hi: float | None = None,
+              origin: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(slice of the dominant detail nearby, how much each pixel lies in a stronger peak's halo in [0, 1],
     the winning slice's share of the votes).
 
@@ -156,40 +156,119 @@ def halo_vote(best: torch.Tensor, idx: torch.Tensor, n: int, hi: float | None = 
     slice with its energy squared, blurred with sigma = :data:`VOTE_SIGMA`; the sharp edge outvotes
     its own halo by ~10^4 (100x the energy). A plain max filter carried the edge's slice in square blocks,
     and energy (not squared) let the rings' own votes win (both tried on the leg). ``hi``: the ratio above
-    which a pixel keeps its own detail (default :data:`HALO_HI`).
+    which a pixel keeps its own detail (default :data:`HALO_HI`); ``origin``: the maps' top-left pixel in
+    the image (the votes' blocks lie on the image's grid).
     """
     ratio = best / max_filter(best, HALO_RADIUS).clamp_min(1e-20)
     halo = 1 - _ramp(ratio, HALO_LO, HALO_HI if hi is None else hi)
     if not bool((halo > 0).any()):
         return torch.zeros_like(idx), halo, torch.zeros_like(best)
     used = torch.unique(idx).tolist()  # slices nobody picked get no votes: skip their blurs
-    mode, top, total = _vote(idx, best * best, used, VOTE_SIGMA)
+    sigmas = (VOTE_SIGMA, NEAR_SIGMA) if NEAR_SIGMA else (VOTE_SIGMA,)
+    (mode, top, total), *near = _vote(idx, best * best, used, sigmas, origin)
+    if near:  # beside detail, its own slice: where the near vote's density beats the wide one's
+        mode_n, top_n, total_n = near[0]
+        close = total_n >= total
+        mode, top, total = (torch.where(close, a, b) for a, b in ((mode_n, mode), (top_n, top), (total_n, total)))
     share = torch.where(total > 0, top / total.clamp_min(1e-30), torch.zeros_like(top))
     return mode.to(idx.dtype), halo, share
 
 
-#: Slices blurred per call of the vote: each holds ~5 maps (indicator, three box passes). 64 x 2048² with
-#: the halo decision: 4 -> 1235 MB peak, 2 -> 916, 1 -> 792, all in 44 s (the blur is per map either way).
-VOTE_BATCH = 1
+#: Blur (px) of the near vote: beside detail, the slice of the nearest detail, not of the strongest within
+#: VOTE_SIGMA. A defocused edge darkens the open field around it in every slice but its own; where a weaker
+#: specimen lies beside a stronger one at another depth, the wide vote gave the field right beside the
+#: weak one the strong one's slice, in which the weak one's shadow shows (the cyan bands along the
+#: pseudoscorpion's lower legs; the two-specimen test). Where the near vote's density (its total) beats the
+#: wide one's, it decides. Measured in benchmarks/bench_seams.py (RESULTS.md, issue 26); 0: off.
+NEAR_SIGMA = 16.0
+
+#: The votes are blurred on a grid of blocks: sigma / 4 px, at most VOTE_BLOCK_MAX (the wide vote's 64 px on
+#: 8 px blocks, the near vote's 16 px on 4 px blocks); the winner is read per block, the votes come back
+#: bilinear. Blurring every slice's votes at full resolution took 4.9 of the pseudoscorpion's 11 s of
+#: focus (14 x 2592 x 1944), and the near vote doubled it; the blocks' own steps fall in flat field,
+#: where the image's cross-fade (blend.seam_fade_window) covers them. bench_seams.py, RESULTS.md issue 26.
+VOTE_BLOCK_MAX = 8
 
 
-def _vote(idx: torch.Tensor, w: torch.Tensor, slices: Sequence[int], sigma: float
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Weighted vote per slice: each pixel votes for its slice ``idx`` with weight ``w``, blurred with
-    ``sigma``. Returns (winning slice as float, its votes, all votes); ties go to the earlier slice."""
-    top = torch.zeros_like(w)
-    mode = torch.zeros_like(w)
-    total = torch.zeros_like(w)
-    slices = list(slices)
-    for c in range(0, len(slices), VOTE_BATCH):  # a few slices per batch: O(H·W) memory whatever n
-        zs = slices[c:c + VOTE_BATCH]
-        ind = torch.stack([(idx == z).to(w.dtype) * w for z in zs])[:, None]
-        votes = gaussian_blur(ind.contiguous(), sigma)[:, 0]
-        for z, v in zip(zs, votes):
-            mode = torch.where(v > top, torch.full_like(mode, float(z)), mode)
-            top = torch.maximum(top, v)
-            total += v
-    return mode, top, total
+def vote_block(sigma: float) -> int:
+    """Side (px) of the blocks a vote of blur ``sigma`` is computed on."""
+    return min(VOTE_BLOCK_MAX, max(1, int(sigma // 4)))
+
+
+def _vote(idx: torch.Tensor, w: torch.Tensor, slices: Sequence[int], sigmas: Sequence[float],
+          origin: tuple[int, int] = (0, 0)) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Weighted vote per slice at each blur in ``sigmas``: each pixel votes for its slice ``idx`` with weight
+    ``w``, blurred with sigma. Per sigma: (winning slice as float, its votes, all votes), at full size; ties go
+    to the earlier slice. The votes are summed per block (:func:`vote_block`) on the grid of absolute image
+    coordinates (``origin``: the map's top-left pixel in the image), so every tile sees the same blocks."""
+    slices = [int(z) for z in slices]
+    lut = torch.zeros(max(slices) + 1, dtype=torch.long, device=idx.device)
+    lut[torch.tensor(slices, device=idx.device)] = torch.arange(len(slices), device=idx.device)
+    slot = lut[idx.long().clamp(0, max(slices))]
+    names = torch.tensor(slices, dtype=w.dtype, device=w.device)
+    h, w_ = idx.shape
+    out = []
+    for sigma in sigmas:
+        f = vote_block(sigma)
+        oy, ox = origin[0] % f, origin[1] % f
+        hl, wl = -(-(h + oy) // f), -(-(w_ + ox) // f)
+        by = (torch.arange(h, device=idx.device) + oy) // f
+        bx = (torch.arange(w_, device=idx.device) + ox) // f
+        key = slot * (hl * wl) + (by[:, None] * wl + bx[None, :])
+        sums = torch.zeros(len(slices) * hl * wl, dtype=w.dtype, device=w.device)
+        sums.index_add_(0, key.reshape(-1), w.reshape(-1))
+        del key
+        votes = sums.view(len(slices), hl, wl).div_(f * f)
+        for k in range(len(slices)):
+            votes[k] = gaussian_blur(votes[k].contiguous(), sigma / f)
+        top, slot_c = votes.max(dim=0)  # the first maximum: ties go to the earlier slice
+        total = votes.sum(dim=0)
+        if f == 1:
+            out.append((names[slot_c], top, total))
+            continue
+        out.append((names[_bilinear_argmax(votes, slot_c, (h, w_), (oy, ox), f)], _up(top, f, oy, ox, h, w_),
+                    _up(total, f, oy, ox, h, w_)))
+    return out
+
+
+def _up(m: torch.Tensor, f: int, oy: int, ox: int, h: int, w: int) -> torch.Tensor:
+    """A block map back at full size, bilinear (block centres at (i + 0.5) * f - 0.5 on the padded grid)."""
+    return F.interpolate(m[None, None], scale_factor=f, mode="bilinear", align_corners=False)[0, 0, oy:oy + h, ox:ox + w]
+
+
+def _bilinear_argmax(votes: torch.Tensor, slot_c: torch.Tensor, shape: tuple[int, int], offset: tuple[int, int],
+                     f: int) -> torch.Tensor:
+    """Per full-size pixel, the slot whose bilinearly interpolated votes are highest, among the winners of the
+    four blocks around it (where those agree, their winner): the argmax of the votes brought back at full
+    size, without bringing back every slice's votes. Block-sized steps in the winner would show as seams."""
+    (h, w), (oy, ox), (hl, wl) = shape, offset, slot_c.shape
+
+    def axis(n: int, o: int, nc: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        p = (torch.arange(n, dtype=votes.dtype, device=votes.device) + o + 0.5) / f - 0.5
+        p0 = torch.floor(p)
+        frac = p - p0
+        return p0.long().clamp(0, nc - 1), (p0.long() + 1).clamp(0, nc - 1), frac
+
+    y0, y1, fy = axis(h, oy, hl)
+    x0, x1, fx = axis(w, ox, wl)
+    corners = [slot_c[a][:, b] for a in (y0, y1) for b in (x0, x1)]
+    out = corners[0].clone()
+    edge = (corners[0] != corners[1]) | (corners[0] != corners[2]) | (corners[0] != corners[3])
+    yy, xx = torch.nonzero(edge, as_tuple=True)
+    if yy.numel() == 0:
+        return out
+    a, b, c, d = y0[yy], y1[yy], x0[xx], x1[xx]
+    wy, wx = fy[yy], fx[xx]
+    best_v = torch.full(yy.shape, -1.0, dtype=votes.dtype, device=votes.device)
+    best_s = out[yy, xx]
+    for cand in (m[yy, xx] for m in corners):
+        v = ((1 - wy) * ((1 - wx) * votes[cand, a, c] + wx * votes[cand, a, d])
+             + wy * ((1 - wx) * votes[cand, b, c] + wx * votes[cand, b, d]))
+        better = v > best_v
+        best_v = torch.where(better, v, best_v)
+        best_s = torch.where(better, cand, best_s)
+    out[yy, xx] = best_s
+    return out
 
 
 def decision_radius(window: int) -> int:
@@ -197,5 +276,5 @@ def decision_radius(window: int) -> int:
     blur (both read the measure), then the fill (the median's 1 px is counted by the caller)."""
 
     w = int(window) | 1
-    halo = HALO_RADIUS + gaussian_radius(VOTE_SIGMA)  # the max filter, then the vote's blur
+    halo = HALO_RADIUS + gaussian_radius(VOTE_SIGMA) + 2 * vote_block(VOTE_SIGMA)  # max filter, vote: blur, blocks
     return halo + gaussian_radius(2.0 * w)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..errors import StackMFFError
 from ..io.stack import FocalStack
 from . import decision
-from .blend import SoftBlend, soft_blend_window
+from .blend import SoftBlend, seam_fade_window, soft_blend_window
 from .classical import gaussian_blur
 from .heap import heap_reuse
 from .tiling import (
@@ -75,6 +75,9 @@ class FocusMaps:
     index: torch.Tensor
     confidence: torch.Tensor
     prob: torch.Tensor | None = None
+    #: (H, W) bool: pixels whose slice the halo vote decided (no detail of their own); a change of slice
+    #: among them is cross-faded in the image (blend.seam_fade_window). None: no such pixels.
+    flat: torch.Tensor | None = None
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -183,10 +186,11 @@ def fill_low_confidence(focus: torch.Tensor, conf: torch.Tensor, threshold: floa
 
 
 def peak_maps(state: dict[str, torch.Tensor], n: int, *, window: int, fill_threshold: float, denoise: bool,
-              halo: float = 0.0) -> FocusMaps:
+              halo: float = 0.0, origin: tuple[int, int] = (0, 0)) -> FocusMaps:
     """Maps from a streamed argmax: ``state`` holds the best score ("best"), its slice ("idx"), its
     neighbours' scores ("left", "right"; NaN at the stack's ends) and the sum over slices ("total");
-    ``halo``: the halo decision's threshold (decision.resolve_decision; 0: the legacy decision). Used by the
+    ``halo``: the halo decision's threshold (decision.resolve_decision; 0: the legacy decision); ``origin``: the
+    maps' top-left pixel in the image (the halo vote's blocks lie on the image's grid). Used by the
     streaming and the device-resident classical engines. The state is consumed: its maps are taken out
     (emptying the dict) and reused in place, so each is freed once used (the streaming state is most of a
     tile's memory)."""
@@ -207,12 +211,14 @@ def peak_maps(state: dict[str, torch.Tensor], n: int, *, window: int, fill_thres
     conf.masked_fill_(~(best > 1e-12), 0.0)
     decided = None
     if halo > 0 and denoise and fill_threshold > 0:  # defocus halos take the dominant detail's slice nearby
-        dom, in_halo, share = decision.halo_vote(best, idx, n, halo)
+        dom, in_halo, share = decision.halo_vote(best, idx, n, halo, origin=origin)
         decided = in_halo > 0.5
         focus = torch.where(decided, dom.to(focus.dtype), focus)
         conf = torch.where(decided, share, conf)
-    return finish_maps(focus, conf, n, window=window, fill_threshold=fill_threshold, denoise=denoise,
+    maps = finish_maps(focus, conf, n, window=window, fill_threshold=fill_threshold, denoise=denoise,
                        decided=decided)
+    maps.flat = decided
+    return maps
 
 
 def finish_maps(
@@ -263,7 +269,7 @@ def renumber(maps: FocusMaps, keep: Sequence[int] | None) -> FocusMaps:
     focus = k[lo] + (maps.focus - lo.float()) * (k[hi] - k[lo])  # sub-slice positions between kept slices
     index = k.long()[maps.index]
     return FocusMaps(focus=torch.where(focus.round().long() == index, focus, index.float()), index=index,
-                     confidence=maps.confidence, prob=prob)
+                     confidence=maps.confidence, prob=prob, flat=maps.flat)
 
 
 # ---------------------------------------------------------------------------------- gather
@@ -417,14 +423,15 @@ class TileFeather:
 
 def iter_fused_tiles(stack: FocalStack, engine: TileEngine, t: int, tile: int, overlap: int, *,
                      progress: ProgressFn | None = None, cancel: threading.Event | None = None,
-                     timings: dict[str, float] | None = None, blend: SoftBlend | None = None
-                     ) -> Iterator[TileOutput]:
+                     timings: dict[str, float] | None = None, blend: SoftBlend | None = None,
+                     fade: bool = True) -> Iterator[TileOutput]:
     """Fuse one time point tile by tile (row-major); only one tile's data is in memory at a time.
 
     An engine that estimates the run time (a model, after its first tile) reports it through
     ``progress`` and in ``timings["estimate_s"]``. Tiles of engines with ``feather`` are
     cross-faded (:class:`TileFeather`). With ``blend`` the pixels are the soft blend
-    (:mod:`core.blend`) instead of the hard gather; the focus and confidence maps are the same.
+    (:mod:`core.blend`) instead of the hard gather; the focus and confidence maps are the same. ``fade``: the
+    hard gather cross-fades changes of slice among the halo vote's flat pixels (blend.seam_fade_window).
     """
     h, w = stack.yx_shape
     tiles = list(iter_tiles(h, w, tile, overlap))
@@ -440,6 +447,9 @@ def iter_fused_tiles(stack: FocalStack, engine: TileEngine, t: int, tile: int, o
                 t1 = time.perf_counter()
                 maps = engine.maps(tl.read, sub, cancel)
                 read_index = maps.index.cpu().numpy() if blend is not None else None
+                flat = None  # the halo vote's flat pixels: their changes of slice are cross-faded (hard only)
+                if fade and blend is None and maps.flat is not None and bool(maps.flat[tl.crop].any()):
+                    flat, full_index = maps.flat.cpu().numpy(), maps.index.cpu().numpy()
                 if feather is None:
                     index = maps.index[tl.crop].cpu().numpy()
                     focus = maps.focus[tl.crop].float().cpu().numpy()
@@ -461,6 +471,8 @@ def iter_fused_tiles(stack: FocalStack, engine: TileEngine, t: int, tile: int, o
                     aif = device_gather(tl.crop, index) if device_gather is not None else None
                     if aif is None:
                         aif = gather_window(stack, index, t, tl.write)
+                    if flat is not None:
+                        aif = seam_fade_window(stack, full_index, flat, t, tl.read, tl.crop, aif)
                 else:
                     read_index[tl.crop] = index  # the written part follows the (feathered) output map
                     guide = gather_window(stack, read_index, t, tl.read)
