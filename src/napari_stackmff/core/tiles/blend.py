@@ -184,7 +184,7 @@ def seam_fade_window(stack: FocalStack, index: np.ndarray, flat: np.ndarray, t: 
     hs, ws = fl.shape
     hl, wl = -(-hs // f), -(-ws // f)
     # where another slice lies within r: the blocks' label ranges, dilated (a few px generous)
-    lo, hi = _block_range(isub, f)
+    lo, hi = _block_range(isub.astype(np.int16), f)
     reach = -(-r // f) + 1
     spread = max_filter(torch.from_numpy(hi), reach).numpy() + max_filter(torch.from_numpy(-lo), reach).numpy()
     sel = np.repeat(np.repeat(spread > 0, f, 0), f, 1)[:hs, :ws] & fl
@@ -194,13 +194,15 @@ def seam_fade_window(stack: FocalStack, index: np.ndarray, flat: np.ndarray, t: 
     if not sel.any():
         return hard
     # every flat pixel's slice counted per f x f block, all slices in one pass: (slices, hl, wl)
-    labels = isub[fl]
-    zs = np.flatnonzero(np.bincount(labels))
-    lut = np.zeros(int(zs[-1]) + 1, np.int64)
-    lut[zs] = np.arange(len(zs))
-    block = (np.arange(hs)[:, None] // f * wl + np.arange(ws)[None, :] // f)[fl]
-    counts = np.bincount(block * len(zs) + lut[labels], minlength=hl * wl * len(zs))
-    low = torch.from_numpy(counts.reshape(hl, wl, len(zs)).astype(np.float32)).permute(2, 0, 1)
+    zs = np.flatnonzero(np.bincount(isub[fl]))
+    lut = np.zeros(int(isub.max()) + 1, np.int32)  # labels of non-flat pixels: slot 0, with weight 0
+    lut[zs] = np.arange(len(zs), dtype=np.int32)
+    key = torch.from_numpy(lut[isub])  # int32 (label slot, block) keys; non-flat pixels add 0
+    key.mul_(hl * wl).add_(torch.from_numpy(np.arange(hs, dtype=np.int32)[:, None] // f * wl))
+    key.add_(torch.from_numpy(np.arange(ws, dtype=np.int32)[None, :] // f))
+    low = torch.zeros(len(zs) * hl * wl).index_add_(0, key.reshape(-1), torch.from_numpy(fl).float().reshape(-1))
+    del key
+    low = low.view(len(zs), hl, wl)
     oy, ox = np.nonzero(sel)
     lin = oy * ws + ox
 

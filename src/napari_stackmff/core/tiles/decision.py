@@ -11,15 +11,18 @@ background ~4e-6 (noise), the sharp edge a few tens of px away ~1.7e-3, 100x the
 **Halo vote** (:func:`halo_vote`): a pixel that weak beside a much stronger peak takes the slice that the
 detail around it votes for, each pixel voting for its own slice with its energy squared: the sharp
 edge's slice, in which the background right beside the edge is clean (z-order: the background is seen
-correctly where the edge is in focus). Other unconfident pixels (the legacy confidence
+correctly where the edge is in focus). Beside detail the **near vote** (:data:`NEAR_SIGMA`) decides instead:
+the slice of the nearest detail, not of the strongest within the wide vote's reach (between specimens at
+different depths each slice shows the other's defocused shadow). Where the vote changes slice in the open
+field the image cross-fades the two over a few px (blend.seam_fade_window: no seam). Other unconfident pixels (the legacy confidence
 ``(1 - mean/best)·n/(n-1)`` below the fill threshold) take the legacy fill (pipeline.fill_low_confidence):
 the vote, reaching :data:`HALO_RADIUS`, already decides the inside of a body up to its confident outline.
 A multi-scale fill that voted per slice at 18 and 54 px (for a body the vote did not reach at radius 64)
 cost the diamond ring 0.009 of Q4 (below its best single slice) once the radius was 128, and changed
 0.2 % of the pseudoscorpion's pixels by more than 10 grey levels, none visibly (2026-12-07; RESULTS.md).
 
-Every step is a shift-invariant filter with a finite radius (:func:`decision_radius`), so tiles with that
-margin equal the untiled result. Side by side on 24 synthetic stacks (benchmarks/bench_classical.py
+Every step is a filter with a finite radius (:func:`decision_radius`) on the image's own grid (the votes'
+blocks too), so tiles with that margin equal the untiled result. Side by side on 24 synthetic stacks (benchmarks/bench_classical.py
 --decisions legacy,halo, wavelet; none is a bright field, so this is the decision forced): PSNR 27.27 ->
 27.29 dB, focus MAE 0.73 -> 0.69 slices, within ±1 88.1% -> 87.3% (2026-12-07); a coarse-window noise test
 tried before lost 0.06 dB and 6% within ±1 and is gone.
@@ -202,9 +205,9 @@ def _vote(idx: torch.Tensor, w: torch.Tensor, slices: Sequence[int], sigmas: Seq
     to the earlier slice. The votes are summed per block (:func:`vote_block`) on the grid of absolute image
     coordinates (``origin``: the map's top-left pixel in the image), so every tile sees the same blocks."""
     slices = [int(z) for z in slices]
-    lut = torch.zeros(max(slices) + 1, dtype=torch.long, device=idx.device)
-    lut[torch.tensor(slices, device=idx.device)] = torch.arange(len(slices), device=idx.device)
-    slot = lut[idx.long().clamp(0, max(slices))]
+    lut = torch.zeros(max(slices) + 1, dtype=torch.int32, device=idx.device)
+    lut[torch.tensor(slices, device=idx.device)] = torch.arange(len(slices), dtype=torch.int32, device=idx.device)
+    slot = lut[idx.long()] if idx.dtype != torch.int32 else lut[idx]  # int32 maps: a quarter of the memory
     names = torch.tensor(slices, dtype=w.dtype, device=w.device)
     h, w_ = idx.shape
     out = []
@@ -212,9 +215,10 @@ def _vote(idx: torch.Tensor, w: torch.Tensor, slices: Sequence[int], sigmas: Seq
         f = vote_block(sigma)
         oy, ox = origin[0] % f, origin[1] % f
         hl, wl = -(-(h + oy) // f), -(-(w_ + ox) // f)
-        by = (torch.arange(h, device=idx.device) + oy) // f
-        bx = (torch.arange(w_, device=idx.device) + ox) // f
-        key = slot * (hl * wl) + (by[:, None] * wl + bx[None, :])
+        by = (torch.arange(h, dtype=torch.int32, device=idx.device) + oy) // f
+        bx = (torch.arange(w_, dtype=torch.int32, device=idx.device) + ox) // f
+        key = slot * (hl * wl)  # in place from here: one int32 map
+        key.add_(by[:, None] * wl).add_(bx[None, :])
         sums = torch.zeros(len(slices) * hl * wl, dtype=w.dtype, device=w.device)
         sums.index_add_(0, key.reshape(-1), w.reshape(-1))
         del key
@@ -251,7 +255,8 @@ def _bilinear_argmax(votes: torch.Tensor, slot_c: torch.Tensor, shape: tuple[int
 
     y0, y1, fy = axis(h, oy, hl)
     x0, x1, fx = axis(w, ox, wl)
-    corners = [slot_c[a][:, b] for a in (y0, y1) for b in (x0, x1)]
+    small = slot_c.to(torch.int16)  # slots < 2^15: four full-size int16 maps, not int64 ones
+    corners = [small[a][:, b] for a in (y0, y1) for b in (x0, x1)]
     out = corners[0].clone()
     edge = (corners[0] != corners[1]) | (corners[0] != corners[2]) | (corners[0] != corners[3])
     yy, xx = torch.nonzero(edge, as_tuple=True)
@@ -260,15 +265,15 @@ def _bilinear_argmax(votes: torch.Tensor, slot_c: torch.Tensor, shape: tuple[int
     a, b, c, d = y0[yy], y1[yy], x0[xx], x1[xx]
     wy, wx = fy[yy], fx[xx]
     best_v = torch.full(yy.shape, -1.0, dtype=votes.dtype, device=votes.device)
-    best_s = out[yy, xx]
-    for cand in (m[yy, xx] for m in corners):
+    best_s = out[yy, xx].long()
+    for cand in (m[yy, xx].long() for m in corners):
         v = ((1 - wy) * ((1 - wx) * votes[cand, a, c] + wx * votes[cand, a, d])
              + wy * ((1 - wx) * votes[cand, b, c] + wx * votes[cand, b, d]))
         better = v > best_v
         best_v = torch.where(better, v, best_v)
         best_s = torch.where(better, cand, best_s)
-    out[yy, xx] = best_s
-    return out
+    out[yy, xx] = best_s.to(out.dtype)
+    return out.long()
 
 
 def decision_radius(window: int) -> int:
