@@ -261,7 +261,7 @@ def _bilinear_argmax(votes: torch.Tensor, slot_c: torch.Tensor, shape: tuple[int
     edge = (corners[0] != corners[1]) | (corners[0] != corners[2]) | (corners[0] != corners[3])
     yy, xx = torch.nonzero(edge, as_tuple=True)
     if yy.numel() == 0:
-        return out
+        return out.int()
     a, b, c, d = y0[yy], y1[yy], x0[xx], x1[xx]
     wy, wx = fy[yy], fx[xx]
     best_v = torch.full(yy.shape, -1.0, dtype=votes.dtype, device=votes.device)
@@ -273,7 +273,7 @@ def _bilinear_argmax(votes: torch.Tensor, slot_c: torch.Tensor, shape: tuple[int
         best_v = torch.where(better, v, best_v)
         best_s = torch.where(better, cand, best_s)
     out[yy, xx] = best_s.to(out.dtype)
-    return out.long()
+    return out.int()
 
 
 def decision_radius(window: int) -> int:
