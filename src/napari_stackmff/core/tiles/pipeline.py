@@ -448,8 +448,9 @@ def iter_fused_tiles(stack: FocalStack, engine: TileEngine, t: int, tile: int, o
                 maps = engine.maps(tl.read, sub, cancel)
                 read_index = maps.index.cpu().numpy() if blend is not None else None
                 flat = None  # the halo vote's flat pixels: their changes of slice are cross-faded (hard only)
-                if fade and blend is None and maps.flat is not None and bool(maps.flat[tl.crop].any()):
-                    flat, full_index = maps.flat.cpu().numpy(), maps.index.cpu().numpy()
+                flat_map = getattr(maps, "flat", None)  # engines' maps may be any object with the fields
+                if fade and blend is None and flat_map is not None and bool(flat_map[tl.crop].any()):
+                    flat, full_index = flat_map.cpu().numpy(), maps.index.cpu().numpy()
                 if feather is None:
                     index = maps.index[tl.crop].cpu().numpy()
                     focus = maps.focus[tl.crop].float().cpu().numpy()
