@@ -3,7 +3,7 @@
 Tolerances (see core/tiling.py and core/models/inference.py):
 * classical (variance, laplacian, tenengrad, wavelet): bit-identical focus map, confidence and
   all-in-focus, because the tile margin covers measure + low-confidence fill (Gaussian cut at
-  3 sigma) + 3x3 median.
+  3 sigma) + two 3x3 medians.
 * StackMFF-V2: GroupNorm and the channel attention's global average pool see a tile, not the
   image, so tiles differ slightly. Bound, at 256-px tiles (worst case; auto tiles are larger):
   |focus difference| < 0.5 slice everywhere (index off by at most 1), mean < 0.05 slice, and with
@@ -92,7 +92,7 @@ def test_margin_smaller_than_support_would_not_be_exact(stack600, monkeypatch):
     from napari_stackmff.core.fusion import dispatch as fusion
 
     whole = fuse(stack600, "wavelet", "cpu")
-    assert classical_support("wavelet", 9) == 14 + 4 + 54 + 1  # the default (legacy) decision
+    assert classical_support("wavelet", 9) == 14 + 4 + 54 + 2  # the default (legacy) decision: two 3x3 medians
     real = fusion.ClassicalEngine.__init__
 
     def short(self, *a, **k):

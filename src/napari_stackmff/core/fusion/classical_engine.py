@@ -18,6 +18,7 @@ from ..tiles import classical, decision
 from ..tiles.blend import seam_reach
 from ..tiles.classical import gaussian_radius
 from ..tiles.pipeline import (
+    CLASSICAL_MEDIAN_PASSES,
     FocusMaps,
     ProgressFn,
     _to_tensor,
@@ -149,7 +150,7 @@ def classical_support(method: str, window: int, *, denoise: bool = True, fill_th
     if denoise:
         if fill_threshold > 0:
             r += decision.decision_radius(window) if halo else gaussian_radius(2.0 * window)
-        r += 1  # median3
+        r += CLASSICAL_MEDIAN_PASSES  # 1 px per 3x3 median
         if fill_threshold > 0 and halo:
             r += seam_reach()  # the image's cross-fade across the vote's changes of slice (blend.py)
     return r
