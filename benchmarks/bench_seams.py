@@ -84,7 +84,8 @@ def faded_share(img: np.ndarray, sources: np.ndarray, index: np.ndarray) -> floa
 
 
 def two_specimens(seed: int, size=(200, 320), n: int = 10, gap: int = 48, r: int = 26):
-    """A strongly textured dark disc in focus at slice 2 and a faint one at slice 7 on a bright field."""
+    """A strongly textured dark disc in focus at slice 2 and a faint one at slice 7 on a bright field; returns the
+    stack and the field between the discs (tests/test_decision.py fuses it too)."""
     from scipy import ndimage as ndi
 
     from napari_stackmff.core.training.synth import render_stack

@@ -10,6 +10,9 @@ slices from the truth, focus-map mean error 2.4-2.6 slices (seeds 0-2). ``decisi
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -17,6 +20,9 @@ from scipy import ndimage as ndi
 from napari_stackmff.core.tiles import decision
 from napari_stackmff.core import fuse
 from napari_stackmff.core.training.synth import render_stack
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_seams import two_specimens  # noqa: E402  (the two-specimen stack the seam benchmark renders)
 
 
 def brightfield_stack(seed: int, size: int = 160, n: int = 10):
@@ -146,29 +152,9 @@ def test_no_thin_lines_just_inside_a_thick_specimens_outline(monkeypatch) -> Non
     assert _knee_errors(0) > 0.05
 
 
-def two_specimens_stack(seed: int, size=(200, 320), n: int = 10, gap: int = 48, r: int = 26):
-    """A strongly textured dark disc in focus at slice 2 and a faint one at slice 7, 48 px of bright field
-    between them: each slice shows the other disc's defocused shadow in the field (benchmarks/bench_seams.py
-    renders the same). Returns the stack and the field between the discs."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    yy, xx = np.mgrid[:h, :w]
-    ca, cb = w / 2 - gap / 2 - r, w / 2 + gap / 2 + r
-    a = (yy - h / 2) ** 2 + (xx - ca) ** 2 < r * r
-    b = (yy - h / 2) ** 2 + (xx - cb) ** 2 < r * r
-    tex = ndi.gaussian_filter(rng.standard_normal((h, w)), 1.0)
-    tex /= tex.std()
-    aif = np.where(a, 0.18 + 0.12 * tex, np.where(b, 0.25 + 0.03 * tex, 0.9)).astype(np.float32)
-    f = np.linspace(0, 1, n)
-    depth = np.where(xx < w / 2 + gap / 4, f[2], f[7]).astype(np.float32)
-    stack = render_stack(aif, depth, f, max_radius=30, rng=rng, read_noise=0.005)
-    between = ~ndi.binary_dilation(a | b, iterations=3) & (np.abs(yy - h / 2) < r) & (xx > ca) & (xx < cb)
-    return stack, between
-
-
 def _field_scores(seed: int) -> tuple[float, float]:
     """(PSNR dB of the fused field between the discs against the truth, mean luma step where the slice changes)."""
-    stack, between = two_specimens_stack(seed)
+    stack, between = two_specimens(seed)
     r = fuse(stack.slices, method="wavelet", device="cpu")
     assert r.decision == "halo"
     out = r.all_in_focus.astype(np.float64)
@@ -233,7 +219,7 @@ def test_flat_cross_fade_only_near_a_change_of_slice_and_exact_across_tiles() ->
 def test_exact_blend_copies_every_pixel_on_a_bright_field_too() -> None:
     """``blend="exact"`` (for measurements): no cross-fade, every pixel its slice's, the same focus maps as the
     default, and the result says which blend it is."""
-    stack, _ = two_specimens_stack(1)
+    stack, _ = two_specimens(1)
     hard = fuse(stack.slices, method="wavelet", device="cpu")
     exact = fuse(stack.slices, method="wavelet", device="cpu", blend="exact")
     assert (hard.blend, exact.blend) == ("hard", "exact")

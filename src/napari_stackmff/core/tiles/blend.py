@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import StackMFFError
 from ..io.stack import FocalStack, cast_to, dtype_scale, to_focus_image
 from .classical import box_mean, gaussian_blur, gaussian_radius
+from .decision import block_sums, block_up, max_filter
 
 #: "hard" (the default): every pixel with detail copied from one slice; where the halo decision changes
 #: slice in the open field, a few px are cross-faded (:func:`seam_fade_window`). "exact": every pixel copied
@@ -147,10 +147,11 @@ def seam_reach(sigma: float | None = None) -> int:
 SEAM_COARSE = 4
 
 
-def _block_range(index: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray]:
-    """Least and greatest label of each f x f block (float32; edge blocks padded by replication)."""
-    h, w = index.shape
-    x = np.pad(index, ((0, -h % f), (0, -w % f)), mode="edge")
+def _block_range(index: np.ndarray, f: int, offset: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Least and greatest label of each f x f block of the grid that starts ``offset`` px before the map
+    (float32; partial blocks padded by replication)."""
+    (h, w), (oy, ox) = index.shape, offset
+    x = np.pad(index, ((oy, -(h + oy) % f), (ox, -(w + ox) % f)), mode="edge")
     x = x.reshape(x.shape[0] // f, f, x.shape[1] // f, f)
     return x.min((1, 3)).astype(np.float32), x.max((1, 3)).astype(np.float32)
 
@@ -165,8 +166,6 @@ def seam_fade_window(stack: FocalStack, index: np.ndarray, flat: np.ndarray, t: 
     Why only there: a flat pixel has no detail in any slice, so a mix loses none, while a switch of
     slice shows as a seam wherever the slices' backgrounds differ (a defocused neighbour's shadow).
     """
-    from .decision import max_filter
-
     sigma = SEAM_SIGMA if sigma is None else sigma
     if sigma <= 0:
         return hard
@@ -174,20 +173,19 @@ def seam_fade_window(stack: FocalStack, index: np.ndarray, flat: np.ndarray, t: 
     cy, cx = crop
     y0, x0 = read[0].start or 0, read[1].start or 0
     h, w = index.shape
-    # the work window: the crop and reach r + 2f around it, its block grid on absolute multiples of f, so
-    # that every tile sees the same blocks (tiled = untiled)
+    # the work window: the crop and reach r + 2f around it; its blocks lie on the image's grid (multiples of
+    # f), so that every tile sees the same blocks (tiled = untiled)
     ya, xa = max(0, cy.start - r - 2 * f), max(0, cx.start - r - 2 * f)
-    ya, xa = max(0, ya - (y0 + ya) % f), max(0, xa - (x0 + xa) % f)
     yb, xb = min(h, cy.stop + r + 2 * f), min(w, cx.stop + r + 2 * f)
     sub = (slice(ya, yb), slice(xa, xb))
+    grid = ((y0 + ya) % f, (x0 + xa) % f)
     fl, isub = flat[sub], np.asarray(index[sub])
     hs, ws = fl.shape
-    hl, wl = -(-hs // f), -(-ws // f)
     # where another slice lies within r: the blocks' label ranges, dilated (a few px generous)
-    lo, hi = _block_range(isub.astype(np.int16), f)
+    lo, hi = _block_range(isub.astype(np.int16), f, grid)
     reach = -(-r // f) + 1
     spread = max_filter(torch.from_numpy(hi), reach).numpy() + max_filter(torch.from_numpy(-lo), reach).numpy()
-    sel = np.repeat(np.repeat(spread > 0, f, 0), f, 1)[:hs, :ws] & fl
+    sel = np.repeat(np.repeat(spread > 0, f, 0), f, 1)[grid[0]:grid[0] + hs, grid[1]:grid[1] + ws] & fl
     inside = np.zeros_like(sel)
     inside[cy.start - ya:cy.stop - ya, cx.start - xa:cx.stop - xa] = True
     sel &= inside
@@ -197,20 +195,15 @@ def seam_fade_window(stack: FocalStack, index: np.ndarray, flat: np.ndarray, t: 
     zs = np.flatnonzero(np.bincount(isub[fl]))
     lut = np.zeros(int(isub.max()) + 1, np.int32)  # labels of non-flat pixels: slot 0, with weight 0
     lut[zs] = np.arange(len(zs), dtype=np.int32)
-    key = torch.from_numpy(lut[isub])  # int32 (label slot, block) keys; non-flat pixels add 0
-    key.mul_(hl * wl).add_(torch.from_numpy(np.arange(hs, dtype=np.int32)[:, None] // f * wl))
-    key.add_(torch.from_numpy(np.arange(ws, dtype=np.int32)[None, :] // f))
-    low = torch.zeros(len(zs) * hl * wl).index_add_(0, key.reshape(-1), torch.from_numpy(fl).float().reshape(-1))
-    del key
-    low = low.view(len(zs), hl, wl)
+    # non-flat pixels count 0
+    low = block_sums(torch.from_numpy(lut[isub]), torch.from_numpy(fl).float(), len(zs), f, grid)
     oy, ox = np.nonzero(sel)
     lin = oy * ws + ox
 
     def smooth(m: torch.Tensor) -> np.ndarray:
         """A coarse count map blurred, back at full resolution (bilinear), at the faded pixels."""
-        up = F.interpolate(gaussian_blur(m.contiguous(), sigma / f)[None, None], scale_factor=f,
-                           mode="bilinear", align_corners=False)[0, 0]
-        return np.take(up[:hs, :ws].contiguous().numpy().reshape(-1), lin)
+        up = block_up(gaussian_blur(m.contiguous(), sigma / f), f, grid, (hs, ws))
+        return np.take(up.contiguous().numpy().reshape(-1), lin)
 
     den = np.maximum(smooth(low.sum(0)), 1e-12)
     chans = (stack.n_channels,) if stack.has_channels else ()

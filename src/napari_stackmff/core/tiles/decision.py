@@ -14,16 +14,17 @@ edge's slice, in which the background right beside the edge is clean (z-order: t
 correctly where the edge is in focus). Beside detail the **near vote** (:data:`NEAR_SIGMA`) decides instead:
 the slice of the nearest detail, not of the strongest within the wide vote's reach (between specimens at
 different depths each slice shows the other's defocused shadow). Where the vote changes slice in the open
-field the image cross-fades the two over a few px (blend.seam_fade_window: no seam). Other unconfident pixels (the legacy confidence
-``(1 - mean/best)·n/(n-1)`` below the fill threshold) take the legacy fill (pipeline.fill_low_confidence):
+field the image cross-fades the two over a few px (blend.seam_fade_window: no seam). Other unconfident
+pixels (the legacy confidence ``(1 - mean/best)·n/(n-1)`` below the fill threshold) take the legacy fill
+(pipeline.fill_low_confidence):
 the vote, reaching :data:`HALO_RADIUS`, already decides the inside of a body up to its confident outline.
 A multi-scale fill that voted per slice at 18 and 54 px (for a body the vote did not reach at radius 64)
 cost the diamond ring 0.009 of Q4 (below its best single slice) once the radius was 128, and changed
 0.2 % of the pseudoscorpion's pixels by more than 10 grey levels, none visibly (2026-12-07; RESULTS.md).
 
 Every step is a filter with a finite radius (:func:`decision_radius`) on the image's own grid (the votes'
-blocks too), so tiles with that margin equal the untiled result. Side by side on 24 synthetic stacks (benchmarks/bench_classical.py
---decisions legacy,halo, wavelet; none is a bright field, so this is the decision forced): PSNR 27.27 ->
+blocks too), so tiles with that margin equal the untiled result. Side by side on 24 synthetic stacks
+(benchmarks/bench_classical.py --decisions legacy,halo, wavelet; none is a bright field, so this is the decision forced): PSNR 27.27 ->
 27.29 dB, focus MAE 0.73 -> 0.69 slices, within ±1 88.1% -> 87.3% (2026-12-07); a coarse-window noise test
 tried before lost 0.06 dB and 6% within ±1 and is gone.
 ``decision="auto"`` (the default) takes it on a bright field, where the rings form (:data:`DECISIONS`).
@@ -214,15 +215,7 @@ def _vote(idx: torch.Tensor, w: torch.Tensor, slices: Sequence[int], sigmas: Seq
     for sigma in sigmas:
         f = vote_block(sigma)
         oy, ox = origin[0] % f, origin[1] % f
-        hl, wl = -(-(h + oy) // f), -(-(w_ + ox) // f)
-        by = (torch.arange(h, dtype=torch.int32, device=idx.device) + oy) // f
-        bx = (torch.arange(w_, dtype=torch.int32, device=idx.device) + ox) // f
-        key = slot * (hl * wl)  # in place from here: one int32 map
-        key.add_(by[:, None] * wl).add_(bx[None, :])
-        sums = torch.zeros(len(slices) * hl * wl, dtype=w.dtype, device=w.device)
-        sums.index_add_(0, key.reshape(-1), w.reshape(-1))
-        del key
-        votes = sums.view(len(slices), hl, wl).div_(f * f)
+        votes = block_sums(slot, w, len(slices), f, (oy, ox)).div_(f * f)
         for k in range(len(slices)):
             votes[k] = gaussian_blur(votes[k].contiguous(), sigma / f)
         top, slot_c = votes.max(dim=0)  # the first maximum: ties go to the earlier slice
@@ -230,13 +223,30 @@ def _vote(idx: torch.Tensor, w: torch.Tensor, slices: Sequence[int], sigmas: Seq
         if f == 1:
             out.append((names[slot_c], top, total))
             continue
-        out.append((names[_bilinear_argmax(votes, slot_c, (h, w_), (oy, ox), f)], _up(top, f, oy, ox, h, w_),
-                    _up(total, f, oy, ox, h, w_)))
+        out.append((names[_bilinear_argmax(votes, slot_c, (h, w_), (oy, ox), f)],
+                    block_up(top, f, (oy, ox), (h, w_)), block_up(total, f, (oy, ox), (h, w_))))
     return out
 
 
-def _up(m: torch.Tensor, f: int, oy: int, ox: int, h: int, w: int) -> torch.Tensor:
-    """A block map back at full size, bilinear (block centres at (i + 0.5) * f - 0.5 on the padded grid)."""
+def block_sums(slot: torch.Tensor, weight: torch.Tensor, slots: int, f: int, offset: tuple[int, int]) -> torch.Tensor:
+    """(slots, hl, wl): the sum of ``weight`` over each f x f block, per value of ``slot`` (an int32 map of
+    values in [0, slots)), in one pass. ``offset``: where the map's top-left pixel lies in its block, so that
+    maps of different windows share the image's block grid."""
+    (h, w), (oy, ox) = slot.shape, offset
+    hl, wl = -(-(h + oy) // f), -(-(w + ox) // f)
+    by = (torch.arange(h, dtype=torch.int32, device=slot.device) + oy) // f
+    bx = (torch.arange(w, dtype=torch.int32, device=slot.device) + ox) // f
+    key = slot * (hl * wl)  # in place from here: one int32 map
+    key.add_(by[:, None] * wl).add_(bx[None, :])
+    sums = torch.zeros(slots * hl * wl, dtype=weight.dtype, device=weight.device)
+    sums.index_add_(0, key.reshape(-1), weight.reshape(-1))
+    return sums.view(slots, hl, wl)
+
+
+def block_up(m: torch.Tensor, f: int, offset: tuple[int, int], shape: tuple[int, int]) -> torch.Tensor:
+    """A block map (:func:`block_sums`' grid) back at full size ``shape``, bilinear (block centres at
+    (i + 0.5) * f - 0.5 on the grid that starts ``offset`` px before the map)."""
+    (oy, ox), (h, w) = offset, shape
     return F.interpolate(m[None, None], scale_factor=f, mode="bilinear", align_corners=False)[0, 0, oy:oy + h, ox:ox + w]
 
 
@@ -278,7 +288,7 @@ def _bilinear_argmax(votes: torch.Tensor, slot_c: torch.Tensor, shape: tuple[int
 
 def decision_radius(window: int) -> int:
     """Pixels the robust decision adds to the measure's footprint: the halo test's max filter and its vote's
-    blur (both read the measure), then the fill (the median's 1 px is counted by the caller)."""
+    blur (both read the measure), then the fill (the medians' 1 px each is counted by the caller)."""
 
     w = int(window) | 1
     halo = HALO_RADIUS + gaussian_radius(VOTE_SIGMA) + 2 * vote_block(VOTE_SIGMA)  # max filter, vote: blur, blocks
