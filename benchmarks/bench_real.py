@@ -1,6 +1,6 @@
 """Every method on REAL focal stacks, judged by no-reference scores (real optics have no ground truth).
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/bench_real.py [--max-side 768] [--weights NAME=PATH ...]
+Run:  OMP_NUM_THREADS=1 python benchmarks/bench_real.py [--max-side 768] [--align auto] [--weights NAME=PATH ...]
                                                         [--quick] [--only NAME ...] [--out DIR]
 
 Stacks (from ../shared/data; skipped when absent): pcb_stack (the 7 pcb_00*.jpg, not expected.jpg),
@@ -9,7 +9,10 @@ cells3d_nuclei, real_stacks/* (pseudoscorpion: frames 1-11, a leg moves later), 
 pairs, evaluation only; the row is their mean) and event_focal_stack_zeromotion (evaluation only; its
 event frames add an EventStackMFF column, which is empty for the other stacks; not downscaled).
 Slices are fused as they are: no registration, so
-focus breathing is part of the test and hits every method alike.
+focus breathing is part of the test and hits every method alike. ``--align auto`` aligns each stack first,
+as ``stackmff fuse`` and the widget do by default, and every method and the best slice get those slices: what
+a user sees (a stack that breathes, e.g. pcb_depthmap, scales by 9%, fused unaligned shows every glyph as
+concentric copies).
 
 Methods: the classical measures (variance, laplacian, tenengrad, wavelet), StackMFF-V2 with our shipped
 weights ("ours"), the official checkpoint through our inference ("official", when present; with
@@ -219,8 +222,10 @@ def event_rows(extra: list[str]) -> dict[str, str | None]:
 
 
 def run_set(rset: RealSet, cands: dict[str, dict], max_side: int, out: Path,
-            events: dict[str, str | None] | None = None) -> dict:
-    """Fuse every stack of one row with every method; mean scores and summed seconds per method."""
+            events: dict[str, str | None] | None = None, align: str | None = None) -> dict:
+    """Fuse every stack of one row with every method; mean scores and summed seconds per method.
+    ``align="auto"``: each stack is first aligned as ``stackmff fuse`` does by default (after the downscale),
+    and every method, the best slice and the peers get those aligned slices."""
     if rset.events is not None:  # and the event model with the frames; they match the images' size: no resize
         from napari_stackmff.core.events.frames import read_event_frames
 
@@ -236,10 +241,17 @@ def run_set(rset: RealSet, cands: dict[str, dict], max_side: int, out: Path,
             full = load_stack(item, lazy=False) if isinstance(item, Path) else load_stack(item)
         stack, scale = downscale(full, max_side)
         del full
+        moved = ""
+        if align and rset.events is None:  # event frames are not warped: the event stack is fused as it is
+            from napari_stackmff.core.fusion.align import align_stack, summary
+
+            stack, recs = align_stack(stack, align, source=rset.name)
+            moved = ", aligned" if recs and recs[0].get("aligned") else ""
+            print(f"[{rset.name}] {summary(recs)}", file=sys.stderr, flush=True)
         sources = np.asarray(stack.data)
         if j == 0:
             h, w = stack.yx_shape
-            shape_note = f"{stack.n_slices}×{h}×{w}" + (f", ×{scale:.3g}" if scale != 1 else "")
+            shape_note = f"{stack.n_slices}×{h}×{w}" + (f", ×{scale:.3g}" if scale != 1 else "") + moved
         drange = stack_display_range(stack)
         save = j < (LYTRO_PNGS if len(rset.items) > 1 else 1)
         folder = out / (rset.name if len(rset.items) == 1 else f"{rset.name}/{j + 1:02d}")
@@ -325,6 +337,9 @@ def main() -> None:
     p.add_argument("--no-baselines", action="store_true", help="leave out best slice, GFF, DTCWT, enfuse and clEsperanto")
     p.add_argument("--no-models", action="store_true", help="leave out the networks (classical and peers only)")
     p.add_argument("--only", action="append", default=[], metavar="NAME", help="only this stack (repeatable)")
+    p.add_argument("--align", choices=("off", "auto"), default="off",
+                   help="auto: align each stack as `stackmff fuse` does by default, before every method and the "
+                        "best slice see it (off: fused as they are, focus breathing included)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "real")
     args = p.parse_args()
 
@@ -348,10 +363,11 @@ def main() -> None:
     results = []
     t0 = time.perf_counter()
     for rset in sets:
-        results.append(run_set(rset, cands, args.max_side, args.out, events))
+        results.append(run_set(rset, cands, args.max_side, args.out, events,
+                               align=None if args.align == "off" else args.align))
     md = table(results, list(cands) + (list(events) if any(s.events for s in sets) else []))
     header = (f"Real stacks, no-reference scores (higher is better except excess and time; max side "
-              f"{args.max_side} px, antialiased; CPU; {time.perf_counter() - t0:.0f} s in all)")
+              f"{args.max_side} px, antialiased{'; aligned (auto) first' if args.align != 'off' else ''}; CPU; {time.perf_counter() - t0:.0f} s in all)")
     print(f"\n{header}\n\n{md}")
     (args.out / "table.md").write_text(f"{header}\n\n{md}\n")
     (args.out / "results.json").write_text(json.dumps({"max_side": args.max_side, "methods": cands,
