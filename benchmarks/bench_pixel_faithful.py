@@ -1,6 +1,6 @@
 """Can a pixel-faithful fusion reach GFF's |grad|^4-weighted Q^AB/F (issue 26's bar)?
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/bench_pixel_faithful.py [--max-side 768] [STACK ...]
+Run:  OMP_NUM_THREADS=1 python benchmarks/bench_pixel_faithful.py [--max-side 768] [--align auto] [STACK ...]
 
 Issue 26 asks the default (pixel-faithful: every output pixel is one slice's pixel) to be at least level
 with the peers on Q4 on every real stack; GFF (a blend of base and detail layers, not pixel-faithful) leads
@@ -10,7 +10,9 @@ on several. Rows, on bench_real.py's stacks at the same size:
   gff projected  GFF's image made pixel-faithful: per pixel, the slice whose pixel is nearest to GFF's
                  (the pixel-faithful image closest to GFF);
   gff detail argmax / base+detail argmax / saliency argmax: GFF's own decisions taken hard (its
-                 guided-filtered detail weights, both weights summed, the Laplacian saliency mask).
+                 guided-filtered detail weights, both weights summed, the Laplacian saliency mask);
+  dtcwt, enfuse  the other blending peers, each with its projection (when installed).
+``--align auto``: each stack aligned first, as ``stackmff fuse`` does by default (bench_real.py --align).
 Q4 (higher is better) and excess (halos, noise; lower is better) from bench_real.score.
 """
 
@@ -37,22 +39,45 @@ def take(sources: np.ndarray, index: np.ndarray) -> np.ndarray:
     return np.take_along_axis(sources, idx, 0)[0]
 
 
+def project(sources: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """The pixel-faithful image closest to ``image``: per pixel, the slice whose pixel is nearest to it."""
+    dist = np.abs(sources.astype(np.float32) - image.astype(np.float32)[None])
+    return take(sources, (dist.sum(-1) if dist.ndim == 4 else dist).argmin(0))
+
+
+#: The blending peers besides GFF, each scored with its projection.
+BLENDS = {"dtcwt": lambda: _has("dtcwt"), "enfuse": bl.have_enfuse}
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
 def rows(stack, sources: np.ndarray) -> dict[str, np.ndarray]:
     g = bl.gff(sources)
-    dist = np.abs(sources.astype(np.float32) - g.astype(np.float32)[None])
     win, wb, wd = bl.gff_weights(sources)
-    return {"wavelet": fuse(stack, device="cpu", method="wavelet").all_in_focus,
-            "gff": g,
-            "gff projected": take(sources, (dist.sum(-1) if dist.ndim == 4 else dist).argmin(0)),
-            "gff detail argmax": take(sources, wd.argmax(0)),
-            "base+detail argmax": take(sources, (wb + wd).argmax(0)),
-            "saliency argmax": take(sources, win)}
+    out = {"wavelet": fuse(stack, device="cpu", method="wavelet").all_in_focus,
+           "gff": g,
+           "gff projected": project(sources, g),
+           "gff detail argmax": take(sources, wd.argmax(0)),
+           "base+detail argmax": take(sources, (wb + wd).argmax(0)),
+           "saliency argmax": take(sources, win)}
+    for name, have in BLENDS.items():
+        if have():
+            img = bl.dtcwt_fusion(sources) if name == "dtcwt" else bl.enfuse(sources)
+            out[name], out[f"{name} projected"] = img, project(sources, img)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("stacks", nargs="*", help="bench_real.py set names (default: all but lytro_pairs)")
     ap.add_argument("--max-side", type=int, default=br.DEFAULT_MAX_SIDE)
+    ap.add_argument("--align", choices=("off", "auto"), default="off")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     sets = [s for s in br.real_sets() if (s.name in args.stacks if args.stacks else s.name != "lytro_pairs")]
@@ -61,6 +86,10 @@ def main() -> None:
         item = rs.items[0]
         full = load_stack(item, lazy=False) if isinstance(item, Path) else load_stack(item)
         stack, _ = br.downscale(full, 0 if rs.events is not None else args.max_side)
+        if args.align != "off" and rs.events is None:
+            from napari_stackmff.core.fusion.align import align_stack
+
+            stack, _ = align_stack(stack, args.align, source=rs.name)
         sources = np.asarray(stack.data)
         table[rs.name] = {k: br.score(v, sources) for k, v in rows(stack, sources).items()}
         print(f"[{rs.name}] " + "  ".join(f"{k} {v['Q4']:.4f}" for k, v in table[rs.name].items()),
@@ -74,11 +103,13 @@ def main() -> None:
         cells = [(f"**{v['Q4']:.4f}**" if v["Q4"] == best else f"{v['Q4']:.4f}") + f" / {v['excess']:.4f}"
                  for v in r.values()]
         print(f"| {stack} | " + " | ".join(cells) + " |")
-    faithful = [n for n in names if n != "gff"]
-    level = sum(max(r[n]["Q4"] for n in faithful) >= r["gff"]["Q4"] for r in table.values())
-    print(f"\nstacks where some pixel-faithful row is at least level with GFF on Q4: {level} of {len(table)}")
-    print("stacks where GFF's own projection is: "
-          f"{sum(r['gff projected']['Q4'] >= r['gff']['Q4'] for r in table.values())} of {len(table)}")
+    peers = [n for n in ("gff", *BLENDS) if n in names]
+    faithful = [n for n in names if n not in peers]
+    for peer in peers:
+        level = sum(max(r[n]["Q4"] for n in faithful) >= r[peer]["Q4"] for r in table.values())
+        print(f"\n{peer}: stacks where some pixel-faithful row is at least level with it on Q4: {level} of {len(table)}; "
+              f"where its own projection is: {sum(r[peer + ' projected']['Q4'] >= r[peer]['Q4'] for r in table.values())}"
+              f" of {len(table)}")
 
 
 if __name__ == "__main__":
