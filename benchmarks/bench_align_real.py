@@ -4,7 +4,8 @@ Run:  OMP_NUM_THREADS=1 python benchmarks/bench_align_real.py [--max-side 768] [
 
 For every stack of bench_real.py (lytro pairs excepted: registered already), downscaled as there: the
 similarity alignment's breathing (scale of the first and last slice against the middle one), largest
-shift, whether it was trusted, seconds; and wavelet fusion without and with it, scored with the
+shift, whether it was trusted, seconds; the seconds of ``align="auto"`` (the command line's default: a probe,
+then the alignment only when the slices move); and wavelet fusion without and with it, scored with the
 no-reference scores of bench_real.py, on the crop every aligned slice covers (also for the unaligned
 fusion), and aligned + soft blend. Fused images are written side by side (unaligned | aligned | aligned
 soft) to ``--out`` for a person to look at: ghosts and doubled edges are what alignment should remove.
@@ -39,7 +40,7 @@ def main() -> None:
     args = p.parse_args()
     print(f"similarity alignment, wavelet fusion; max side {args.max_side}; scores on the aligned crop for both\n")
     print("| stack | scale first / last | max shift px | trusted | kept | fuse s (unaligned) | align s | align / fuse | "
-          "Q4 before / after / +soft | sharp before / after |\n|---|---|---|---|---|---|---|---|---|---|")
+          "auto s | auto / fuse | Q4 before / after / +soft | sharp before / after |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     fuse(np.random.default_rng(0).random((3, 64, 64), np.float32), method="wavelet")  # imports, thread pools
     for rs in real_sets():
         if rs.name == "lytro_pairs":
@@ -58,6 +59,11 @@ def main() -> None:
             warnings.simplefilter("always")
             moved, records = align_stack(stack, "similarity")
         dt = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            _, auto = align_stack(stack, "auto")  # the default of `stackmff fuse`: a probe, then align if it moves
+        dt_auto = time.perf_counter() - t0
         aligned = fuse(moved, method="wavelet")
         soft = fuse(moved, method="wavelet", blend="soft")
         rec = records[0]
@@ -75,7 +81,8 @@ def main() -> None:
             scales, shift = "—", "—"
         kept = f"{crop['share']:.0%}" if crop else "—"
         print(f"| {rs.name} ({stack.n_slices}) | {scales} | {shift} | {'yes' if rec['aligned'] else 'no'} | {kept} | "
-              f"{t_fuse:.2f} | {dt:.2f} | {dt / t_fuse:.2f}x | {a['Q4']:.4f} / {b['Q4']:.4f} / {c['Q4']:.4f} | {a['sharp']:.4f} / {b['sharp']:.4f} |",
+              f"{t_fuse:.2f} | {dt:.2f} | {dt / t_fuse:.2f}x | {dt_auto:.2f} ({'aligned' if auto[0]['aligned'] else 'probe only'}) | "
+              f"{dt_auto / t_fuse:.2f}x | {a['Q4']:.4f} / {b['Q4']:.4f} / {c['Q4']:.4f} | {a['sharp']:.4f} / {b['sharp']:.4f} |",
               flush=True)
         drange = stack_display_range(stack)
         left = to_uint8_preview(plain.all_in_focus[box], drange)
