@@ -1,6 +1,7 @@
 """Held-out physical benchmark (issue 28): every method against the truth of physically rendered stacks.
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/bench_physical.py [--count 6] [--kinds macro,fluorescence,brightfield]
+      (also brightfield-ca: axial chromatic aberration, not in the default set)
 
 Stacks: ``core.render`` with held-out seeds (from :data:`SEED0`, never used for training data, whose seeds
 start at 0): lens stacks through Mitsuba's thin lens (160 px, 8 slices), widefield fluorescence and
@@ -34,7 +35,7 @@ from napari_stackmff.core.fusion.metrics import focus_error  # noqa: E402
 
 #: Held-out seeds start here (training datasets use seeds from 0).
 SEED0 = 900_000
-SIZES = {"macro": (160, 8), "fluorescence": (192, 12), "brightfield": (192, 12)}
+SIZES = {"macro": (160, 8), "fluorescence": (192, 12), "brightfield": (192, 12), "brightfield-ca": (192, 12)}
 CLASSICAL = ("variance", "laplacian", "tenengrad", "wavelet")
 
 

@@ -513,9 +513,10 @@ def _synth_command(sub: Any) -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--n-min", type=int, default=4)
     p.add_argument("--n-max", type=int, default=24, help="most slices (--physical: the number of slices)")
-    p.add_argument("--physical", choices=("macro", "fluorescence", "brightfield"), default=None,
+    p.add_argument("--physical", choices=("macro", "fluorescence", "brightfield", "brightfield-ca"), default=None,
                    help="render with real optics instead: a path tracer's thin lens (macro, needs the [render] "
-                        "extra) or a microscope's wave-optics PSF (fluorescence, brightfield)")
+                        "extra) or a microscope's wave-optics PSF (fluorescence, brightfield; brightfield-ca: an objective "
+                        "with axial chromatic aberration)")
     p.add_argument("--workers", type=int, default=None, help="render processes (default: one per core)")
     p.set_defaults(func=cmd_synth)
 

@@ -17,7 +17,13 @@ import numpy as np
 
 from ..errors import StackMFFError
 
-PHYSICAL_KINDS = ("macro", "fluorescence", "brightfield")
+#: "brightfield-ca": brightfield through an objective with axial chromatic aberration (micro.render_micro's
+#: ``chromatic``, :data:`CHROMATIC_DOF`): the coloured fringes of defocused edges a cheap microscope shows.
+PHYSICAL_KINDS = ("macro", "fluorescence", "brightfield", "brightfield-ca")
+#: Focus offset (depths of field) of red beyond green, and of blue before it, in "brightfield-ca": the focal
+#: planes are 0.25-0.7 depths of field apart, so red and blue are sharpest 1.4-4 slices apart, as the
+#: pseudoscorpion's cyan and orange fringes swap sides across a few slices.
+CHROMATIC_DOF = 0.5
 
 
 def render_physical(kind: str, seed: int, size: int, n_slices: int) -> Any:
@@ -26,9 +32,11 @@ def render_physical(kind: str, seed: int, size: int, n_slices: int) -> Any:
         from .macro import render_macro
 
         return render_macro(seed, size=size, n_slices=n_slices)
-    if kind in ("fluorescence", "brightfield"):
+    if kind in ("fluorescence", "brightfield", "brightfield-ca"):
         from .micro import render_micro
 
+        if kind == "brightfield-ca":
+            return render_micro("brightfield", seed, size=size, n_slices=n_slices, chromatic=CHROMATIC_DOF)
         return render_micro(kind, seed, size=size, n_slices=n_slices)
     raise StackMFFError(f"--physical must be one of {', '.join(PHYSICAL_KINDS)}, got {kind!r}.")
 
