@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 import threading
-from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
@@ -24,7 +23,7 @@ import pytest
 import torch
 
 from napari_stackmff import cli
-from napari_stackmff.core.tiles.pipeline import EstimateMessage, iter_fused_tiles, sub_progress
+from napari_stackmff.core.tiles.pipeline import EstimateMessage, FocusMaps, iter_fused_tiles, sub_progress
 from napari_stackmff.core.fusion.dispatch import fuse
 from napari_stackmff.core.io.read import load_stack
 from napari_stackmff.core.models.inference import TILE_OVERLAP, format_duration
@@ -110,10 +109,10 @@ class _OffsetEngine:
     def close(self) -> None:
         pass
 
-    def maps(self, window, progress, cancel: threading.Event | None) -> SimpleNamespace:
+    def maps(self, window, progress, cancel: threading.Event | None) -> FocusMaps:
         off = 0.3 * ((window[0].start // 7 + window[1].start // 5) % 4) if self.offsets else 0.0
         focus = torch.from_numpy(self.truth[window] + off)
-        return SimpleNamespace(focus=focus, index=focus.round().long(), confidence=torch.ones_like(focus))
+        return FocusMaps(focus=focus, index=focus.round().long(), confidence=torch.ones_like(focus))
 
 
 @pytest.mark.parametrize("offsets", [False, True])

@@ -35,9 +35,8 @@ def render_physical(kind: str, seed: int, size: int, n_slices: int) -> Any:
     if kind in ("fluorescence", "brightfield", "brightfield-ca"):
         from .micro import render_micro
 
-        if kind == "brightfield-ca":
-            return render_micro("brightfield", seed, size=size, n_slices=n_slices, chromatic=CHROMATIC_DOF)
-        return render_micro(kind, seed, size=size, n_slices=n_slices)
+        return render_micro(kind.removesuffix("-ca"), seed, size=size, n_slices=n_slices,
+                            chromatic=CHROMATIC_DOF if kind == "brightfield-ca" else 0.0)
     raise StackMFFError(f"--physical must be one of {', '.join(PHYSICAL_KINDS)}, got {kind!r}.")
 
 

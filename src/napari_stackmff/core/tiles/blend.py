@@ -195,7 +195,6 @@ def seam_fade_window(stack: FocalStack, index: np.ndarray, flat: np.ndarray, t: 
     zs = np.flatnonzero(np.bincount(isub[fl]))
     lut = np.zeros(int(isub.max()) + 1, np.int32)  # labels of non-flat pixels: slot 0, with weight 0
     lut[zs] = np.arange(len(zs), dtype=np.int32)
-    # non-flat pixels count 0
     low = block_sums(torch.from_numpy(lut[isub]), torch.from_numpy(fl).float(), len(zs), f, grid)
     oy, ox = np.nonzero(sel)
     lin = oy * ws + ox

@@ -456,9 +456,8 @@ def iter_fused_tiles(stack: FocalStack, engine: TileEngine, t: int, tile: int, o
                 maps = engine.maps(tl.read, sub, cancel)
                 read_index = maps.index.cpu().numpy() if blend is not None else None
                 flat = None  # the halo vote's flat pixels: their changes of slice are cross-faded (hard only)
-                flat_map = getattr(maps, "flat", None)  # engines' maps may be any object with the fields
-                if fade and blend is None and flat_map is not None and bool(flat_map[tl.crop].any()):
-                    flat, full_index = flat_map.cpu().numpy(), maps.index.cpu().numpy()
+                if fade and blend is None and maps.flat is not None and bool(maps.flat[tl.crop].any()):
+                    flat, read_index = maps.flat.cpu().numpy(), maps.index.cpu().numpy()
                 if feather is None:
                     index = maps.index[tl.crop].cpu().numpy()
                     focus = maps.focus[tl.crop].float().cpu().numpy()
@@ -474,14 +473,14 @@ def iter_fused_tiles(stack: FocalStack, engine: TileEngine, t: int, tile: int, o
                 if engine.estimate_s is not None:
                     timings["estimate_s"] = engine.estimate_s
                 t2 = time.perf_counter()
-                if read_index is None:
+                if blend is None:
                     # an engine holding the tile's slices on its device gathers there (classical_device.py)
                     device_gather = getattr(engine, "gather", None)
                     aif = device_gather(tl.crop, index) if device_gather is not None else None
                     if aif is None:
                         aif = gather_window(stack, index, t, tl.write)
                     if flat is not None:
-                        aif = seam_fade_window(stack, full_index, flat, t, tl.read, tl.crop, aif)
+                        aif = seam_fade_window(stack, read_index, flat, t, tl.read, tl.crop, aif)
                 else:
                     read_index[tl.crop] = index  # the written part follows the (feathered) output map
                     guide = gather_window(stack, read_index, t, tl.read)
