@@ -1,6 +1,6 @@
 """Slice alignment on the real stacks of ../shared/data: what it estimates and what it changes.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/bench_align_real.py [--max-side 768] [--out DIR]
+Run:  OMP_NUM_THREADS=1 python benchmarks/bench_align_real.py [--max-side 768] [--repeat 3] [--out DIR]
 
 For every stack of bench_real.py (lytro pairs excepted: registered already), downscaled as there: the
 similarity alignment's breathing (scale of the first and last slice against the middle one), largest
@@ -37,6 +37,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--max-side", type=int, default=768)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "align_real")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="times per stack: fusion and alignments interleaved, best of each (a shared VM's timings "
+                        "vary by 20-50%% from run to run)")
     args = p.parse_args()
     print(f"similarity alignment, wavelet fusion; max side {args.max_side}; scores on the aligned crop for both\n")
     print("| stack | scale first / last | max shift px | trusted | kept | fuse s (unaligned) | align s | align / fuse | "
@@ -51,19 +54,21 @@ def main() -> None:
             full = load_stack(item, lazy=False) if isinstance(item, Path) else load_stack(item)
         stack, _ = downscale(full, args.max_side)
         sources = np.asarray(stack.data)
-        t0 = time.perf_counter()
-        plain = fuse(stack, method="wavelet")
-        t_fuse = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        with warnings.catch_warnings(record=True):
-            warnings.simplefilter("always")
-            moved, records = align_stack(stack, "similarity")
-        dt = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        with warnings.catch_warnings(record=True):
-            warnings.simplefilter("always")
-            _, auto = align_stack(stack, "auto")  # the default of `stackmff fuse`: a probe, then align if it moves
-        dt_auto = time.perf_counter() - t0
+        t_fuse = dt = dt_auto = float("inf")
+        for _ in range(max(1, args.repeat)):
+            t0 = time.perf_counter()
+            plain = fuse(stack, method="wavelet")
+            t_fuse = min(t_fuse, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            with warnings.catch_warnings(record=True):
+                warnings.simplefilter("always")
+                moved, records = align_stack(stack, "similarity")
+            dt = min(dt, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            with warnings.catch_warnings(record=True):
+                warnings.simplefilter("always")
+                _, auto = align_stack(stack, "auto")  # the default of `stackmff fuse`: a probe, then align if it moves
+            dt_auto = min(dt_auto, time.perf_counter() - t0)
         aligned = fuse(moved, method="wavelet")
         soft = fuse(moved, method="wavelet", blend="soft")
         rec = records[0]
