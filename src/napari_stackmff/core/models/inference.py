@@ -77,9 +77,9 @@ BORDER_PAD = 0
 #: Sapphire Rapids VM, V2, 384² x 12, with the fused GRU step) 0.85 -> 0.60 s a stack; the focus index
 #: is unchanged on 99.99% of pixels for our weights and 100% for the official ones (oneDNN's NCHW
 #: convolutions reorder to blocked layouts every call). On AVX2 (a 2-core AMD EPYC VM, two 384² x 12
-#: stacks, fuse() end to end, best of 3 interleaved) V2 1.12x, V3 1.15x, EventStackMFF 1.17x faster, the
-#: index unchanged on >= 99.997% of pixels (benchmarks/RESULTS.md, 2026-12-07). Other CPUs (no AVX2, ARM)
-#: are not measured and keep NCHW.
+#: stacks, benchmarks/bench_layout.py, three runs) V2 1.03-1.12x, V3 1.02-1.15x, EventStackMFF 1.14-1.29x
+#: faster, never slower, the index unchanged on >= 99.997% of pixels (RESULTS.md, 2026-12-07). Other CPUs
+#: (no AVX2, ARM) are not measured and keep NCHW.
 CPU_CHANNELS_LAST = ("AVX512", "AVX2")
 
 #: Tiles of one time point from which cuDNN's per-shape kernel search is let run (see ModelRunner's
