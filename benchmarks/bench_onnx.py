@@ -4,7 +4,7 @@ Run:  pip install onnxruntime onnx [openvino] && python benchmarks/bench_onnx.py
 
 V2 is a per-slice feature extractor (batch = slices) and a bidirectional ConvGRU stepped once per slice in
 each direction. Both parts are exported to ONNX with dynamic shapes (batch, height, width; the GRU loop
-stays in Python, so any number of slices runs without re-export) and timed against torch on the same
+stays in Python, so any number of slices runs without re-export) and timed against torch (NCHW, and NHWC: the CPU default on AVX-512 and AVX2) on the same
 inputs, same thread count, best of 3 after a warm-up. The end-to-end estimate is fe + 2·N cell steps.
 OpenVINO (when installed) compiles the same ONNX files for its CPU plugin, fp32 (precision hint), with the
 same thread count.
@@ -14,6 +14,7 @@ Random init: the time does not depend on the weights.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import tempfile
 import time
@@ -81,6 +82,12 @@ def main() -> None:
         t_fe = best_of(lambda: fe(x))
         t_cell = best_of(lambda: cell(feats[:1], h))
         ref_fe, ref_cell = fe(x).numpy(), cell(feats[:1], h).numpy()
+        # torch in channels_last, the default on AVX-512 and AVX2 CPUs (inference.CPU_CHANNELS_LAST)
+        cl = torch.channels_last
+        fe_cl, cell_cl = copy.deepcopy(fe).to(memory_format=cl), copy.deepcopy(cell).to(memory_format=cl)
+        x_cl, f_cl, h_cl = x.to(memory_format=cl), feats[:1].to(memory_format=cl), h.to(memory_format=cl)
+        t_fe_cl = best_of(lambda: fe_cl(x_cl))
+        t_cell_cl = best_of(lambda: cell_cl(f_cl, h_cl))
     o_fe = best_of(lambda: s_fe.run(None, {"x": xn}))
     o_cell = best_of(lambda: s_cell.run(None, {"x": fn, "h": hn}))
     d_fe = float(np.abs(s_fe.run(None, {"x": xn})[0] - ref_fe).max())
@@ -95,20 +102,21 @@ def main() -> None:
     print(f"V2 parts, {n} slices of {a.side}², {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"onnxruntime {ort.__version__}" + (f", openvino {ov.__version__}" if ov is not None else "") + "\n")
     ovh = " openvino s | torch / ov | max abs diff (ov) |" if v else ""
-    print("| part | torch s | onnxruntime s | torch / ort | max abs diff |" + ovh + "\n|---|---|---|---|---|"
-          + ("---|---|---|" if v else ""))
+    print("| part | torch s | torch NHWC s | onnxruntime s | torch / ort | torch NHWC / ort | max abs diff |" + ovh
+          + "\n|---|---|---|---|---|---|---|" + ("---|---|---|" if v else ""))
 
     def ovc(key: str, t: float, d: str) -> str:
         return f" {v[key]:.3f} | {t / v[key]:.2f}x | {d} |" if v else ""
 
-    print(f"| feature extraction ({n} slices) | {t_fe:.3f} | {o_fe:.3f} | {t_fe / o_fe:.2f}x | {d_fe:.1e} |"
-          + ovc("fe", t_fe, f"{v.get('d_fe', 0):.1e}"))
-    print(f"| one ConvGRU step | {t_cell:.3f} | {o_cell:.3f} | {t_cell / o_cell:.2f}x | {d_cell:.1e} |"
-          + ovc("cell", t_cell, f"{v.get('d_cell', 0):.1e}"))
-    tt, to = t_fe + 2 * n * t_cell, o_fe + 2 * n * o_cell
+    print(f"| feature extraction ({n} slices) | {t_fe:.3f} | {t_fe_cl:.3f} | {o_fe:.3f} | {t_fe / o_fe:.2f}x | "
+          f"{t_fe_cl / o_fe:.2f}x | {d_fe:.1e} |" + ovc("fe", t_fe, f"{v.get('d_fe', 0):.1e}"))
+    print(f"| one ConvGRU step | {t_cell:.3f} | {t_cell_cl:.3f} | {o_cell:.3f} | {t_cell / o_cell:.2f}x | "
+          f"{t_cell_cl / o_cell:.2f}x | {d_cell:.1e} |" + ovc("cell", t_cell, f"{v.get('d_cell', 0):.1e}"))
+    tt, tc, to = t_fe + 2 * n * t_cell, t_fe_cl + 2 * n * t_cell_cl, o_fe + 2 * n * o_cell
     if v:
         v["all"] = v["fe"] + 2 * n * v["cell"]
-    print(f"| V2 estimate (fe + {2 * n} steps) | {tt:.2f} | {to:.2f} | {tt / to:.2f}x | |" + ovc("all", tt, ""))
+    print(f"| V2 estimate (fe + {2 * n} steps) | {tt:.2f} | {tc:.2f} | {to:.2f} | {tt / to:.2f}x | {tc / to:.2f}x | |"
+          + ovc("all", tt, ""))
 
 
 if __name__ == "__main__":
