@@ -70,9 +70,12 @@ def _ssim(a: np.ndarray, truth: np.ndarray) -> float:
                                        channel_axis=-1 if t.ndim == 3 else None))
 
 
-def contenders(models: bool, peers: bool, extra: list[str] = ()) -> dict[str, dict]:
+def contenders(models: bool, peers: bool, extra: list[str] = (), decisions: bool = False) -> dict[str, dict]:
     c: dict[str, dict] = {m: {"method": m} for m in CLASSICAL}
     c["wavelet-soft"] = {"method": "wavelet", "blend": "soft"}
+    if decisions:  # the default decision ("auto") beside each one forced (tiles/decision.py)
+        c["wavelet-legacy"] = {"method": "wavelet", "decision": "legacy"}
+        c["wavelet-halo"] = {"method": "wavelet", "decision": "halo"}
     if models:
         c["stackmff-v2"] = {"method": "stackmff-v2"}
         c["stackmff-v3"] = {"method": "stackmff-v3"}
@@ -153,6 +156,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="render processes")
     p.add_argument("--no-models", action="store_true")
     p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--decisions", action="store_true", help="also wavelet with decision='legacy' and 'halo' forced")
     p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH", help="also these V2 weights")
     p.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "results" / "physical")
     a = p.parse_args()
@@ -170,7 +174,7 @@ def main() -> None:
         list(pool.map(_render, jobs))
     # Each cached stack keeps the seconds its render took.
     render_s = {k: float(np.mean([float(np.load(j[2])["seconds"]) for j in jobs if j[0] == k])) for k in kinds}
-    cands = contenders(not a.no_models, not a.no_peers, a.weights)
+    cands = contenders(not a.no_models, not a.no_peers, a.weights, a.decisions)
     print(f"held-out seeds {SEED0}..{SEED0 + a.count - 1}; methods: {', '.join(cands)}; OMP_NUM_THREADS={env_threads}")
     tables = []
     for k in kinds:
