@@ -180,6 +180,26 @@ def main() -> None:
             a = np.asarray([r[:5] for r in sel], float).mean(0)
             name = f"{label} (best classical)" if label == best else label
             print(f"| {group} | {name} | {a[0]:.2f} | {a[1]:.4f} | {a[2]:.3f} | {a[3]:.3f} | {a[4]:.2f} |")
+    paired(rows, events)
+
+
+def paired(rows: dict[str, list[tuple]], events: dict[str, dict], draws: int = 10000) -> None:
+    """Per stack, the event model's PSNR minus V2's on the same stack: the mean and a 95% bootstrap interval
+    (stacks resampled), per group. A mean difference whose interval holds 0 is a tie on these stacks."""
+    rng = np.random.default_rng(0)
+    v2 = rows["stackmff-v2 (images only)"]
+    print("\nPaired, per stack: event model PSNR - V2 PSNR (dB), mean [95% bootstrap interval], stacks ahead\n")
+    print("| group | method | stacks | mean | interval | ahead / level / behind |\n|---|---|---|---|---|---|")
+    for group, pick in (("all", lambda r: True), ("weak texture", lambda r: r[5]),
+                        ("measure behind V2", lambda r: r[6])):
+        for label in events:
+            d = np.asarray([e[0] - b[0] for e, b in zip(rows[label], v2) if pick(b)])
+            if not len(d):
+                continue
+            boot = d[rng.integers(0, len(d), (draws, len(d)))].mean(1)
+            lo, hi = np.percentile(boot, [2.5, 97.5])
+            print(f"| {group} | {label} | {len(d)} | {d.mean():+.3f} | [{lo:+.3f}, {hi:+.3f}] | "
+                  f"{int((d > 0.005).sum())} / {int((np.abs(d) <= 0.005).sum())} / {int((d < -0.005).sum())} |")
 
 
 if __name__ == "__main__":
