@@ -83,8 +83,8 @@ def _upsampled_peak(half: Any, shift: np.ndarray, up: int, region: int, w: int) 
 
     The correlation of real images is real: the columns of the half spectrum stand for their mirror images
     too (weight 2, the zero and Nyquist columns 1), so the DFT runs over half the columns and keeps the real
-    part. Half the work of the full-spectrum DFT, and no mirrored copy of the spectrum; the peaks agreed
-    with it (tests/test_align.py)."""
+    part. Half the work of the full-spectrum DFT, and no mirrored copy of the spectrum; the peaks are
+    scikit-image's (tests/test_align.py)."""
     import torch
     from scipy import fft
 
@@ -129,12 +129,12 @@ def _shifts(refs: np.ndarray, movs: np.ndarray) -> np.ndarray:
 
     b, h, w = refs.shape
     threads = torch.get_num_threads()  # 1 in Dask workers (core/distributed.py)
-    # Real images: half spectra (rfft); the conjugate cross-power, whose correlation peaks at the shift
-    # that registers mov onto ref (phase_cross_correlation's convention, the opposite of ours).
+    # Real images: half spectra (rfft). The inverse transform of mov x conj(ref) peaks at our shift; the
+    # upsampled DFT below evaluates the same spectrum with the opposite sign (phase_cross_correlation's
+    # convention), so it is centred on -shift and its result negated back.
     prod = fft.rfft2(np.asarray(movs, np.float32), workers=threads)
     prod *= fft.rfft2(np.asarray(refs, np.float32), workers=threads).conj()
     peak = np.abs(fft.irfft2(prod, s=(h, w), workers=threads)).reshape(b, -1).argmax(1)
-    # irfft2 of mov x conj(ref) peaks at our shift; the upsampled DFT below uses the same spectrum
     shift = np.stack([peak // w, peak % w], 1).astype(np.float64)
     size = np.array([h, w], np.float64)
     shift = np.where(shift > np.trunc(size / 2), shift - size, shift)
@@ -707,9 +707,9 @@ def warp_window(read: Any, matrix: np.ndarray, shape: tuple[int, int], ys: slice
 
 def _warp_band(img: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """A band-passed estimation image warped for a measurement (a refinement pass, a pre-warp, a match):
-    by OpenCV when installed. Its 1/32-px sub-pixel grid did not show in the estimates: bench_align.py's
-    similarity error stayed 0.115 px, the real stacks' transforms moved by at most 0.02 px at full size,
-    and the beetle's alignment took 0.48 s instead of 0.69 (benchmarks/RESULTS.md, 2026-12-07)."""
+    by OpenCV when installed, several times faster than the torch resampler. Its 1/32-px sub-pixel grid did
+    not show in the estimates: bench_align.py's similarity error stayed 0.115 px and the real stacks'
+    transforms moved by at most 0.026 px at full size (benchmarks/RESULTS.md, 2026-12-07)."""
     h, w = img.shape[:2]
     return warp_window(lambda ys, xs: img[ys, xs], matrix, (h, w), slice(0, h), slice(0, w), fast=True)
 
