@@ -19,6 +19,7 @@ Q4 (higher is better) and excess (halos, noise; lower is better) from bench_real
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import warnings
 from pathlib import Path
@@ -46,15 +47,7 @@ def project(sources: np.ndarray, image: np.ndarray) -> np.ndarray:
 
 
 #: The blending peers besides GFF, each scored with its projection.
-BLENDS = {"dtcwt": lambda: _has("dtcwt"), "enfuse": bl.have_enfuse}
-
-
-def _has(module: str) -> bool:
-    try:
-        __import__(module)
-        return True
-    except ImportError:
-        return False
+BLENDS = {"dtcwt": lambda: importlib.util.find_spec("dtcwt") is not None, "enfuse": bl.have_enfuse}
 
 
 def rows(stack, sources: np.ndarray) -> dict[str, np.ndarray]:

@@ -341,7 +341,7 @@ def _register_many(pairs: Sequence[tuple[np.ndarray, np.ndarray]], motion: str,
     for _ in range(REFINE_PASSES if passes is None else passes):
         if not todo:
             break
-        on_a = [(pairs[k][0], _warp_band(pairs[k][1], fits[k])) for k in todo]  # b on a's grid
+        on_a = [(pairs[k][0], warp_slice(pairs[k][1], fits[k], fast=True)) for k in todo]  # b on a's grid
         still = []
         for k, (src, dst) in zip(todo, _local_shifts_many(on_a)):
             residual = fit(src, dst, motion)
@@ -497,7 +497,7 @@ def consistent_run(n: int, bad: Sequence[int]) -> tuple[int, int]:
 
 def _match(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> float:
     """Normalised correlation of band-passed ``a`` with ``b`` brought onto ``a``'s grid by ``m`` (inner 80%)."""
-    on_a = _warp_band(b, m)
+    on_a = warp_slice(b, m, fast=True)
     h, w = a.shape
     inner = (slice(h // 10, h - h // 10), slice(w // 10, w - w // 10))
     x, y = a[inner] - a[inner].mean(), on_a[inner] - on_a[inner].mean()
@@ -523,7 +523,7 @@ def _register_direct_many(triples: Sequence[tuple[np.ndarray, np.ndarray, np.nda
         lin[:2, :2] = chained[:2, :2]
         lin[:2, 2] = c - chained[:2, :2] @ c
         lins.append(lin)
-        pairs.append((a, _warp_band(b, lin)))
+        pairs.append((a, warp_slice(b, lin, fast=True)))
     rests = _register_many(pairs, motion, passes=DIRECT_REFINE_PASSES)
     return [None if rest is None else lin @ rest for lin, rest in zip(lins, rests)]
 
@@ -667,7 +667,9 @@ def warp_window(read: Any, matrix: np.ndarray, shape: tuple[int, int], ys: slice
 
     ``fast``: the same cubic convolution by OpenCV when it is installed (the slices a fusion reads): 3.5-5x
     less time (a 1080 x 1920 RGB slice: 0.10-0.15 s -> 0.03 s), within one grey level of the torch path,
-    its sub-pixel positions on a 1/32-px grid (registration's warps too: :func:`_warp_band`).
+    its sub-pixel positions on a 1/32-px grid. Registration's own warps (refinement, pre-warp, match) use it
+    too: the grid did not show in the estimates (bench_align.py's similarity error stayed 0.115 px, the real
+    stacks' transforms moved by at most 0.026 px at full size; benchmarks/RESULTS.md, 2026-12-07).
     """
     import torch
 
@@ -705,19 +707,11 @@ def warp_window(read: Any, matrix: np.ndarray, shape: tuple[int, int], ys: slice
     return out
 
 
-def _warp_band(img: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """A band-passed estimation image warped for a measurement (a refinement pass, a pre-warp, a match):
-    by OpenCV when installed, several times faster than the torch resampler. Its 1/32-px sub-pixel grid did
-    not show in the estimates: bench_align.py's similarity error stayed 0.115 px and the real stacks'
-    transforms moved by at most 0.026 px at full size (benchmarks/RESULTS.md, 2026-12-07)."""
+def warp_slice(img: np.ndarray, matrix: np.ndarray, *, fast: bool = False) -> np.ndarray:
+    """Slice ``img`` (H, W[, C]) resampled onto the reference grid (edges repeated), in its own dtype.
+    ``fast``: as :func:`warp_window`'s (registration's own warps use it)."""
     h, w = img.shape[:2]
-    return warp_window(lambda ys, xs: img[ys, xs], matrix, (h, w), slice(0, h), slice(0, w), fast=True)
-
-
-def warp_slice(img: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Slice ``img`` (H, W[, C]) resampled onto the reference grid (edges repeated), in its own dtype."""
-    h, w = img.shape[:2]
-    return warp_window(lambda ys, xs: img[ys, xs], matrix, (h, w), slice(0, h), slice(0, w))
+    return warp_window(lambda ys, xs: img[ys, xs], matrix, (h, w), slice(0, h), slice(0, w), fast=fast)
 
 
 class AlignedArray:
@@ -849,7 +843,7 @@ def _small_bands(images: Iterable[np.ndarray], side: int) -> tuple[list[np.ndarr
     """(band-passed copies of ``images`` downscaled to ``side``, in order; the matrix from their pixel
     coordinates to the originals'). Slices are read one at a time in this thread (a lazy stack reads from
     disk in order) and downscaled and filtered on torch's threads, a few at once: scipy's Gaussians use one
-    core each (the beetle's 28 slices: a third of their estimation time on one core)."""
+    core each (the beetle's 28 slices: 0.11 of its 0.54 s of estimation, profiled)."""
     import torch
 
     def one(im: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
