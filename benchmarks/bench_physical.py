@@ -76,6 +76,7 @@ def contenders(models: bool, peers: bool, extra: list[str] = (), decisions: bool
     if decisions:  # the default decision ("auto") beside each one forced (tiles/decision.py)
         c["wavelet-legacy"] = {"method": "wavelet", "decision": "legacy"}
         c["wavelet-halo"] = {"method": "wavelet", "decision": "halo"}
+        c["wavelet-glow"] = {"method": "wavelet", "decision": "glow"}
     if models:
         c["stackmff-v2"] = {"method": "stackmff-v2"}
         c["stackmff-v3"] = {"method": "stackmff-v3"}

@@ -153,6 +153,7 @@ def contenders(extra: list[str], compat: bool = False, baselines: bool = True) -
     ``"decision": "halo"``: the halo decision of issue 26)."""
     c: dict[str, dict] = {m: {"method": m} for m in CLASSICAL}
     c["wavelet-halo"] = {"method": "wavelet", "decision": "halo"}
+    c["wavelet-legacy"] = {"method": "wavelet", "decision": "legacy"}  # the default off a bright field until issue 26's glow decision
     c["wavelet-soft"] = {"method": "wavelet", "blend": "soft"}
     if baselines:
         import baselines as bl

@@ -129,6 +129,8 @@ def child(spec: dict) -> dict:
         stack = load_stack(spec["path"], lazy=True)
         if spec.get("budget"):
             extra["memory_budget"] = spec["budget"]
+        if spec.get("decision"):  # the classical decision (default: auto)
+            extra["decision"] = spec["decision"]
         with Meter() as m:
             r = fuse(stack, spec["method"], "cpu", **extra)
         out.update(voxels=int(stack.n_slices * np.prod(stack.yx_shape)), tiles=r.timings.get("tiles", 1),

@@ -76,9 +76,12 @@ def test_halo_decision_is_exact_across_tiles_and_refuses_unknown_names() -> None
         fuse(stack.slices, method="stackmff-v2", decision="halo")
 
 
-def test_auto_takes_the_halo_decision_on_a_bright_field_only() -> None:
-    """The default ("auto") is the halo decision where the background is a bright field, and the legacy
-    decision on a dark ground (fluorescence-like cells, where the vote would move dim cells), both recorded."""
+def test_auto_takes_halo_on_a_bright_field_and_glow_elsewhere() -> None:
+    """The default ("auto") is the halo decision where the background is a bright field, and the glow decision
+    on a dark ground, both recorded. On fluorescence-like cells of very different brightness the glow decision
+    keeps dim cells in their own slice, as the legacy decision does, where the halo vote forced moves them to
+    a brighter neighbour's (checked here: within ±1 of the known focus 0.54-0.74 with it, 0.90-0.92 without)."""
+    from napari_stackmff.core.fusion.metrics import focus_error
     from napari_stackmff.core.training import synth as synth_mod
 
     bf, obj = brightfield_stack(1)
@@ -89,12 +92,85 @@ def test_auto_takes_the_halo_decision_on_a_bright_field_only() -> None:
     assert np.mean(np.abs(np.round(r.focus_map) - bf.focus_index)[band] > 2) < 0.05
     cells = synth_mod.make_sample("cells", n=8, size=128, seed=0)
     assert decision.bright_field_share(cells.slices[4]) < 0.1
-    assert decision.resolve_decision("halo", cells.slices[4]) == decision.HALO_HI  # forced: the general threshold
-    assert decision.resolve_decision("auto", cells.slices[4]) == 0.0
-    assert fuse(cells.slices, method="wavelet", device="cpu").decision == "legacy"
+    assert decision.resolve_decision("halo", cells.slices[4]) == decision.Decision(decision.HALO_HI)  # forced
+    assert decision.resolve_decision("auto", cells.slices[4]).name == "glow"
+    assert decision.resolve_decision("legacy", cells.slices[4]) == decision.LEGACY
+    mask = synth_mod.texture_mask(cells.aif, quantile=0.5)
+    within = {}
+    for name in ("auto", "legacy", "halo"):
+        r = fuse(cells.slices, method="wavelet", device="cpu", decision=name)
+        within[r.decision] = focus_error(r.focus_map, cells.focus_index, mask)["within1"]
+    assert within["glow"] >= within["legacy"] - 0.01 and within["glow"] > 0.85, within
+    assert within["halo"] < within["legacy"] - 0.1, within  # the scene really is the halo vote's failing case
     assert fuse(cells.slices, method="stackmff-v2", device="cpu").decision is None  # networks: not theirs
 
 
+def glyph_stack(seed: int, size: int = 200, n: int = 10):
+    """Bright textured glyphs (a ring and a bar) on a dark, faintly grained ground, all in focus at slice 2:
+    defocused, the glyphs spread a glow ramp over the ground (a PCB's silkscreen, a bright cell on a dark
+    field), whose detail beats the ground's faint grain."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2, xx - size / 2)
+    obj = ((r > size * 0.12) & (r < size * 0.2)) | ((np.abs(xx - size / 2) < size * 0.04)
+                                                     & (np.abs(yy - size * 0.3) < size * 0.2))
+    grain = ndi.gaussian_filter(rng.standard_normal((size, size)), 1.0)
+    tex = ndi.gaussian_filter(rng.standard_normal((size, size)), 1.5)
+    aif = np.where(obj, 0.85 + 0.04 * tex / tex.std(), 0.08 + 0.01 * grain / grain.std()).astype(np.float32)
+    f = np.linspace(0, 1, n)
+    return render_stack(aif, np.full((size, size), f[2], np.float32), f, max_radius=20, rng=rng,
+                        read_noise=0.01), obj
+
+
+def _glyph_scores(seed: int, name: str) -> tuple[float, float, str]:
+    stack, obj = glyph_stack(seed)
+    r = fuse(stack.slices, method="wavelet", device="cpu", decision=name)
+    focus = np.asarray(r.focus_map)
+    band = (ndi.distance_transform_edt(~obj) > 3) & (ndi.distance_transform_edt(~obj) < 30)
+    ring = float(np.mean(np.abs(np.round(focus) - stack.focus_index)[band] > 2))
+    return ring, float(np.abs(focus - stack.focus_index).mean()), r.decision
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_no_glow_rings_round_bright_glyphs_on_a_dark_ground(seed: int) -> None:
+    """The default on a dark ground (the glow decision) keeps the ground beside the glyphs in the glyphs'
+    slice: measured 4-6% of the band 3-30 px outside them more than two slices from the truth, mean focus
+    error 0.32-0.42 slices (seeds 0-3); the legacy decision, the default before: 40-43% and ~1.0 (checked)."""
+    ring, err, name = _glyph_scores(seed, "auto")
+    assert name == "glow"
+    assert ring < 0.12 and err < 0.6, (ring, err)
+    ring, err, _ = _glyph_scores(seed, "legacy")
+    assert ring > 0.3 and err > 0.8, (ring, err)
+
+
+def test_glow_decision_is_exact_across_tiles_and_on_the_device_engine() -> None:
+    """The glow decision's gates are finite filters inside the tile margin: tiles equal the whole image; and the
+    device-resident engine (run on the CPU here), which folds slices in chunks, keeps the same state."""
+    import torch
+
+    from conftest import assert_same_decisions, focus_scores
+
+    from napari_stackmff.core.fusion.classical_engine import ClassicalEngine, classical_support
+    from napari_stackmff.core.fusion.device_engine import DeviceClassicalEngine
+    from napari_stackmff.core.io.stack import as_focal_stack
+
+    stack, _ = glyph_stack(2, size=320)
+    slices = np.concatenate([stack.slices, stack.slices[..., ::-1]], axis=2)  # 320 x 640
+    glow = decision.resolve_decision("glow", slices[5])
+    assert glow.name == "glow"
+    m = classical_support("wavelet", 9, halo=glow)
+    assert m >= classical_support("wavelet", 9, halo=decision.Decision(decision.HALO_HI))
+    fs = as_focal_stack(slices)
+    cpu = torch.device("cpu")
+    kw = dict(channel=None, window=9, denoise=True, halo=glow)
+    whole = ClassicalEngine(fs, 0, "wavelet", cpu, **kw).maps((slice(0, 320), slice(0, 640)), None, None)
+    assert whole.flat is not None and whole.flat.any()  # the vote decided somewhere
+    part = ClassicalEngine(fs, 0, "wavelet", cpu, **kw).maps((slice(0, 320), slice(0, 600)), None, None)
+    inner = slice(0, 600 - m)
+    assert 600 - m > 100
+    np.testing.assert_array_equal(part.index[:, inner].numpy(), whole.index[:, inner].numpy())
+    dev = DeviceClassicalEngine(fs, 0, "wavelet", cpu, chunk=3, **kw).maps((slice(0, 320), slice(0, 640)), None, None)
+    assert_same_decisions(whole.focus.numpy(), dev.focus.numpy(), focus_scores(slices, "wavelet", window=9))
 def thick_specimen_stack(seed: int, size: int = 480, n: int = 10, focus: int = 2, step: float = 20.0):
     """A thick dark specimen on a bright field: out of focus its outline lies inside the sharp one (``step``
     px per slice from focus: 20 as slice 7 of the pseudoscorpion's leg lies ~100 px inside at full size, 5
@@ -145,8 +221,8 @@ def test_no_thin_lines_just_inside_a_thick_specimens_outline(monkeypatch) -> Non
     field's threshold (0.3, for a thick dark specimen); the 0.1 used before left ~12% there (the thin curved
     lines inside the pseudoscorpion's leg). A sparse object on a bright field, and any stack off one, keep
     0.1 (on dark text on white, 0.3 moved weak strokes to a stronger neighbour's slice)."""
-    assert decision.resolve_decision("halo", thick_specimen_stack(0, size=320, step=5.0)[0][5]) == 0.3
-    assert decision.resolve_decision("auto", brightfield_stack(0)[0].slices[5]) == decision.HALO_HI
+    assert decision.resolve_decision("halo", thick_specimen_stack(0, size=320, step=5.0)[0][5]).hi == 0.3
+    assert decision.resolve_decision("auto", brightfield_stack(0)[0].slices[5]) == decision.Decision(decision.HALO_HI)
     assert _knee_errors(0) < 0.01
     monkeypatch.setattr(decision, "HALO_HI_BRIGHT", decision.HALO_HI)
     assert _knee_errors(0) > 0.05

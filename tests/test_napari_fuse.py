@@ -429,3 +429,15 @@ def test_halo_setting_reaches_the_core_and_auto_takes_it_on_a_bright_field(make_
         for layer in _results(viewer):
             viewer.layers.remove(layer)
     assert rings["auto"] < 0.05 and rings["halo"] < 0.05 and rings["legacy"] > 0.3, rings
+    # bright marks on a dark ground: "auto" takes the glow decision ("darkfield"), no rings in their glow
+    from test_decision import glyph_stack
+
+    glyphs, marks = glyph_stack(0)
+    widget.layer_combo.set_current_layer(viewer.add_image(glyphs.slices, name="pcb"))
+    widget.decision_combo.setCurrentIndex(widget.decision_combo.findData("auto"))
+    widget.run()
+    wait_idle(qtbot, widget)
+    focus = np.asarray(_focus_map(viewer, "pcb").data)
+    band = (ndi.distance_transform_edt(~marks) > 3) & (ndi.distance_transform_edt(~marks) < 30)
+    assert np.mean(np.abs(np.round(focus) - glyphs.focus_index)[band] > 2) < 0.12
+    assert widget.decision_combo.findData("glow") >= 0

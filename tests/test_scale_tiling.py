@@ -105,9 +105,10 @@ def test_margin_smaller_than_support_would_not_be_exact(stack600, monkeypatch):
 
 
 def test_tile_from_memory_budget(stack600):
-    """A small budget gives small tiles (bounded memory) and the same pixels."""
-    big = fuse(stack600, "variance", "cpu")
-    small = fuse(stack600, "variance", "cpu", memory_budget=256 * 200 * 200)
+    """A small budget gives small tiles (bounded memory) and the same pixels. The legacy decision: the glow
+    decision's ~400-px margin leaves a 600-px image one tile."""
+    big = fuse(stack600, "variance", "cpu", decision="legacy")
+    small = fuse(stack600, "variance", "cpu", memory_budget=256 * 200 * 200, decision="legacy")
     assert small.timings["tiles"] > 1
     np.testing.assert_array_equal(small.focus_map, big.focus_map)
 
@@ -185,7 +186,9 @@ def test_classical_auto_budget_is_capped_not_a_share_of_free_memory(monkeypatch)
     tile_given, overlap_given = pipeline.plan_tile(big, eng, cpu, budget=64 << 30)
     assert count_tiles(9000, 9000, tile_given, overlap_given) < count_tiles(9000, 9000, tile, overlap)
     small = FocalStack(np.broadcast_to(np.zeros((1, 1), np.uint16), (64, 2048, 2048)))
-    for halo in (False, True):
+    from napari_stackmff.core.tiles import decision
+
+    for halo in (decision.LEGACY, decision.Decision(decision.HALO_HI), decision.Decision(decision.HALO_HI, (0.0, 1.0))):
         eng = ClassicalEngine(small, 0, "wavelet", cpu, channel=None, window=9, denoise=True, halo=halo)
         tile, overlap = pipeline.plan_tile(small, eng, cpu)
         assert count_tiles(2048, 2048, tile, overlap) == 1

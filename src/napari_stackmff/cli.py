@@ -23,10 +23,11 @@ def _add_fuse_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel", type=int, default=None,
                    help="decide focus on this channel only (default: luma of RGB / mean of channels)")
     p.add_argument("--window", type=int, default=None, help=f"focus-measure window in pixels (default {DEFAULT_WINDOW})")
-    p.add_argument("--decision", choices=("auto", "legacy", "halo"), default=None,
+    p.add_argument("--decision", choices=("auto", "legacy", "halo", "glow"), default=None,
                    help="classical methods: how a slice wins beside sharp edges. halo: no defocus rings round a dark "
-                        "specimen on a bright field; legacy: the plain argmax clean-up; auto (default): halo when "
-                        "the stack's background is a bright field")
+                        "specimen on a bright field; glow: no rings in the glow of bright marks or cells on a dark "
+                        "ground, dim objects kept; legacy: the plain argmax clean-up (fastest); auto (default): halo "
+                        "when the stack's background is a bright field, else glow")
     p.add_argument("--weights", type=Path, default=None, help="checkpoint for a model method (ours or the official one)")
     p.add_argument("--z-step", type=float, default=None, help="slice spacing, when the files do not carry it")
     p.add_argument("--align", nargs="?", const="similarity", default="auto",

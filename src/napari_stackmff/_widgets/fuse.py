@@ -46,7 +46,8 @@ GROUP = "fusion"
 ALIGN_CHOICES = (("auto", "auto"), ("off", None), ("shift", "translation"), ("shift + scale", "similarity"),
                  ("homography", "homography"))
 BLEND_CHOICES = (("hard", "hard"), ("exact pixels", "exact"), ("soft (fewer halos)", "soft"))
-DECISION_CHOICES = (("auto", "auto"), ("brightfield (no rings)", "halo"), ("plain", "legacy"))
+DECISION_CHOICES = (("auto", "auto"), ("brightfield (no rings)", "halo"), ("darkfield (no rings)", "glow"),
+                    ("plain", "legacy"))
 
 
 def _choice_combo(choices: tuple[tuple[str, Any], ...], tooltip: str) -> QComboBox:
@@ -200,8 +201,10 @@ class FusionWidget(QWidget):
             "Classical methods. brightfield: beside a sharp edge a pixel far weaker than the edge takes the edge's "
             "slice, so no rings of defocused slices form round a dark specimen on a bright field (still "
             "pixel-faithful). plain: the per-pixel choice as before; it can ring on a bright field, but keeps a dim "
-            "object beside a much brighter one (fluorescence) in its own slice. auto: brightfield when the "
-            "stack's background is a bright field.")
+            "object beside a much brighter one (fluorescence) in its own slice. darkfield: the same vote only where "
+            "a defocused neighbour's glow lights the chosen slice and the pixel is weak in relative contrast too: "
+            "no rings round bright marks or cells on a dark ground, dim cells kept. auto: brightfield when the "
+            "stack's background is a bright field, else darkfield.")
         self.denoise_check = QCheckBox("Clean up focus map")
         self.denoise_check.setToolTip("Fill flat areas from their surroundings and smooth with a 3×3 median.")
         self.align_combo = _choice_combo(

@@ -40,7 +40,7 @@ def classical_maps(
     window: int = classical.DEFAULT_WINDOW,
     fill_threshold: float = 0.25,
     denoise: bool = True,
-    halo: float = 0.0,
+    halo: decision.Decision = decision.LEGACY,
     origin: tuple[int, int] = (0, 0),
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
@@ -58,15 +58,25 @@ def classical_maps(
 
 
 def _classical_stream(images: Iterator[np.ndarray], n: int, method: str, device: torch.device, *, window: int,
-                      fill_threshold: float, denoise: bool, halo: float, origin: tuple[int, int],
+                      fill_threshold: float, denoise: bool, halo: decision.Decision, origin: tuple[int, int],
                       progress: ProgressFn | None, cancel: threading.Event | None) -> FocusMaps:
     best = left = right = prev = total = None
+    luma = lit = None  # the glow decision's: summed focus images, the winner's local brightness
+    glow = halo.gated and denoise and fill_threshold > 0
     idx: torch.Tensor | None = None
     try:
         for z in range(n):
             check_cancel(cancel)
             x = _to_tensor(next(images), device)
             f = banded_measure(x, method, window, device)
+            if glow:
+                lum = classical.box_mean(x.float(), decision.GLOW_BOX)
+                if luma is None:
+                    luma, lit = x.float().clone(), lum
+                else:
+                    luma += x
+                    torch.where(f > best, lum, lit, out=lit)
+                del lum
             if best is None:
                 best, idx = f.clone(), torch.zeros(f.shape, dtype=torch.int32, device=device)
                 left = torch.full_like(f, float("nan"))
@@ -88,7 +98,9 @@ def _classical_stream(images: Iterator[np.ndarray], n: int, method: str, device:
         images.close()  # type: ignore[attr-defined]
     assert best is not None and idx is not None
     state = {"best": best, "idx": idx, "left": left, "right": right, "total": total}
-    del best, idx, left, right, total, prev, f, x  # peak_maps frees the state as it goes
+    if luma is not None:
+        state.update(luma=luma, lit=lit)
+    del best, idx, left, right, total, prev, f, x, luma, lit  # peak_maps frees the state as it goes
     return peak_maps(state, n, window=window, fill_threshold=fill_threshold, denoise=denoise, halo=halo,
                      origin=origin)
 
@@ -118,7 +130,7 @@ def banded_measure(x: torch.Tensor, method: str, window: int, device: torch.devi
 
 # ------------------------------------------------------------------------------- tiling
 def classical_margins(method: str, window: int, denoise: bool, fill_threshold: float,
-                      halo: float) -> tuple[int, int]:
+                      halo: decision.Decision) -> tuple[int, int]:
     """(tile margin, least margin a small tile asked for may shrink it to) for a classical engine. Less than
     the first breaks exactness only for the halo decision's wide reach (then approximate within that reach
     of a tile border); less than the second would break the measure and fill."""
@@ -141,12 +153,14 @@ HALO_BYTES_PER_PIXEL = 256
 
 
 def classical_support(method: str, window: int, *, denoise: bool = True, fill_threshold: float = 0.25,
-                      halo: float = 0.0) -> int:
+                      halo: decision.Decision = decision.LEGACY) -> int:
     """Pixels beyond which input changes cannot reach an output pixel: measure + fill + median.
 
     A tile margin of at least this makes tiled classical fusion exactly equal to untiled.
     """
     r = _MEASURE_RADIUS[method] + (int(window) | 1) // 2
+    if denoise and fill_threshold > 0 and halo.gated:  # the glow decision's gates read the focus images
+        r = max(r, decision.glow_radius())
     if denoise:
         if fill_threshold > 0:
             r += decision.decision_radius(window) if halo else gaussian_radius(2.0 * window)
@@ -170,12 +184,12 @@ class ClassicalEngine:
 
     def __init__(self, stack: FocalStack, t: int, method: str, device: torch.device, *, channel: int | None,
                  window: int, denoise: bool, fill_threshold: float = 0.25, exclude: Sequence[int] = (),
-                 halo: float = 0.0) -> None:
+                 halo: decision.Decision = decision.LEGACY) -> None:
         self.stack, self.t, self.method, self.device = stack, t, method, device
         keep = [z for z in range(stack.n_slices) if z not in set(exclude)]
         self.keep = None if len(keep) == stack.n_slices else keep
         self.channel, self.window, self.denoise, self.fill_threshold = channel, window, denoise, fill_threshold
-        self.halo = float(halo)  # the halo decision's threshold, 0: off (decision.resolve_decision)
+        self.halo = halo  # the decision (decision.resolve_decision; falsy: legacy)
         self.overlap, self.min_overlap = classical_margins(method, window, denoise, fill_threshold, halo)
 
     def bytes_per_pixel(self) -> float:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..io.stack import LUMA_WEIGHTS, FocalStack, dtype_scale
-from ..tiles import classical
+from ..tiles import classical, decision
 from ..tiles.pipeline import FocusMaps, ProgressFn, check_cancel, peak_maps, renumber
 from .classical_engine import classical_margins
 
@@ -57,12 +57,12 @@ class DeviceClassicalEngine:
 
     def __init__(self, stack: FocalStack, t: int, method: str, device: torch.device, *, channel: int | None,
                  window: int, denoise: bool, fill_threshold: float = 0.25, exclude: Sequence[int] = (),
-                 chunk: int = CHUNK_SLICES, halo: float = 0.0) -> None:
+                 chunk: int = CHUNK_SLICES, halo: decision.Decision = decision.LEGACY) -> None:
         self.stack, self.t, self.method, self.device = stack, t, method, device
         keep = [z for z in range(stack.n_slices) if z not in set(exclude)]
         self.keep = None if len(keep) == stack.n_slices else keep
         self.channel, self.window, self.denoise, self.fill_threshold = channel, window, denoise, fill_threshold
-        self.halo = float(halo)  # the halo decision's threshold, 0: off (decision.resolve_decision)
+        self.halo = halo  # the decision (decision.resolve_decision; falsy: legacy)
         self.overlap, self.min_overlap = classical_margins(method, window, denoise, fill_threshold, halo)
         self.chunk = max(1, int(chunk))
         self.raw_dtype = np.dtype(stack.dtype)
@@ -153,9 +153,11 @@ class DeviceClassicalEngine:
                     staged = self._pool.submit(self._stage, zs[z1:z1 + k], window, bufs[(c + 1) % len(bufs)])
                 if done is not None:
                     torch.cuda.current_stream(self.device).wait_event(done)
-                scores = classical.focus_measure(self._focus_images(raw[z0:z0 + len(host)]), self.method,
-                                                 self.window)[:, 0]
-                _merge(state, scores, z0)
+                x = self._focus_images(raw[z0:z0 + len(host)])
+                scores = classical.focus_measure(x, self.method, self.window)[:, 0]
+                glow = self.halo.gated and self.denoise and self.fill_threshold > 0
+                _merge(state, scores, z0, x[:, 0] if glow else None)
+                del x
                 if progress is not None:
                     progress(min(z0 + len(host), n), n, "measuring focus")
             if self._copy_stream is not None:
@@ -184,12 +186,20 @@ class DeviceClassicalEngine:
         return out.view(np.uint16) if self.raw_dtype == np.uint16 else out.astype(self.raw_dtype, copy=False)
 
 
-def _merge(state: dict[str, torch.Tensor], scores: torch.Tensor, z0: int) -> None:
+def _merge(state: dict[str, torch.Tensor], scores: torch.Tensor, z0: int, x: torch.Tensor | None = None) -> None:
     """Fold a chunk of scores (k, h, w) for slices z0..z0+k-1 into the running best, its index, the
-    scores of its two neighbours and the sum (the streaming engine's state, a chunk at a time)."""
+    scores of its two neighbours and the sum (the streaming engine's state, a chunk at a time); with the
+    chunk's focus images ``x`` (k, h, w), the glow decision's summed images and winner's local brightness."""
     k = scores.shape[0]
     carg = scores.argmax(dim=0)  # the first maximum, as the streaming engine's strict '>'
     cbest = scores.gather(0, carg[None])[0]
+    if x is not None:  # before the best is updated: the winner's brightness follows the strict '>'
+        clit = classical.box_mean(x[:, None].contiguous(), decision.GLOW_BOX)[:, 0].gather(0, carg[None])[0]
+        if "best" not in state:
+            glow = {"luma": x.sum(0), "lit": clit}
+        else:
+            glow = {"luma": state.pop("luma") + x.sum(0),
+                    "lit": torch.where(cbest > state["best"], clit, state.pop("lit"))}
     nan = torch.full_like(cbest, float("nan"))
     c_left = torch.where(carg > 0, scores.gather(0, (carg - 1).clamp_min(0)[None])[0], state.get("prev", nan))
     c_right = torch.where(carg < k - 1, scores.gather(0, (carg + 1).clamp_max(k - 1)[None])[0], nan)
@@ -205,3 +215,5 @@ def _merge(state: dict[str, torch.Tensor], scores: torch.Tensor, z0: int) -> Non
         state["best"] = torch.maximum(state["best"], cbest)
         state["total"] += scores.sum(0)
     state["prev"] = scores[-1].clone()
+    if x is not None:
+        state.update(glow)

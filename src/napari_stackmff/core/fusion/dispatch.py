@@ -20,7 +20,7 @@ from ..devices import resolve_device
 from ..errors import StackMFFError
 from ..io.preview import stack_display_range
 from ..io.result import FusionResult
-from ..io.stack import FocalStack
+from ..io.stack import FocalStack, to_focus_image
 from ..tiles import classical
 from ..tiles.blend import SoftBlend, resolve_blend, soft_blend_for
 from ..tiles.decision import resolve_decision
@@ -106,7 +106,7 @@ class FusionPlan:
     blend: SoftBlend | None = None  # the soft blend's settings; None: hard selection (core.blend)
     fade: bool = True  # hard selection: cross-fade the halo decision's changes of slice in flat areas ("exact": off)
     excluded: list[dict[int, str]] | None = None  # per time point: slices left out and why (core.checks)
-    decision: str | None = None  # the classical decision taken ("legacy" or "halo"; decision.py), None for networks
+    decision: str | None = None  # the classical decision taken ("legacy", "halo" or "glow"; decision.py), None for networks
 
 
 def plan_blend(plan: FusionPlan) -> str:
@@ -162,7 +162,9 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
         engine_cls = DeviceClassicalEngine if dev.type in DEVICE_RESIDENT and device_dtype_supported(stack.dtype) \
             else ClassicalEngine
 
-        halo = resolve_decision(options.get("decision"), _middle_sample(stack))
+        sample = _middle_sample(stack)
+        halo = resolve_decision(options.get("decision"), sample,
+                                to_focus_image(sample, rgb=stack.rgb, channel=channel, dtype=stack.dtype))
 
         def make_engine(t: int) -> TileEngine:
             return engine_cls(stack, t, method, dev, channel=channel, window=win, denoise=denoise,
@@ -186,7 +188,7 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
     soft = soft_blend_for(stack, channel) if blend == "soft" else None
     return FusionPlan(stack=stack, method=method, device=dev, make_engine=make_engine, alignment=alignment,
                       blend=soft, fade=blend == "hard", excluded=excluded,
-                      decision=("halo" if halo else "legacy") if method in classical.CLASSICAL_METHODS else None)
+                      decision=halo.name if method in classical.CLASSICAL_METHODS else None)
 
 
 def _middle_sample(stack: FocalStack, pixels: int = SAMPLE_PIXELS) -> np.ndarray:

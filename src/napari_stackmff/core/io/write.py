@@ -215,7 +215,7 @@ def _stage_result(result: "FusionResult", paths: dict[str, Path], inputs: Sequen
     info = {
         "method": result.method,
         "blend": result.blend,  # "soft": pixels are mixes of slices, not copies
-        "decision": result.decision,  # "halo": the brightfield decision (core.tiles.decision)
+        "decision": result.decision,  # "halo": the brightfield decision, "glow": the dark-ground one (core.tiles.decision)
         "n_slices": result.n_slices,
         "shape": list(aif.shape),
         "dtype": str(aif.dtype),

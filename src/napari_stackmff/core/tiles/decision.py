@@ -27,26 +27,55 @@ blocks too), so tiles with that margin equal the untiled result. Side by side on
 (benchmarks/bench_classical.py --decisions legacy,halo, wavelet; none is a bright field, so this is the decision forced): PSNR 27.27 ->
 27.29 dB, focus MAE 0.73 -> 0.69 slices, within ±1 88.1% -> 87.3% (2026-12-07); a coarse-window noise test
 tried before lost 0.06 dB and 6% within ±1 and is gone.
-``decision="auto"`` (the default) takes it on a bright field, where the rings form (:data:`DECISIONS`).
+``decision="auto"`` (the default) takes it on a bright field, where the rings form, and elsewhere the **glow
+decision**: the same vote only where a defocused neighbour lights or darkens the winning slice and the pixel is
+weak in relative contrast too (:func:`glow_gate`; bright glyphs and cells on a dark ground; :data:`DECISIONS`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .classical import gaussian_blur, gaussian_radius
+from .classical import box_mean, gaussian_blur, gaussian_radius
 
 #: The classical decisions: "legacy" (confidence from best/mean, one fill scale), "halo" (the halo vote,
-#: then the same fill) and "auto" (the default): halo on a bright field (:func:`bright_field_share`), else
-#: legacy. Not halo everywhere: on the synthetic "cells" scene (bright cells of very different brightness
+#: then the same fill), "glow" (the halo vote only where the winning slice is lit or darkened by a defocused
+#: neighbour, :func:`glow_gate`) and "auto" (the default): halo on a bright field (:func:`bright_field_share`),
+#: else glow. Not halo everywhere: on the synthetic "cells" scene (bright cells of very different brightness
 #: on a dark ground) the vote moves dim in-focus cells to a brighter neighbour's slice (within ±1
-#: 0.92-0.94 -> 0.70-0.76, seeds 0-2).
-DECISIONS = ("auto", "legacy", "halo")
+#: 0.92-0.94 -> 0.70-0.76, seeds 0-2); the glow decision's contrast test keeps them.
+DECISIONS = ("auto", "legacy", "halo", "glow")
 DEFAULT_DECISION = "auto"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The classical decision a fusion runs (:func:`resolve_decision` picks it): ``hi`` is :func:`halo_vote`'s
+    threshold (0: the legacy decision, no vote); ``levels`` (black level, 1-99 percentile range of the focus
+    images) turn on the glow decision's gates, which are measured in those units."""
+
+    hi: float = 0.0
+    levels: tuple[float, float] | None = None
+
+    @property
+    def name(self) -> str:
+        return "legacy" if self.hi <= 0 else ("glow" if self.levels is not None else "halo")
+
+    def __bool__(self) -> bool:  # a vote runs
+        return self.hi > 0
+
+    @property
+    def gated(self) -> bool:
+        return self.hi > 0 and self.levels is not None
+
+
+LEGACY = Decision()
+
 #: "auto" takes the halo decision when at least this share of the flattest pixels is bright (a bright
 #: field). Measured on the middle slice as fuse() samples it (about 65k pixels): pseudoscorpion
 #: (brightfield) 0.88, diamond ring (white backdrop) 1.0; every other real stack of ../shared/data
@@ -85,22 +114,34 @@ def dark_share(image: np.ndarray) -> float:
     return 0.0 if x is None else float(np.mean(x < 0.4))
 
 
-def resolve_decision(name: str | None, sample: np.ndarray | None = None) -> float:
-    """The halo threshold to fuse with (:func:`halo_vote`'s ``hi``), 0.0 for the legacy decision: "auto"
-    takes the halo decision when ``sample``, a view of the stack's middle slice, is a bright field; "halo"
-    takes it anyway. :data:`HALO_HI_BRIGHT` under a thick dark specimen on a bright field, else
-    :data:`HALO_HI`. One clear line for an unknown name."""
+def focus_levels(focus: np.ndarray) -> tuple[float, float]:
+    """(black level, range): the 1 and 99 percentiles of a focus image (a view of the middle slice) and their
+    difference (at least 1e-6), the units of the glow decision's gates."""
+    lo, hi = np.percentile(np.asarray(focus, np.float32), [1, 99])
+    return float(lo), float(max(hi - lo, 1e-6))
+
+
+def resolve_decision(name: str | None, sample: np.ndarray | None = None, focus: np.ndarray | None = None) -> Decision:
+    """The decision to fuse with: "auto" takes the halo decision when ``sample``, a view of the stack's middle
+    slice, is a bright field, else the glow decision; "halo" and "glow" take theirs anyway, "legacy" the plain
+    clean-up. :data:`HALO_HI_BRIGHT` under a thick dark specimen on a bright field, else :data:`HALO_HI`.
+    ``focus``: the sample as the focus measure sees it (``to_focus_image``; default: its channel mean scaled by
+    the dtype), for the glow decision's levels. One clear line for an unknown name."""
     from ..errors import StackMFFError
+    from ..io.stack import to_focus_image
 
     name = DEFAULT_DECISION if name is None else str(name)
     if name not in DECISIONS:
         raise StackMFFError(f"decision must be one of {', '.join(DECISIONS)}, got {name!r}.")
     if name == "legacy":
-        return 0.0
+        return LEGACY
     bright = sample is not None and bright_field_share(sample) >= BRIGHT_FIELD_SHARE
-    if bright:
-        return HALO_HI_BRIGHT if dark_share(sample) >= THICK_DARK_SHARE else HALO_HI
-    return HALO_HI if name == "halo" else 0.0
+    if name == "halo" or (name == "auto" and bright):
+        thick = bright and dark_share(sample) >= THICK_DARK_SHARE
+        return Decision(HALO_HI_BRIGHT if thick else HALO_HI)
+    if focus is None and sample is not None:
+        focus = to_focus_image(np.asarray(sample), rgb=False)
+    return Decision(HALO_HI, focus_levels(focus) if focus is not None else (0.0, 1.0))
 
 #: Halo neighbourhood radius (px): the defocus blur of the pseudoscorpion's outer slices spreads the
 #: dark edge ~30-50 px into the bright field, and in a thick specimen the outline seen out of focus lies
@@ -151,7 +192,8 @@ def max_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def halo_vote(best: torch.Tensor, idx: torch.Tensor, n: int, hi: float | None = None,
-              origin: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              origin: tuple[int, int] = (0, 0), contrast: torch.Tensor | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(slice of the dominant detail nearby, how much each pixel lies in a stronger peak's halo in [0, 1],
     the winning slice's share of the votes).
 
@@ -161,21 +203,32 @@ def halo_vote(best: torch.Tensor, idx: torch.Tensor, n: int, hi: float | None = 
     its own halo by ~10^4 (100x the energy). A plain max filter carried the edge's slice in square blocks,
     and energy (not squared) let the rings' own votes win (both tried on the leg). ``hi``: the ratio above
     which a pixel keeps its own detail (default :data:`HALO_HI`); ``origin``: the maps' top-left pixel in
-    the image (the votes' blocks lie on the image's grid).
+    the image (the votes' blocks lie on the image's grid); ``contrast``: the same energies relative to the local
+    brightness (:func:`relative_energy`, the glow decision): a pixel is then in a halo only when it is weak
+    beside a stronger peak on both counts.
     """
-    ratio = best / max_filter(best, HALO_RADIUS).clamp_min(1e-20)
-    halo = 1 - _ramp(ratio, HALO_LO, HALO_HI if hi is None else hi)
+    # in place where it can be: at 2048² every map is 16 MB, and this is the widest step of a tile
+    ratio = max_filter(best, HALO_RADIUS).clamp_min_(1e-20)
+    ratio = torch.div(best, ratio, out=ratio)
+    if contrast is not None:  # a dim object in its own focus is as contrasty as a bright one: not a halo
+        rel = max_filter(contrast, HALO_RADIUS).clamp_min_(1e-20)
+        torch.maximum(ratio, torch.div(contrast, rel, out=rel), out=ratio)
+        del rel
+    lo, hi_ = HALO_LO, HALO_HI if hi is None else hi
+    halo = ratio.sub_(lo).div_(hi_ - lo).clamp_(0, 1).neg_().add_(1)  # 1 - ramp(ratio)
     if not bool((halo > 0).any()):
-        return torch.zeros_like(idx), halo, torch.zeros_like(best)
+        return torch.zeros_like(best), halo, torch.zeros_like(best)
     used = torch.unique(idx).tolist()  # slices nobody picked get no votes: skip their blurs
     sigmas = (VOTE_SIGMA, NEAR_SIGMA) if NEAR_SIGMA else (VOTE_SIGMA,)
-    (mode, top, total), *near = _vote(idx, best * best, used, sigmas, origin)
-    if near:  # beside detail, its own slice: where the near vote's density beats the wide one's
-        mode_n, top_n, total_n = near[0]
+    mode, share, total = _vote(idx, best * best, used, sigmas[:1], origin)[0]
+    if len(sigmas) > 1:  # beside detail, its own slice: where the near vote's density beats the wide one's
+        mode_n, share_n, total_n = _vote(idx, best * best, used, sigmas[1:], origin)[0]
         close = total_n >= total
-        mode, top, total = (torch.where(close, a, b) for a, b in ((mode_n, mode), (top_n, top), (total_n, total)))
-    share = torch.where(total > 0, top / total.clamp_min(1e-30), torch.zeros_like(top))
-    return mode.to(idx.dtype), halo, share
+        del total, total_n
+        torch.where(close, mode_n, mode, out=mode)
+        torch.where(close, share_n, share, out=share)
+        del close, mode_n, share_n
+    return mode, halo, share
 
 
 #: Blur (px) of the near vote: beside detail, the slice of the nearest detail, not of the strongest within
@@ -202,8 +255,8 @@ def vote_block(sigma: float) -> int:
 def _vote(idx: torch.Tensor, w: torch.Tensor, slices: Sequence[int], sigmas: Sequence[float],
           origin: tuple[int, int] = (0, 0)) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Weighted vote per slice at each blur in ``sigmas``: each pixel votes for its slice ``idx`` with weight
-    ``w``, blurred with sigma. Per sigma: (winning slice as float, its votes, all votes), at full size; ties go
-    to the earlier slice. The votes are summed per block (:func:`vote_block`) on the grid of absolute image
+    ``w``, blurred with sigma. Per sigma: (winning slice as float, its share of the votes, all votes), at full
+    size; ties go to the earlier slice. The votes are summed per block (:func:`vote_block`) on the grid of absolute image
     coordinates (``origin``: the map's top-left pixel in the image), so every tile sees the same blocks."""
     slices = [int(z) for z in slices]
     lut = torch.zeros(max(slices) + 1, dtype=torch.int32, device=idx.device)
@@ -221,10 +274,13 @@ def _vote(idx: torch.Tensor, w: torch.Tensor, slices: Sequence[int], sigmas: Seq
         top, slot_c = votes.max(dim=0)  # the first maximum: ties go to the earlier slice
         total = votes.sum(dim=0)
         if f == 1:
-            out.append((names[slot_c], top, total))
-            continue
-        out.append((names[_bilinear_argmax(votes, slot_c, (h, w_), (oy, ox), f)],
-                    block_up(top, f, (oy, ox), (h, w_)), block_up(total, f, (oy, ox), (h, w_))))
+            mode = names[slot_c]
+        else:
+            mode = names[_bilinear_argmax(votes, slot_c, (h, w_), (oy, ox), f)]
+            top, total = block_up(top, f, (oy, ox), (h, w_)), block_up(total, f, (oy, ox), (h, w_))
+        del votes, slot_c
+        share = torch.where(total > 0, top.div_(total.clamp_min(1e-30)), torch.zeros_like(top))
+        out.append((mode, share, total))
     return out
 
 
@@ -284,6 +340,47 @@ def _bilinear_argmax(votes: torch.Tensor, slot_c: torch.Tensor, shape: tuple[int
         best_s = torch.where(better, cand, best_s)
     out[yy, xx] = best_s.to(out.dtype)
     return out.int()
+
+
+#: The glow decision (``decision="glow"``; what "auto" takes off a bright field). A bright glyph on a dark
+#: circuit board, a bright cell on a dark ground: defocused, each spreads a glow ramp whose detail beats the
+#: flat, faintly textured ground around it, and the plain argmax draws concentric bands, each another slice
+#: (pcb_depthmap at full size, docs/img/issue26_pcb_depthmap_fullsize_glyph_rings.png). The halo vote removes
+#: them, but forced everywhere it moved dim cells to a bright neighbour's slice (rendered fluorescence -0.33 dB)
+#: and the weak texture of a surface beside strong specks (rpi_disc Q4 0.8815 -> 0.8750). So the vote decides
+#: a pixel only (1) where the winning slice's local brightness (a GLOW_BOX box) differs from the slices'
+#: mean there by at least GLOW_SHARE of the range, i.e. the winner is lit or darkened by something defocused
+#: (defocus keeps a texture's local mean; a glow moves it), within GLOW_REACH px of such a pixel (the gate's
+#: own edge drew a ring at reach 0); and (2) where the pixel is weak beside a stronger peak in contrast
+#: relative to its brightness too (energy / (brightness - black + CONTRAST_EPS x range)², brightness a Gaussian
+#: of CONTRAST_SIGMA): a dim cell is as contrasty as a bright one. Measured side by side with the legacy
+#: decision (benchmarks/RESULTS.md, issue 26, 2026-12-07): rendered fluorescence 36.78 -> 37.11 dB (within ±1
+#: 92.3% both), 24 synthetic stacks -0.01 dB, rendered macro and the aligned real stacks' Q4 level (within
+#: 0.0005), the PCB's glyph rings gone; without the contrast test cells3d lost 0.010 of Q4, without the glow
+#: gate rpi_disc 0.0135.
+GLOW_SHARE, GLOW_BOX, GLOW_REACH = 0.05, 19, 24
+CONTRAST_EPS, CONTRAST_SIGMA = 0.3, 4.0
+
+
+def glow_gate(lit: torch.Tensor, mean: torch.Tensor, levels: tuple[float, float]) -> torch.Tensor:
+    """Where the halo vote may decide (bool map): within :data:`GLOW_REACH` px of a pixel whose winning slice's
+    local brightness ``lit`` (a :data:`GLOW_BOX` box of its focus image) differs from the slices' mean ``mean``
+    (the per-pixel mean of the focus images) by more than :data:`GLOW_SHARE` of the range."""
+    glow = ((lit - box_mean(mean.contiguous(), GLOW_BOX)).abs() > GLOW_SHARE * levels[1]).float()
+    return max_filter(glow, GLOW_REACH) > 0.5
+
+
+def relative_energy(best: torch.Tensor, mean: torch.Tensor, levels: tuple[float, float]) -> torch.Tensor:
+    """``best`` relative to the local brightness (above the black level, plus :data:`CONTRAST_EPS` of the
+    range so a dark ground's noise is not magnified), squared as the energy is."""
+    black, span = levels
+    lum = gaussian_blur(mean.contiguous(), CONTRAST_SIGMA).sub_(black).clamp_min_(0).add_(CONTRAST_EPS * span)
+    return best / lum.mul_(lum)
+
+
+def glow_radius() -> int:
+    """Footprint (px) of the glow decision's gates on the focus images (before the vote's own reach)."""
+    return max(GLOW_BOX // 2 + GLOW_REACH, gaussian_radius(CONTRAST_SIGMA))
 
 
 def decision_radius(window: int) -> int:

@@ -193,15 +193,17 @@ def fill_low_confidence(focus: torch.Tensor, conf: torch.Tensor, threshold: floa
 
 
 def peak_maps(state: dict[str, torch.Tensor], n: int, *, window: int, fill_threshold: float, denoise: bool,
-              halo: float = 0.0, origin: tuple[int, int] = (0, 0)) -> FocusMaps:
+              halo: decision.Decision = decision.LEGACY, origin: tuple[int, int] = (0, 0)) -> FocusMaps:
     """Maps from a streamed argmax: ``state`` holds the best score ("best"), its slice ("idx"), its
-    neighbours' scores ("left", "right"; NaN at the stack's ends) and the sum over slices ("total");
-    ``halo``: the halo decision's threshold (decision.resolve_decision; 0: the legacy decision); ``origin``: the
+    neighbours' scores ("left", "right"; NaN at the stack's ends) and the sum over slices ("total"); for the
+    glow decision also the summed focus images ("luma") and the winner's local brightness ("lit").
+    ``halo``: the decision (decision.resolve_decision; falsy: the legacy decision); ``origin``: the
     maps' top-left pixel in the image (the halo vote's blocks lie on the image's grid). Used by the
     streaming and the device-resident classical engines. The state is consumed: its maps are taken out
     (emptying the dict) and reused in place, so each is freed once used (the streaming state is most of a
     tile's memory)."""
     best, idx, left, right, total = (state.pop(k) for k in ("best", "idx", "left", "right", "total"))
+    luma, lit = state.pop("luma", None), state.pop("lit", None)
     state.clear()
     # Sub-slice peak: vertex of the parabola through (z-1, z, z+1); none at the stack's ends.
     denom = left - 2 * best + right
@@ -217,11 +219,27 @@ def peak_maps(state: dict[str, torch.Tensor], n: int, *, window: int, fill_thres
     del total
     conf.masked_fill_(~(best > 1e-12), 0.0)
     decided = None
-    if halo > 0 and denoise and fill_threshold > 0:  # defocus halos take the dominant detail's slice nearby
-        dom, in_halo, share = decision.halo_vote(best, idx, n, halo, origin=origin)
-        decided = in_halo > 0.5
-        focus = torch.where(decided, dom.to(focus.dtype), focus)
-        conf = torch.where(decided, share, conf)
+    if halo and denoise and fill_threshold > 0:  # defocus halos take the dominant detail's slice nearby
+        gate = contrast = None
+        if halo.gated and luma is not None and lit is not None:
+            mean = luma.div_(n)
+            gate = decision.glow_gate(lit, mean, halo.levels)
+            del lit
+            contrast = decision.relative_energy(best, mean, halo.levels) if bool(gate.any()) else None
+            del mean, luma
+        if gate is not None and not bool(gate.any()):
+            # nothing lit by a defocused neighbour in this tile: the legacy decision, without the vote's work
+            decided = torch.zeros_like(gate)
+        else:
+            dom, in_halo, share = decision.halo_vote(best, idx, n, halo.hi, origin=origin, contrast=contrast)
+            del contrast
+            decided = in_halo > 0.5
+            if gate is not None:
+                decided &= gate
+                del gate
+            torch.where(decided, dom.to(focus.dtype), focus, out=focus)
+            torch.where(decided, share, conf, out=conf)
+            del dom, in_halo, share
     maps = finish_maps(focus, conf, n, window=window, fill_threshold=fill_threshold, denoise=denoise,
                        decided=decided, median_passes=CLASSICAL_MEDIAN_PASSES)
     maps.flat = decided
