@@ -61,7 +61,7 @@ def _classical_stream(images: Iterator[np.ndarray], n: int, method: str, device:
                       fill_threshold: float, denoise: bool, halo: decision.Decision, origin: tuple[int, int],
                       progress: ProgressFn | None, cancel: threading.Event | None) -> FocusMaps:
     best = left = right = prev = total = None
-    luma = lit = None  # the glow decision's: summed focus images, the winner's local brightness
+    luma = lit = None  # the glow decision's: summed focus images, the winning slice's brightness
     glow = halo.gated and denoise and fill_threshold > 0
     idx: torch.Tensor | None = None
     try:
@@ -70,13 +70,11 @@ def _classical_stream(images: Iterator[np.ndarray], n: int, method: str, device:
             x = _to_tensor(next(images), device)
             f = banded_measure(x, method, window, device)
             if glow:
-                lum = classical.box_mean(x.float(), decision.GLOW_BOX)
                 if luma is None:
-                    luma, lit = x.float().clone(), lum
+                    luma, lit = x.float().clone(), x.float().clone()
                 else:
                     luma += x
-                    torch.where(f > best, lum, lit, out=lit)
-                del lum
+                    torch.where(f > best, x, lit, out=lit)
             if best is None:
                 best, idx = f.clone(), torch.zeros(f.shape, dtype=torch.int32, device=device)
                 left = torch.full_like(f, float("nan"))

@@ -189,12 +189,12 @@ class DeviceClassicalEngine:
 def _merge(state: dict[str, torch.Tensor], scores: torch.Tensor, z0: int, x: torch.Tensor | None = None) -> None:
     """Fold a chunk of scores (k, h, w) for slices z0..z0+k-1 into the running best, its index, the
     scores of its two neighbours and the sum (the streaming engine's state, a chunk at a time); with the
-    chunk's focus images ``x`` (k, h, w), the glow decision's summed images and winner's local brightness."""
+    chunk's focus images ``x`` (k, h, w), the glow decision's summed images and the winner's brightness."""
     k = scores.shape[0]
     carg = scores.argmax(dim=0)  # the first maximum, as the streaming engine's strict '>'
     cbest = scores.gather(0, carg[None])[0]
     if x is not None:  # before the best is updated: the winner's brightness follows the strict '>'
-        clit = classical.box_mean(x[:, None].contiguous(), decision.GLOW_BOX)[:, 0].gather(0, carg[None])[0]
+        clit = x.gather(0, carg[None])[0]
         if "best" not in state:
             glow = {"luma": x.sum(0), "lit": clit}
         else:

@@ -26,7 +26,7 @@ import torch
 from ..errors import StackMFFError
 from ..io.stack import FocalStack, cast_to, dtype_scale, to_focus_image
 from .classical import box_mean, gaussian_blur, gaussian_radius
-from .decision import block_sums, block_up, max_filter
+from .decision import block_sums, max_filter
 
 #: "hard" (the default): every pixel with detail copied from one slice; where the halo decision changes
 #: slice in the open field, a few px are cross-faded (:func:`seam_fade_window`). "exact": every pixel copied
@@ -156,6 +156,15 @@ def _block_range(index: np.ndarray, f: int, offset: tuple[int, int]) -> tuple[np
     return x.min((1, 3)).astype(np.float32), x.max((1, 3)).astype(np.float32)
 
 
+def _bilinear_taps(pos: np.ndarray, f: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lower tap, upper tap, weight of the upper) of full-resolution positions ``pos`` on a grid of blocks
+    of ``f`` px (``n`` blocks): block centres at (i + 0.5) * f - 0.5, clamped at the ends (``block_up``'s
+    bilinear, ``align_corners=False``)."""
+    src = np.maximum((pos.astype(np.float32) + np.float32(0.5)) * np.float32(1.0 / f) - np.float32(0.5), 0)
+    lo = np.minimum(src.astype(np.int64), n - 1)
+    return lo, np.minimum(lo + 1, n - 1), (src - lo).astype(np.float32)
+
+
 def seam_fade_window(stack: FocalStack, index: np.ndarray, flat: np.ndarray, t: int, read: tuple[slice, slice],
                      crop: tuple[slice, slice], hard: np.ndarray, sigma: float | None = None) -> np.ndarray:
     """Hard-selected pixels ``hard`` of a tile's ``crop`` with every change of slice inside ``flat`` areas
@@ -198,11 +207,14 @@ def seam_fade_window(stack: FocalStack, index: np.ndarray, flat: np.ndarray, t: 
     low = block_sums(torch.from_numpy(lut[isub]), torch.from_numpy(fl).float(), len(zs), f, grid)
     oy, ox = np.nonzero(sel)
     lin = oy * ws + ox
+    (y0_, y1_, ly), (x0_, x1_, lx) = (_bilinear_taps(v + o, f, n) for v, o, n in
+                                       ((oy, grid[0], low.shape[1]), (ox, grid[1], low.shape[2])))
 
     def smooth(m: torch.Tensor) -> np.ndarray:
-        """A coarse count map blurred, back at full resolution (bilinear), at the faded pixels."""
-        up = block_up(gaussian_blur(m.contiguous(), sigma / f), f, grid, (hs, ws))
-        return np.take(up.contiguous().numpy().reshape(-1), lin)
+        """A coarse count map blurred, back at full resolution (bilinear, as ``block_up``), at the faded pixels
+        only: upsampling every slice's map whole took most of the fade's time where much of a tile is flat."""
+        c = gaussian_blur(m.contiguous(), sigma / f).numpy()
+        return (1 - ly) * ((1 - lx) * c[y0_, x0_] + lx * c[y0_, x1_]) + ly * ((1 - lx) * c[y1_, x0_] + lx * c[y1_, x1_])
 
     den = np.maximum(smooth(low.sum(0)), 1e-12)
     chans = (stack.n_channels,) if stack.has_channels else ()

@@ -173,10 +173,6 @@ THICK_DARK_SHARE = 0.2
 VOTE_SIGMA = HALO_RADIUS / 2
 
 
-def _ramp(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    return ((x - lo) / (hi - lo)).clamp(0, 1)
-
-
 def max_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
     """(H, W) max over a (2r+1)² square, separable; outside the image counts as absent."""
     if radius <= 0:
@@ -348,10 +344,10 @@ def _bilinear_argmax(votes: torch.Tensor, slot_c: torch.Tensor, shape: tuple[int
 #: (pcb_depthmap at full size, docs/img/issue26_pcb_depthmap_fullsize_glyph_rings.png). The halo vote removes
 #: them, but forced everywhere it moved dim cells to a bright neighbour's slice (rendered fluorescence -0.33 dB)
 #: and the weak texture of a surface beside strong specks (rpi_disc Q4 0.8815 -> 0.8750). So the vote decides
-#: a pixel only (1) where the winning slice's local brightness (a GLOW_BOX box) differs from the slices'
-#: mean there by at least GLOW_SHARE of the range, i.e. the winner is lit or darkened by something defocused
-#: (defocus keeps a texture's local mean; a glow moves it), within GLOW_REACH px of such a pixel (the gate's
-#: own edge drew a ring at reach 0); and (2) where the pixel is weak beside a stronger peak in contrast
+#: a pixel only (1) where the winning slices' brightness, averaged over a GLOW_BOX box, differs from the
+#: slices' mean there by at least GLOW_SHARE of the range, i.e. the winners are lit or darkened by something
+#: defocused (defocus keeps a texture's local mean; a glow moves it), within GLOW_REACH px of such a pixel
+#: (the gate's own edge drew a ring at reach 0); and (2) where the pixel is weak beside a stronger peak in contrast
 #: relative to its brightness too (energy / (brightness - black + CONTRAST_EPS x range)², brightness a Gaussian
 #: of CONTRAST_SIGMA): a dim cell is as contrasty as a bright one. Measured side by side with the legacy
 #: decision (benchmarks/RESULTS.md, issue 26, 2026-12-07): rendered fluorescence 36.78 -> 37.11 dB (within ±1
@@ -363,11 +359,11 @@ CONTRAST_EPS, CONTRAST_SIGMA = 0.3, 4.0
 
 
 def glow_gate(lit: torch.Tensor, mean: torch.Tensor, levels: tuple[float, float]) -> torch.Tensor:
-    """Where the halo vote may decide (bool map): within :data:`GLOW_REACH` px of a pixel whose winning slice's
-    local brightness ``lit`` (a :data:`GLOW_BOX` box of its focus image) differs from the slices' mean ``mean``
-    (the per-pixel mean of the focus images) by more than :data:`GLOW_SHARE` of the range."""
-    glow = ((lit - box_mean(mean.contiguous(), GLOW_BOX)).abs() > GLOW_SHARE * levels[1]).float()
-    return max_filter(glow, GLOW_REACH) > 0.5
+    """Where the halo vote may decide (bool map): within :data:`GLOW_REACH` px of a pixel where the winning
+    slices' brightness ``lit`` (each pixel's own winner's focus image) and the slices' mean ``mean``, both
+    averaged over a :data:`GLOW_BOX` box, differ by more than :data:`GLOW_SHARE` of the range."""
+    glow = box_mean(lit.contiguous(), GLOW_BOX).sub_(box_mean(mean.contiguous(), GLOW_BOX)).abs_()
+    return max_filter(glow.gt_(GLOW_SHARE * levels[1]).float(), GLOW_REACH) > 0.5
 
 
 def relative_energy(best: torch.Tensor, mean: torch.Tensor, levels: tuple[float, float]) -> torch.Tensor:

@@ -196,7 +196,7 @@ def peak_maps(state: dict[str, torch.Tensor], n: int, *, window: int, fill_thres
               halo: decision.Decision = decision.LEGACY, origin: tuple[int, int] = (0, 0)) -> FocusMaps:
     """Maps from a streamed argmax: ``state`` holds the best score ("best"), its slice ("idx"), its
     neighbours' scores ("left", "right"; NaN at the stack's ends) and the sum over slices ("total"); for the
-    glow decision also the summed focus images ("luma") and the winner's local brightness ("lit").
+    glow decision also the summed focus images ("luma") and the winning slice's brightness ("lit").
     ``halo``: the decision (decision.resolve_decision; falsy: the legacy decision); ``origin``: the
     maps' top-left pixel in the image (the halo vote's blocks lie on the image's grid). Used by the
     streaming and the device-resident classical engines. The state is consumed: its maps are taken out
