@@ -209,12 +209,18 @@ def seam_fade_window(stack: FocalStack, index: np.ndarray, flat: np.ndarray, t: 
     lin = oy * ws + ox
     (y0_, y1_, ly), (x0_, x1_, lx) = (_bilinear_taps(v + o, f, n) for v, o, n in
                                        ((oy, grid[0], low.shape[1]), (ox, grid[1], low.shape[2])))
+    wl = low.shape[2]
+    taps = [(y * wl + x, wy * wx) for y, wy in ((y0_, 1 - ly), (y1_, ly)) for x, wx in ((x0_, 1 - lx), (x1_, lx))]
+    del y0_, y1_, ly, x0_, x1_, lx
 
     def smooth(m: torch.Tensor) -> np.ndarray:
         """A coarse count map blurred, back at full resolution (bilinear, as ``block_up``), at the faded pixels
         only: upsampling every slice's map whole took most of the fade's time where much of a tile is flat."""
-        c = gaussian_blur(m.contiguous(), sigma / f).numpy()
-        return (1 - ly) * ((1 - lx) * c[y0_, x0_] + lx * c[y0_, x1_]) + ly * ((1 - lx) * c[y1_, x0_] + lx * c[y1_, x1_])
+        c = gaussian_blur(m.contiguous(), sigma / f).numpy().reshape(-1)
+        out = np.take(c, taps[0][0]) * taps[0][1]
+        for i, w_ in taps[1:]:
+            out += np.take(c, i) * w_
+        return out
 
     den = np.maximum(smooth(low.sum(0)), 1e-12)
     chans = (stack.n_channels,) if stack.has_channels else ()
