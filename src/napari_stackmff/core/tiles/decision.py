@@ -350,9 +350,9 @@ def _bilinear_argmax(votes: torch.Tensor, slot_c: torch.Tensor, shape: tuple[int
 #: (the gate's own edge drew a ring at reach 0); and (2) where the pixel is weak beside a stronger peak in contrast
 #: relative to its brightness too (energy / (brightness - black + CONTRAST_EPS x range)², brightness a Gaussian
 #: of CONTRAST_SIGMA): a dim cell is as contrasty as a bright one. Measured side by side with the legacy
-#: decision (benchmarks/RESULTS.md, issue 26, 2026-12-07): rendered fluorescence 36.78 -> 37.11 dB (within ±1
+#: decision (benchmarks/RESULTS.md, issue 26, 2026-12-07): rendered fluorescence 36.78 -> 37.05 dB (within ±1
 #: 92.3% both), 24 synthetic stacks -0.01 dB, rendered macro and the aligned real stacks' Q4 level (within
-#: 0.0005), the PCB's glyph rings gone; without the contrast test cells3d lost 0.010 of Q4, without the glow
+#: 0.0006), the PCB's glyph rings gone; without the contrast test cells3d lost 0.010 of Q4, without the glow
 #: gate rpi_disc 0.0135.
 GLOW_SHARE, GLOW_BOX, GLOW_REACH = 0.05, 19, 24
 CONTRAST_EPS, CONTRAST_SIGMA = 0.3, 4.0
