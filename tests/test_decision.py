@@ -172,6 +172,9 @@ def test_glow_decision_is_exact_across_tiles_and_on_the_device_engine() -> None:
     np.testing.assert_array_equal(part.index[:, inner].numpy(), whole.index[:, inner].numpy())
     dev = DeviceClassicalEngine(fs, 0, "wavelet", cpu, chunk=3, **kw).maps((slice(0, 320), slice(0, 640)), None, None)
     assert_same_decisions(whole.focus.numpy(), dev.focus.numpy(), focus_scores(slices, "wavelet", window=9))
+    # an image no wider than the gate's box: the box pads by replication (torch's path, as on a GPU)
+    tiny = fuse(slices[:, 100:109, 100:109], method="wavelet", device="cpu", decision="glow")
+    assert tiny.decision == "glow" and tiny.all_in_focus.shape == (9, 9)
 def thick_specimen_stack(seed: int, size: int = 480, n: int = 10, focus: int = 2, step: float = 20.0):
     """A thick dark specimen on a bright field: out of focus its outline lies inside the sharp one (``step``
     px per slice from focus: 20 as slice 7 of the pseudoscorpion's leg lies ~100 px inside at full size, 5

@@ -362,7 +362,10 @@ def glow_gate(lit: torch.Tensor, mean: torch.Tensor, levels: tuple[float, float]
     """Where the halo vote may decide (bool map): within :data:`GLOW_REACH` px of a pixel where the winning
     slices' brightness ``lit`` (each pixel's own winner's focus image) and the slices' mean ``mean``, both
     averaged over a :data:`GLOW_BOX` box, differ by more than :data:`GLOW_SHARE` of the range."""
-    glow = box_mean(lit.contiguous(), GLOW_BOX).sub_(box_mean(mean.contiguous(), GLOW_BOX)).abs_()
+    def box(m: torch.Tensor) -> torch.Tensor:  # (1, 1, H, W): maps smaller than the box are padded by replication
+        return box_mean(m[None, None].contiguous(), GLOW_BOX)[0, 0]
+
+    glow = box(lit).sub_(box(mean)).abs_()
     return max_filter(glow.gt_(GLOW_SHARE * levels[1]).float(), GLOW_REACH) > 0.5
 
 
