@@ -1,6 +1,6 @@
 """Slice alignment on the real stacks of ../shared/data: what it estimates and what it changes.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/bench_align_real.py [--max-side 768] [--repeat 3] [--out DIR]
+Run:  OMP_NUM_THREADS=1 python benchmarks/bench_align_real.py [--max-side 768] [--repeat 3] [--decision D] [--only NAME]
 
 For every stack of bench_real.py (lytro pairs excepted: registered already), downscaled as there: the
 similarity alignment's breathing (scale of the first and last slice against the middle one), largest
@@ -40,13 +40,17 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3,
                    help="times per stack: fusion and alignments interleaved, best of each (a shared VM's timings "
                         "vary by 20-50%% from run to run)")
+    p.add_argument("--decision", default=None, help="the classical decision of the fusion timed and scored "
+                                                     "(default: auto, as stackmff fuse; legacy: the fastest)")
+    p.add_argument("--only", action="append", default=[], metavar="NAME", help="only this stack (repeatable)")
     args = p.parse_args()
+    kw = {"decision": args.decision} if args.decision else {}
     print(f"similarity alignment, wavelet fusion; max side {args.max_side}; scores on the aligned crop for both\n")
     print("| stack | scale first / last | max shift px | trusted | kept | fuse s (unaligned) | align s | align / fuse | "
           "auto s | auto / fuse | Q4 before / after / +soft | sharp before / after |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     fuse(np.random.default_rng(0).random((3, 64, 64), np.float32), method="wavelet")  # imports, thread pools
     for rs in real_sets():
-        if rs.name == "lytro_pairs":
+        if rs.name == "lytro_pairs" or (args.only and rs.name not in args.only):
             continue
         item = rs.items[0]
         with warnings.catch_warnings():
@@ -57,7 +61,7 @@ def main() -> None:
         t_fuse = dt = dt_auto = float("inf")
         for _ in range(max(1, args.repeat)):
             t0 = time.perf_counter()
-            plain = fuse(stack, method="wavelet")
+            plain = fuse(stack, method="wavelet", **kw)
             t_fuse = min(t_fuse, time.perf_counter() - t0)
             t0 = time.perf_counter()
             with warnings.catch_warnings(record=True):
@@ -69,8 +73,8 @@ def main() -> None:
                 warnings.simplefilter("always")
                 _, auto = align_stack(stack, "auto")  # the default of `stackmff fuse`: a probe, then align if it moves
             dt_auto = min(dt_auto, time.perf_counter() - t0)
-        aligned = fuse(moved, method="wavelet")
-        soft = fuse(moved, method="wavelet", blend="soft")
+        aligned = fuse(moved, method="wavelet", **kw)
+        soft = fuse(moved, method="wavelet", blend="soft", **kw)
         rec = records[0]
         crop = rec.get("crop")
         box = (slice(*crop["y"]), slice(*crop["x"])) if crop else (slice(None), slice(None))
