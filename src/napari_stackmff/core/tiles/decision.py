@@ -346,27 +346,31 @@ def _bilinear_argmax(votes: torch.Tensor, slot_c: torch.Tensor, shape: tuple[int
 #: and the weak texture of a surface beside strong specks (rpi_disc Q4 0.8815 -> 0.8750). So the vote decides
 #: a pixel only (1) where the winning slices' brightness, averaged over a GLOW_BOX box, differs from the
 #: slices' mean there by at least GLOW_SHARE of the range, i.e. the winners are lit or darkened by something
-#: defocused (defocus keeps a texture's local mean; a glow moves it), within GLOW_REACH px of such a pixel
-#: (the gate's own edge drew a ring at reach 0); and (2) where the pixel is weak beside a stronger peak in contrast
+#: defocused (defocus keeps a texture's local mean; a glow moves it), and around such pixels: where a Gaussian
+#: (GLOW_SIGMA) of their map exceeds GLOW_LEVEL, ~33 px beyond the edge of a glowing area (the gate's own edge
+#: drew a ring at reach 0; a square 24-px max filter drew rectangular blocks in the focus map of the demo
+#: stack; a Gaussian of 12 px at 0.05 left a faint arc beside the PCB's "6"); and (2) where the pixel is weak beside a stronger peak in contrast
 #: relative to its brightness too (energy / (brightness - black + CONTRAST_EPS x range)², brightness a Gaussian
 #: of CONTRAST_SIGMA): a dim cell is as contrasty as a bright one. Measured side by side with the legacy
 #: decision (benchmarks/RESULTS.md, issue 26, 2026-12-07): rendered fluorescence 36.78 -> 37.05 dB (within ±1
 #: 92.3% both), 24 synthetic stacks -0.01 dB, rendered macro and the aligned real stacks' Q4 level (within
 #: 0.0006), the PCB's glyph rings gone; without the contrast test cells3d lost 0.010 of Q4, without the glow
 #: gate rpi_disc 0.0135.
-GLOW_SHARE, GLOW_BOX, GLOW_REACH = 0.05, 19, 24
+GLOW_SHARE, GLOW_BOX = 0.05, 19
+GLOW_SIGMA, GLOW_LEVEL = 16.0, 0.02
 CONTRAST_EPS, CONTRAST_SIGMA = 0.3, 4.0
 
 
 def glow_gate(lit: torch.Tensor, mean: torch.Tensor, levels: tuple[float, float]) -> torch.Tensor:
-    """Where the halo vote may decide (bool map): within :data:`GLOW_REACH` px of a pixel where the winning
-    slices' brightness ``lit`` (each pixel's own winner's focus image) and the slices' mean ``mean``, both
-    averaged over a :data:`GLOW_BOX` box, differ by more than :data:`GLOW_SHARE` of the range."""
+    """Where the halo vote may decide (bool map): around pixels (a Gaussian of :data:`GLOW_SIGMA` of their map
+    above :data:`GLOW_LEVEL`) where the winning slices' brightness ``lit`` (each pixel's own winner's focus image)
+    and the slices' mean ``mean``, both averaged over a :data:`GLOW_BOX` box, differ by more than
+    :data:`GLOW_SHARE` of the range."""
     def box(m: torch.Tensor) -> torch.Tensor:  # (1, 1, H, W): maps smaller than the box are padded by replication
         return box_mean(m[None, None].contiguous(), GLOW_BOX)[0, 0]
 
     glow = box(lit).sub_(box(mean)).abs_()
-    return max_filter(glow.gt_(GLOW_SHARE * levels[1]).float(), GLOW_REACH) > 0.5
+    return gaussian_blur(glow.gt_(GLOW_SHARE * levels[1]).float(), GLOW_SIGMA) > GLOW_LEVEL
 
 
 def relative_energy(best: torch.Tensor, mean: torch.Tensor, levels: tuple[float, float]) -> torch.Tensor:
@@ -379,7 +383,7 @@ def relative_energy(best: torch.Tensor, mean: torch.Tensor, levels: tuple[float,
 
 def glow_radius() -> int:
     """Footprint (px) of the glow decision's gates on the focus images (before the vote's own reach)."""
-    return max(GLOW_BOX // 2 + GLOW_REACH, gaussian_radius(CONTRAST_SIGMA))
+    return max(GLOW_BOX // 2 + gaussian_radius(GLOW_SIGMA), gaussian_radius(CONTRAST_SIGMA))
 
 
 def decision_radius(window: int) -> int:
