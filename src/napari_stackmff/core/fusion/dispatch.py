@@ -106,7 +106,7 @@ class FusionPlan:
     blend: SoftBlend | None = None  # the soft blend's settings; None: hard selection (core.blend)
     fade: bool = True  # hard selection: cross-fade the halo decision's changes of slice in flat areas ("exact": off)
     excluded: list[dict[int, str]] | None = None  # per time point: slices left out and why (core.checks)
-    decision: str | None = None  # the classical decision taken ("legacy", "halo" or "glow"; decision.py), None for networks
+    decision: str | None = None  # the classical decision taken ("legacy", "halo", "glow"; decision.py); None: networks
 
 
 def plan_blend(plan: FusionPlan) -> str:

@@ -349,13 +349,13 @@ def _bilinear_argmax(votes: torch.Tensor, slot_c: torch.Tensor, shape: tuple[int
 #: defocused (defocus keeps a texture's local mean; a glow moves it), and around such pixels: where a Gaussian
 #: (GLOW_SIGMA) of their map exceeds GLOW_LEVEL, ~33 px beyond the edge of a glowing area (the gate's own edge
 #: drew a ring at reach 0; a square 24-px max filter drew rectangular blocks in the focus map of the demo
-#: stack; a Gaussian of 12 px at 0.05 left a faint arc beside the PCB's "6"); and (2) where the pixel is weak beside a stronger peak in contrast
-#: relative to its brightness too (energy / (brightness - black + CONTRAST_EPS x range)², brightness a Gaussian
-#: of CONTRAST_SIGMA): a dim cell is as contrasty as a bright one. Measured side by side with the legacy
-#: decision (benchmarks/RESULTS.md, issue 26, 2026-12-07): rendered fluorescence 36.78 -> 37.05 dB (within ±1
-#: 92.3% both), 24 synthetic stacks -0.01 dB, rendered macro and the aligned real stacks' Q4 level (within
-#: 0.0006), the PCB's glyph rings gone; without the contrast test cells3d lost 0.010 of Q4, without the glow
-#: gate rpi_disc 0.0135.
+#: stack; a Gaussian of 12 px at 0.05 left a faint arc beside the PCB's "6"); and (2) where the pixel is weak
+#: beside a stronger peak in contrast relative to its brightness too (energy / (brightness - black +
+#: CONTRAST_EPS x range)², brightness a Gaussian of CONTRAST_SIGMA): a dim cell is as contrasty as a bright one.
+#: Measured side by side with the legacy decision (benchmarks/RESULTS.md, issue 26, 2026-12-07): rendered
+#: fluorescence 36.78 -> 37.06 dB (within ±1 92.3% both), 24 synthetic stacks -0.01 dB, rendered macro and the
+#: aligned real stacks' Q4 level, the PCB's glyph rings gone; without the contrast test cells3d lost 0.010 of
+#: Q4, without the glow gate rpi_disc 0.0135.
 GLOW_SHARE, GLOW_BOX = 0.05, 19
 GLOW_SIGMA, GLOW_LEVEL = 16.0, 0.02
 CONTRAST_EPS, CONTRAST_SIGMA = 0.3, 4.0
