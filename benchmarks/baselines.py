@@ -122,7 +122,11 @@ def dtcwt_fusion(sources: np.ndarray, levels: int = 4) -> np.ndarray:
 
 
 def have_enfuse() -> bool:
-    return shutil.which("enfuse") is not None
+    """enfuse on the PATH, and imagecodecs to read its output (it writes LZW TIFFs whatever ``--compression``
+    says: Debian's enfuse 4.2 ignored ``--compression=none``)."""
+    import importlib.util
+
+    return shutil.which("enfuse") is not None and importlib.util.find_spec("imagecodecs") is not None
 
 
 def enfuse(sources: np.ndarray) -> np.ndarray:

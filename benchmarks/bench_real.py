@@ -169,7 +169,8 @@ def contenders(extra: list[str], compat: bool = False, baselines: bool = True) -
         if bl.have_enfuse():
             c["enfuse"] = {"baseline": "enfuse"}
         else:
-            print("enfuse not installed (apt-get install enfuse): no enfuse column", file=sys.stderr)
+            print("enfuse or imagecodecs not installed (apt-get install enfuse; pip install imagecodecs): "
+                  "no enfuse column", file=sys.stderr)
         if bl.have_clesperanto():
             c["clesperanto"] = {"baseline": "clesperanto"}
         else:
