@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_real import downscale, real_sets, score  # noqa: E402
+from bench_real import downscale, first_stacks, score  # noqa: E402
 
-from napari_stackmff.core import fuse, load_stack  # noqa: E402
+from napari_stackmff.core import fuse  # noqa: E402
 from napari_stackmff.core.fusion.align import align_stack  # noqa: E402
 from napari_stackmff.core.io.write import write_png  # noqa: E402
 from napari_stackmff.core.io.preview import stack_display_range, to_uint8_preview  # noqa: E402
@@ -49,13 +49,7 @@ def main() -> None:
     print("| stack | scale first / last | max shift px | trusted | kept | fuse s (unaligned) | align s | align / fuse | "
           "auto s | auto / fuse | Q4 before / after / +soft | sharp before / after |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     fuse(np.random.default_rng(0).random((3, 64, 64), np.float32), method="wavelet")  # imports, thread pools
-    for rs in real_sets():
-        if rs.name == "lytro_pairs" or (args.only and rs.name not in args.only):
-            continue
-        item = rs.items[0]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            full = load_stack(item, lazy=False) if isinstance(item, Path) else load_stack(item)
+    for rs, full in first_stacks(args.only):
         stack, _ = downscale(full, args.max_side)
         sources = np.asarray(stack.data)
         t_fuse = dt = dt_auto = float("inf")

@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_real import real_sets  # noqa: E402
+from bench_real import first_stacks  # noqa: E402
 
-from napari_stackmff.core import fuse, load_stack  # noqa: E402
+from napari_stackmff.core import fuse  # noqa: E402
 from napari_stackmff.core.fusion.align import align_stack  # noqa: E402
 from napari_stackmff.core.io.write import write_png  # noqa: E402
 
@@ -51,14 +51,10 @@ def main() -> None:
     print("| stack | auto takes | " + " | ".join(f"{d} s" for d in DECISIONS)
           + " | glow / legacy time | slice changes per 1000 px: legacy / glow / halo |")
     print("|---|---|" + "---|" * len(DECISIONS) + "---|---|")
-    for rs in real_sets():
-        if rs.name == "lytro_pairs" or (args.only and rs.name not in args.only):
-            continue
-        item = rs.items[0]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            stack = load_stack(item, lazy=False) if isinstance(item, Path) else load_stack(item)
-            if rs.events is None:
+    for rs, stack in first_stacks(args.only):
+        if rs.events is None:  # event frames are not warped: the event stack is fused as it is
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 stack, _ = align_stack(stack, "auto", source=rs.name)
         best = {d: float("inf") for d in DECISIONS}
         res = {}

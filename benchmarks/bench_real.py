@@ -52,7 +52,7 @@ import warnings
 from dataclasses import dataclass
 from types import SimpleNamespace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -122,6 +122,18 @@ def real_sets() -> list[RealSet]:
         out.append(RealSet("event_zeromotion", [_files(zm / "images", "*.png")], "with its event frames",
                            events=zm / "events"))
     return out
+
+
+def first_stacks(only: list[str] = ()) -> Iterator[tuple[RealSet, FocalStack]]:
+    """(set, its first stack read into memory) for each set but the lytro pairs (registered already), only
+    those named in ``only`` when given: the stacks the alignment and decision benchmarks run on."""
+    for rs in real_sets():
+        if rs.name == "lytro_pairs" or (only and rs.name not in only):
+            continue
+        item = rs.items[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # folder-pattern notes; the file lists here are explicit
+            yield rs, load_stack(item, lazy=False) if isinstance(item, Path) else load_stack(item)
 
 
 def downscale(stack: FocalStack, max_side: int) -> tuple[FocalStack, float]:

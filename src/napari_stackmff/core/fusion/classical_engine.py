@@ -62,7 +62,7 @@ def _classical_stream(images: Iterator[np.ndarray], n: int, method: str, device:
                       progress: ProgressFn | None, cancel: threading.Event | None) -> FocusMaps:
     best = left = right = prev = total = None
     luma = lit = None  # the glow decision's: summed focus images, the winning slice's brightness
-    glow = halo.gated and denoise and fill_threshold > 0
+    glow = halo.streams_glow(denoise, fill_threshold)
     idx: torch.Tensor | None = None
     try:
         for z in range(n):
@@ -157,7 +157,7 @@ def classical_support(method: str, window: int, *, denoise: bool = True, fill_th
     A tile margin of at least this makes tiled classical fusion exactly equal to untiled.
     """
     r = _MEASURE_RADIUS[method] + (int(window) | 1) // 2
-    if denoise and fill_threshold > 0 and halo.gated:  # the glow decision's gates read the focus images
+    if halo.streams_glow(denoise, fill_threshold):  # the glow decision's gates read the focus images
         r = max(r, decision.glow_radius())
     if denoise:
         if fill_threshold > 0:

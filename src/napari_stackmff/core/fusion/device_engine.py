@@ -141,6 +141,7 @@ class DeviceClassicalEngine:
         starts = list(range(0, n, k))
         staged: Future = self._pool.submit(self._stage, zs[0:k], window, bufs[0])
         state: dict[str, torch.Tensor] = {}
+        glow = self.halo.streams_glow(self.denoise, self.fill_threshold)
         with torch.no_grad():
             for c, z0 in enumerate(starts):
                 check_cancel(cancel)
@@ -155,7 +156,6 @@ class DeviceClassicalEngine:
                     torch.cuda.current_stream(self.device).wait_event(done)
                 x = self._focus_images(raw[z0:z0 + len(host)])
                 scores = classical.focus_measure(x, self.method, self.window)[:, 0]
-                glow = self.halo.gated and self.denoise and self.fill_threshold > 0
                 _merge(state, scores, z0, x[:, 0] if glow else None)
                 del x
                 if progress is not None:

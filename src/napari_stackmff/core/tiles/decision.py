@@ -73,6 +73,11 @@ class Decision:
     def gated(self) -> bool:
         return self.hi > 0 and self.levels is not None
 
+    def streams_glow(self, denoise: bool, fill_threshold: float) -> bool:
+        """Whether an engine must stream the glow gates' maps (the summed focus images, the winners' brightness):
+        the glow decision, and the clean-up that the vote is part of is on."""
+        return self.gated and denoise and fill_threshold > 0
+
 
 LEGACY = Decision()
 

@@ -225,9 +225,10 @@ def peak_maps(state: dict[str, torch.Tensor], n: int, *, window: int, fill_thres
             mean = luma.div_(n)
             gate = decision.glow_gate(lit, mean, halo.levels)
             del lit
-            contrast = decision.relative_energy(best, mean, halo.levels) if bool(gate.any()) else None
+            if bool(gate.any()):
+                contrast = decision.relative_energy(best, mean, halo.levels)
             del mean, luma
-        if gate is not None and not bool(gate.any()):
+        if gate is not None and contrast is None:
             # nothing lit by a defocused neighbour in this tile: the legacy decision, without the vote's work
             decided = torch.zeros_like(gate)
         else:
