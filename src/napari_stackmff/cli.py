@@ -48,6 +48,9 @@ def _add_fuse_options(p: argparse.ArgumentParser) -> None:
                    help="when each slice was taken (microseconds), to bin a raw --events recording")
     p.add_argument("--tile", type=int, default=None,
                    help="tile side in pixels (default: the largest that fits in memory)")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default=None,
+                   help="model methods on the CPU: torch (default) or onnxruntime (pip install "
+                        "'napari-stackmff[onnx]'; the same slice choices, 1.0-1.2x torch's speed where measured)")
     p.add_argument("--include", default=None, metavar="GLOB",
                    help="which files of a slice folder are the slices, e.g. '*.jpg' (default: the images "
                         "sharing the folder's naming pattern, such as pcb_001.jpg, pcb_002.jpg...)")
@@ -58,7 +61,7 @@ def _settings(args: argparse.Namespace) -> dict:
          "weights": str(args.weights) if args.weights else None, "z_step": args.z_step,
          "tile": getattr(args, "tile", None), "decision": getattr(args, "decision", None),
          "align": None if getattr(args, "align", None) in (None, "off", "none") else args.align,
-         "blend": getattr(args, "blend", None),
+         "blend": getattr(args, "blend", None), "runtime": getattr(args, "runtime", None),
          "events": str(args.events) if getattr(args, "events", None) else None,
          "slice_times": str(args.slice_times) if getattr(args, "slice_times", None) else None}
     return {k: v for k, v in s.items() if v is not None}

@@ -331,6 +331,7 @@ def fuse_to_disk(
     info = {"method": plan.method, "n_slices": n, "z_step": stack.z_step, "unit": stack.unit,
             "source": stack.source, "tile": side, "overlap": overlap,
             "blend": plan_blend(plan), "decision": plan.decision,
+            **({"runtime": plan.runtime} if plan.runtime else {}),
             **({"alignment": plan.alignment} if plan.alignment else {})}
     finals = {"all_in_focus": out} if fmt == "zarr" else _tiff_paths(out, specs)
     check_output_safe(finals.values(), input_files(stack))

@@ -107,6 +107,7 @@ class FusionPlan:
     fade: bool = True  # hard selection: cross-fade the halo decision's changes of slice in flat areas ("exact": off)
     excluded: list[dict[int, str]] | None = None  # per time point: slices left out and why (core.checks)
     decision: str | None = None  # the classical decision taken ("legacy", "halo", "glow"; decision.py); None: networks
+    runtime: str | None = None  # networks: "torch" or "onnxruntime" (models.onnx_runtime); None: classical
 
 
 def plan_blend(plan: FusionPlan) -> str:
@@ -188,7 +189,8 @@ def prepare(stack: Any, method: str = "auto", device: str | torch.device = "auto
     soft = soft_blend_for(stack, channel) if blend == "soft" else None
     return FusionPlan(stack=stack, method=method, device=dev, make_engine=make_engine, alignment=alignment,
                       blend=soft, fade=blend == "hard", excluded=excluded,
-                      decision=halo.name if method in classical.CLASSICAL_METHODS else None)
+                      decision=halo.name if method in classical.CLASSICAL_METHODS else None,
+                      runtime=None if method in classical.CLASSICAL_METHODS else runner.runtime)
 
 
 def _middle_sample(stack: FocalStack, pixels: int = SAMPLE_PIXELS) -> np.ndarray:
@@ -387,4 +389,5 @@ def fuse(
         blend=plan_blend(plan),
         excluded=[{str(z): why for z, why in d.items()} for d in plan.excluded] if plan.excluded else None,
         decision=plan.decision,
+        runtime=plan.runtime,
     )

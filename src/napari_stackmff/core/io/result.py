@@ -46,6 +46,7 @@ class FusionResult:
     blend: str = "hard"  # "exact": every pixel one slice's; "soft": all_in_focus mixes slices (tiles.blend)
     excluded: list[dict] | None = None  # per time point: slices left out of the fusion and why (core.checks)
     decision: str | None = None  # classical methods: "legacy", "halo" or "glow" (core.tiles.decision), as taken
+    runtime: str | None = None  # networks: "torch" or "onnxruntime" (core.models.onnx_runtime)
     edits: np.ndarray | None = None  # retouched (core.retouch): uint16 (T?, Y, X), k > 0 = slice k-1 painted
 
     @property

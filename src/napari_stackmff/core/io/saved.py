@@ -100,6 +100,7 @@ def read_result(info_path: PathLike) -> tuple[FusionResult, dict[str, Any]]:
             z_positions=None if z is None else np.asarray(z, np.float64),
             alignment=info.get("alignment"), blend=str(info.get("blend") or "hard"),
             excluded=info.get("excluded_slices"), decision=info.get("decision"),
+            runtime=info.get("runtime") if info.get("runtime") in ("torch", "onnxruntime") else None,
             edits=None if edits is None else edits.astype(np.uint16))
     except (KeyError, TypeError, ValueError) as exc:
         raise StackError(f"{info_path}: this result record is incomplete ({type(exc).__name__}: {exc}).") from None

@@ -216,6 +216,7 @@ def _stage_result(result: "FusionResult", paths: dict[str, Path], inputs: Sequen
         "method": result.method,
         "blend": result.blend,  # "soft": pixels are mixes of slices, not copies
         "decision": result.decision,  # "halo": the brightfield decision, "glow": the dark-ground one (core.tiles.decision)
+        **({"runtime": result.runtime} if result.runtime else {}),  # networks: torch or onnxruntime
         "n_slices": result.n_slices,
         "shape": list(aif.shape),
         "dtype": str(aif.dtype),

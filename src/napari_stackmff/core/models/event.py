@@ -50,6 +50,23 @@ PRIOR_EPS = 1e-6
 PRIOR_GATE_INIT = 0.5413
 
 
+def _attend(mha: nn.MultiheadAttention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """What ``mha(q, k, v)[0]`` computes (batch first, no mask), written with scaled_dot_product_attention
+    on the module's own weights: the same numbers (to 1e-6), and shapes the ONNX exporter keeps free (the
+    module's own path fixed the token count at export: core/models/onnx_runtime.py)."""
+    m, lq, c = q.shape
+    heads = mha.num_heads
+    wq, wk, wv = mha.in_proj_weight.chunk(3)
+    bq, bk, bv = mha.in_proj_bias.chunk(3)
+
+    def split(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        return F.linear(x, w, b).view(x.shape[0], x.shape[1], heads, c // heads).transpose(1, 2)
+
+    a = F.scaled_dot_product_attention(split(q, wq, bq), split(k, wk, bk), split(v, wv, bv),
+                                       dropout_p=mha.dropout if mha.training else 0.0)
+    return mha.out_proj(a.transpose(1, 2).reshape(m, lq, c))
+
+
 class CrossModal(nn.Module):
     """Pre-LN self-attention per modality, then image tokens attend to event tokens; gated residual."""
 
@@ -71,10 +88,10 @@ class CrossModal(nn.Module):
         m, c, h, w = img.shape
         ti, te = img.flatten(2).transpose(1, 2), evt.flatten(2).transpose(1, 2)  # (M, h*w, C)
         ni, ne = self.norm_i(ti), self.norm_e(te)
-        ti = ti + self.self_i(ni, ni, ni, need_weights=False)[0]
-        te = te + self.self_e(ne, ne, ne, need_weights=False)[0]
+        ti = ti + _attend(self.self_i, ni, ni, ni)
+        te = te + _attend(self.self_e, ne, ne, ne)
         q, kv = self.norm_q(ti), self.norm_kv(te)
-        fused = self.cross(q, kv, kv, need_weights=False)[0]
+        fused = _attend(self.cross, q, kv, kv)
         fused = fused + self.mlp(self.norm_m(ti + fused))
         g = gate.flatten(2).transpose(1, 2)  # (M, h*w, 1)
         out = img.flatten(2).transpose(1, 2) + g * fused
@@ -235,26 +252,31 @@ class EventStackMFF(nn.Module):
             skips.append(x)
         return _gelu(fe.encoder6(x)), skips
 
+    def frame_features(self, x: Tensor, e: Tensor) -> Tensor:
+        """(M, 1, H, W) slices and their event frames -> (M, 12, H, W) per-frame features: every frame
+        alone, so the ONNX runtime exports this part with the frame count free (core/models/onnx_runtime.py)."""
+        fe = self.v2.feature_extraction
+        xi, skips = self._encode(x, fe.encoder1)
+        xe, _ = self._encode(e, self.event_conv1)
+        # One gate value per 32x32 patch: the deepest level is exactly 1/32 (H, W multiples of 32), so this
+        # is adaptive_avg_pool2d to that grid, written as a plain pool that exports with dynamic sizes.
+        gate = torch.sigmoid(self.gate(F.avg_pool2d(e.abs(), 32)))
+        xi = self.cross(xi, xe, gate)
+        skips = fe.scab(skips)
+        y = _gelu(fe.dbn1(fe.decoder1(xi))) + skips.pop()
+        for k in range(2, 6):
+            y = _gelu(_up2(getattr(fe, f"dbn{k}")(getattr(fe, f"decoder{k}")(y)))) + skips.pop()
+        feats = torch.sigmoid(_up2(fe.final(y)))  # (M, 8, H, W)
+        return torch.cat([feats, self.event_head(e)], 1)
+
     def forward(self, slices: Tensor, events: Tensor) -> Tensor:
         b, n, h, w = slices.shape
         if events.shape != slices.shape:
             raise ValueError(f"events {tuple(events.shape)} must match slices {tuple(slices.shape)}")
         if h % 32 or w % 32:
             raise ValueError(f"H and W must be multiples of 32 (pad first), got {h}x{w}")
-        fe = self.v2.feature_extraction
-        x = slices.reshape(b * n, 1, h, w)
-        e = events.reshape(b * n, 1, h, w)
-        xi, skips = self._encode(x, fe.encoder1)
-        xe, _ = self._encode(e, self.event_conv1)
-        gate = torch.sigmoid(self.gate(F.adaptive_avg_pool2d(e.abs(), xi.shape[-2:])))
-        xi = self.cross(xi, xe, gate)
-        skips = fe.scab(skips)
-        y = _gelu(fe.dbn1(fe.decoder1(xi))) + skips.pop()
-        for k in range(2, 6):
-            y = _gelu(_up2(getattr(fe, f"dbn{k}")(getattr(fe, f"decoder{k}")(y)))) + skips.pop()
-        feats = torch.sigmoid(_up2(fe.final(y)))  # (B*N, 8, H, W)
-        feats = torch.cat([feats, self.event_head(e)], 1).view(b, n, -1, h, w)
-        logits = self.across(feats)
+        feats = self.frame_features(slices.reshape(b * n, 1, h, w), events.reshape(b * n, 1, h, w))
+        logits = self.across(feats.view(b, n, -1, h, w))
         return logits if self.prior is None else self.prior(logits, slices, events)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextvars
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -141,14 +141,14 @@ class LearnablePool(nn.Module):
 
     def __init__(self, channels: int, k: int, stride: int) -> None:
         super().__init__()
-        self.k, self.stride = k, stride
+        self.channels, self.k, self.stride = channels, k, stride
         self.weight = nn.Parameter(torch.full((1, 1, k, k), 1.0 / (k * k)))
         self.bn = nn.BatchNorm2d(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
-        w = self.weight.expand(c, 1, self.k, self.k)
-        return self.bn(F.conv2d(x, w, stride=self.stride, padding=self.k // 2, groups=c))
+        # The kernel's shape from the module, not from x: the ONNX exporter needs it fixed.
+        w = self.weight.expand(self.channels, 1, self.k, self.k)
+        return self.bn(F.conv2d(x, w, stride=self.stride, padding=self.k // 2, groups=self.channels))
 
 
 class PyramidFC(nn.Module):
@@ -430,18 +430,25 @@ class StackMFFV3(nn.Module):
                 ctx.group = slice(i, min(i + step, b * n))
             yield self.encoder(flat[i:i + step])
 
-    def _cross_logits(self, f: torch.Tensor) -> torch.Tensor:
+    def cross_head(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(P, N, D) tokens -> (P, N) logits: the transformer, then the max over features."""
+        return self.cross(tokens).amax(-1)
+
+    def _cross_logits(self, f: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor] | None = None
+                      ) -> torch.Tensor:
         """(B, N, D, h, w) features -> (B, N, h, w) logits: attention over each pixel's N tokens."""
         b, n, _, h, w = f.shape
         tokens = f.permute(0, 3, 4, 1, 2).reshape(b * h * w, n, FEATURES)
         if self.training:  # one graph for backward
-            out = self.cross(tokens).amax(-1)
+            out = self.cross_head(tokens)
         else:
+            head = head or self.cross_head
             chunk = max(1, self.ATTENTION_TOKENS // n)
-            out = torch.cat([self.cross(tokens[s:s + chunk]).amax(-1) for s in range(0, tokens.shape[0], chunk)])
+            out = torch.cat([head(tokens[s:s + chunk]) for s in range(0, tokens.shape[0], chunk)])
         return out.reshape(b, h, w, n).permute(0, 3, 1, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """``head``: another runtime's :meth:`cross_head` (inference; core/models/onnx_runtime.py)."""
         b, n, h, w = x.shape
         if self.training:
             return self._to_full(self._cross_logits(self.features(x)), (h, w))
@@ -454,7 +461,7 @@ class StackMFFV3(nn.Module):
         for r0 in range(0, hs, rows):
             r1 = min(hs, r0 + rows)
             f = self.decoder.rows(q, (hs, ws), r0, r1)
-            out[:, :, r0:r1] = self._cross_logits(f.reshape(b, n, FEATURES, r1 - r0, ws))
+            out[:, :, r0:r1] = self._cross_logits(f.reshape(b, n, FEATURES, r1 - r0, ws), head)
         return self._to_full(out, (h, w))
 
 
