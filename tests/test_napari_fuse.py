@@ -441,3 +441,28 @@ def test_halo_setting_reaches_the_core_and_auto_takes_it_on_a_bright_field(make_
     band = (ndi.distance_transform_edt(~marks) > 3) & (ndi.distance_transform_edt(~marks) < 30)
     assert np.mean(np.abs(np.round(focus) - glyphs.focus_index)[band] > 2) < 0.12
     assert widget.decision_combo.findData("glow") >= 0
+
+
+def test_runtime_setting_runs_a_network_on_onnxruntime_with_torchs_choices(make_napari_viewer, qtbot,
+                                                                           isolated_settings, sample):
+    """Issue 29 in napari: "Runtime" is for networks only; ONNX Runtime gives the slices torch gives."""
+    from napari_stackmff.core.models import onnx_runtime
+
+    if not onnx_runtime.available():
+        pytest.skip("onnxruntime/onnx not installed (the onnx extra)")
+    viewer = make_napari_viewer()
+    viewer.add_image(sample.slices[:6, :96, :96], name="cells")
+    widget = _widget(viewer, qtbot)
+    widget.align_combo.setCurrentIndex(widget.align_combo.findText("off"))
+    widget.select_method("wavelet")
+    assert not widget.runtime_combo.isEnabled()
+    widget.select_method("stackmff-v2")
+    assert widget.runtime_combo.isEnabled()
+    maps = {}
+    for runtime in ("torch", "onnxruntime"):
+        widget.runtime_combo.setCurrentIndex(widget.runtime_combo.findData(runtime))
+        widget.run()
+        wait_idle(qtbot, widget)
+        assert widget.last_result.runtime == runtime
+        maps[runtime] = np.round(np.asarray(_focus_map(viewer, "cells").data))
+    assert np.mean(maps["torch"] == maps["onnxruntime"]) >= 0.999

@@ -50,7 +50,7 @@ def _add_fuse_options(p: argparse.ArgumentParser) -> None:
                    help="tile side in pixels (default: the largest that fits in memory)")
     p.add_argument("--runtime", choices=("torch", "onnxruntime"), default=None,
                    help="model methods on the CPU: torch (default) or onnxruntime (pip install "
-                        "'napari-stackmff[onnx]'; the same slice choices, 1.0-1.2x torch's speed where measured)")
+                        "'napari-stackmff[onnx]'; the same slice choices; 0.9-1.0x torch's speed on the CPU measured)")
     p.add_argument("--include", default=None, metavar="GLOB",
                    help="which files of a slice folder are the slices, e.g. '*.jpg' (default: the images "
                         "sharing the folder's naming pattern, such as pcb_001.jpg, pcb_002.jpg...)")

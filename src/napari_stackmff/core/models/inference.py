@@ -268,7 +268,7 @@ class ModelRunner:
     runtime
         ``"torch"`` (default) or ``"onnxruntime"`` (CPU only, the ``onnx`` extra): the network's heavy
         parts exported to ONNX Runtime, the same slice choices (:mod:`.onnx_runtime`, which says what runs
-        where and what it measured: 1.01-1.16x torch's speed on the CPUs measured so far).
+        where and what it measured: 0.89-1.02x torch's speed end to end on an AVX2 CPU).
     autotune
         Let cuDNN time its kernels for each new input shape (``torch.backends.cudnn.benchmark``). It pays
         when one shape repeats (many tiles of one size) and costs a search per shape otherwise: the

@@ -1,10 +1,12 @@
 """ONNX Runtime as the networks' CPU runtime (issue 29, item 1): optional, torch stays the default.
 
-Why optional, and not the default: measured on the CPUs this project runs on (benchmarks/bench_onnx.py,
-RESULTS.md "issue 29, item 1"), ONNX Runtime runs V2 at 1.01-1.16x torch's speed, OpenVINO at 0.95x;
-nothing like the 3x the issue hoped. It is here for the machines where it pays more (ONNX Runtime's own
-CPU kernels differ by CPU) and as the path to its other execution providers; ``runtime="onnxruntime"``
-(``stackmff fuse --runtime onnxruntime``) picks it, with ``pip install napari-stackmff[onnx]``.
+Why optional, and not the default: end to end on this project's 2-core AMD EPYC (AVX2) VM, 12 x 384²,
+best of 5 (benchmarks/bench_runtime.py, RESULTS.md "issue 29, item 1"), ONNX Runtime runs V2 at 1.02x
+torch's speed, V3 at 0.89x and the event model at 0.92x (torch runs them channels_last there); by parts,
+earlier, V2 1.01-1.16x on two machines, OpenVINO 0.95x. Nothing like the 3x the issue hoped. It is here for
+the CPUs where ONNX Runtime's kernels do better than oneDNN's and as the path to its other execution
+providers; ``runtime="onnxruntime"`` (``stackmff fuse --runtime onnxruntime``, the widget's Runtime)
+picks it, with ``pip install 'napari-stackmff[onnx]'``.
 
 What runs where. The per-slice part of each network is exported with the frame count, height and width
 free: V2's encoder-decoder; the event model's two encoders, cross-modal attention and decoder
@@ -23,6 +25,7 @@ kept per model object. The same inputs give the same slice choices as torch (tes
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import warnings
 import weakref
@@ -44,12 +47,9 @@ _CACHE: "weakref.WeakKeyDictionary[nn.Module, Callable[..., Tensor]]" = weakref.
 
 def available() -> bool:
     """Whether ONNX Runtime and onnx (torch's exporter needs it) are installed: the ``onnx`` extra."""
-    try:
-        import onnx  # noqa: F401  (torch's exporter writes through it)
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    # Looked up, not imported: the widget asks when it opens (importing both takes ~0.5 s); a broken
+    # install still fails in one line, at export (ort_forward).
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
 
 
 def check_runtime(runtime: str, device: torch.device, *, half: bool, compile: bool) -> None:
