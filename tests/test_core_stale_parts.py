@@ -88,19 +88,24 @@ def test_killed_streamed_fusion_leaves_no_final_file_and_the_next_run_cleans_up(
     cmd = [sys.executable, "-m", "napari_stackmff.cli", "-q", "fuse", str(src), "-o", str(out), "--method",
            "variance", "--stream", "tiff", "--tile", "192"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "killed.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.time() + 60
-        while time.time() < deadline and not any(MARKER in p.name for p in out.glob(".*")):
-            assert proc.poll() is None, "finished before it could be killed: make the input bigger"
+        # Killed once the streamed image's own temporary file is there (it lives for the whole fusion).
+        while time.time() < deadline and not any(MARKER in p.name for p in out.glob(".big_fused.tif.*")):
+            assert proc.poll() is None, f"finished before it could be killed: {log.read_text()[-500:]}"
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
+    listing = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     parts = [p for p in out.glob(".*") if MARKER in p.name]
-    assert parts and not (out / "big_fused.tif").exists()
+    assert parts and not (out / "big_fused.tif").exists(), listing
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert (out / "big_fused.tif").is_file() and not any(p.exists() for p in parts)
+    left = [p.name for p in parts if p.exists()]
+    assert (out / "big_fused.tif").is_file() and not left, (left, proc.pid, sorted(p.name for p in out.iterdir()))
