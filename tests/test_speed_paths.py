@@ -303,3 +303,27 @@ def test_cpu_channels_last_default_follows_the_measured_cpus_and_keeps_the_decis
     assert w(nhwc).is_contiguous(memory_format=torch.channels_last) and not w(nhwc).is_contiguous()
     assert w(nchw).is_contiguous()
     registry._cache.clear()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_box_mean_column_sums_match_scipy_and_do_not_depend_on_the_window(threads, monkeypatch):
+    """The box filter's column pass on big images (whole-row sums, not scipy's strided walk): scipy's means
+    to float32 rounding, banded on 2 threads alike; and each pixel's column sum is the same wherever the
+    rows it is computed in start (what makes tiles agree with the whole image)."""
+    from scipy.ndimage import uniform_filter1d
+
+    from napari_stackmff.core.tiles import classical
+
+    monkeypatch.setattr(classical, "WINDOW_SUM_MIN_PIXELS", 1 << 14)  # big-image path on small test maps
+    monkeypatch.setattr(classical, "_threads", lambda: threads)
+    rng = np.random.default_rng(3)
+    a = rng.random((2, 203, 517), dtype=np.float32) * 1e-3
+    for k in (3, 9, 19, 33):
+        ref = uniform_filter1d(uniform_filter1d(a, k, axis=-1, mode="mirror"), k, axis=-2, mode="mirror")
+        got = classical.box_mean(torch.from_numpy(a), k).numpy()
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-12)
+        r = k // 2
+        rows = uniform_filter1d(a, k, axis=-1, mode="mirror")
+        whole = classical._window_mean_cols(classical._pad_rows(rows, r), k, np.empty_like(rows))
+        part = classical._window_mean_cols(classical._pad_rows(rows[:, 37:160], r), k, np.empty_like(rows[:, 37:160]))
+        assert np.array_equal(part[:, r:-r], whole[:, 37 + r:160 - r])  # interior rows: bit-identical
