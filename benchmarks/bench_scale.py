@@ -117,7 +117,8 @@ def child(spec: dict) -> dict:
     weights = _weights(spec)
     extra = {"weights": weights} if weights else {}
     warm = np.random.default_rng(0).integers(0, 255, (2, 64, 64), dtype=np.uint8)  # not blank: that is refused
-    fuse(warm, spec.get("method", "wavelet"), "cpu", **extra)  # warm-up, imports
+    runtime = {"runtime": spec["runtime"]} if spec.get("runtime") else {}
+    fuse(warm, spec.get("method", "wavelet"), "cpu", **extra, **runtime)  # warm-up, imports (an ONNX export)
     out: dict = {}
     if kind in ("memory", "compat"):
         data = _input(spec["n"], spec["side"])
@@ -148,6 +149,7 @@ def child(spec: dict) -> dict:
 
         stacks = [np.load(f) if f.endswith(".npy") else load_stack(f).data for f in spec["files"]]
         kw = {"compat": True} if spec["compat"] else {}
+        kw.update(runtime)
         if spec.get("nchw"):
             kw["channels_last"] = False  # the official code's layout
         ctx = published_kernels() if spec["published_kernels"] else contextlib.nullcontext()
@@ -322,21 +324,28 @@ def table_v2_cpu(threads: int | None, tmp: Path, rounds: int = 2) -> None:
                "compat, pool": dict(compat=True, published_kernels=False, nchw=True, env=glibc),
                "compat fast": dict(compat=True, published_kernels=False, env={}),
                "ours": dict(compat=False, published_kernels=False, env={})}
+    from napari_stackmff.core.models import onnx_runtime
+
+    if onnx_runtime.available():  # the optional runtime (issue 29 item 1), exported in the warm-up
+        configs["ours, onnxrt"] = dict(compat=False, published_kernels=False, env={}, runtime="onnxruntime")
     best: dict[str, list[float]] = {}
     for _ in range(rounds):
         for label, c in configs.items():
             spec = {"kind": "v2cpu", "method": "stackmff-v2", "files": files, "compat": c["compat"],
                     "published_kernels": c["published_kernels"], "nchw": c.get("nchw", False),
-                    "repeats": 1, "threads": threads,
-                    "out": str(tmp / f"maps_{label.replace(' ', '_')}.npy")}
+                    "repeats": 1, "threads": threads, "runtime": c.get("runtime"),
+                    "out": str(tmp / f"maps_{label.replace(' ', '_').replace(',', '')}.npy")}
             r = run_case(spec, env=c["env"])
             if "error" in r:
                 print(f"{label}: failed: {r['error']}")
                 return
             best[label] = [min(a, b) for a, b in zip(best.get(label, r["times"]), r["times"])]
             vox = r["voxels"]
+    ours_ort = None
+    if "ours, onnxrt" in best:
+        ours_ort = np.mean(np.load(tmp / "maps_ours_index.npy") == np.load(tmp / "maps_ours_onnxrt_index.npy"))
     ref = np.load(tmp / "maps_published.npy")
-    fast = np.load(tmp / "maps_compat_fast.npy")
+    fast = np.load(tmp / "maps_compat_fast.npy")  # labels: spaces to _, commas dropped
     same_index = np.mean(np.load(tmp / "maps_published_index.npy") == np.load(tmp / "maps_compat_fast_index.npy"))
     n_vox = sum(vox)
     print(f"\n## 2b. StackMFF-V2 on the CPU vs the published inference: {len(files)} stacks of 384² x 6-24 "
@@ -347,7 +356,8 @@ def table_v2_cpu(threads: int | None, tmp: Path, rounds: int = 2) -> None:
         t = sum(times)
         same = {"published": "—", "compat, pool": "(as below)",
                 "compat fast": f"{100 * same_index:.3f}%",
-                "ours": "(other inference)"}[label]
+                "ours": "(other inference)",
+                "ours, onnxrt": f"{100 * (ours_ort or 0):.3f}% as ours"}[label]
         print(f"{label:14s} {t / len(times):8.3f} {n_vox / t / 1e6:8.2f} {t_ref / t:12.2f} {same:>15s}")
     if "error" not in floor:
         t = n_vox * floor["fpv"] / (floor["gflops"] * 1e9)
