@@ -342,7 +342,8 @@ def fuse(
         autocast), ``channels_last``, ``compile`` (torch.compile), ``prefetch``, ``feather``
         (cross-fade neighbouring tiles, default on), ``autotune`` (cuDNN kernel search per shape; default
         from the tile count), ``border_pad`` (mirror margin at the image
-        border, default 0). A setting the
+        border, default 0), ``runtime`` (``"torch"``, default, or ``"onnxruntime"``: the CPU runtime of the
+        ``onnx`` extra, the same slice choices; :mod:`napari_stackmff.core.models.onnx_runtime`). A setting the
         method does not use (``window`` for a model, ``weights`` or any option for a classical
         method, a misspelt name) is refused with a :class:`StackMFFError` naming it.
     """
