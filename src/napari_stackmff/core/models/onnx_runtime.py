@@ -12,10 +12,10 @@ What runs where. The per-slice part of each network is exported with the frame c
 free: V2's encoder-decoder; the event model's two encoders, cross-modal attention and decoder
 (:meth:`EventStackMFF.frame_features`). Across slices, their ConvGRU is exported as one step (height and
 width free), stepped here in Python, so any number of slices runs from one export. The event model's focus
-prior (a classical measure and a 4-cue gate: a few % of its time) stays in torch.
+prior (a classical measure and a small 4-cue gate) stays in torch.
 
-StackMFF-V3 runs its cross-slice transformer (pixels and slices free: where most of its time goes) on ONNX
-Runtime and its per-slice encoder-decoder on torch: the decoder's pyramid pools (2, 3 and 6 bins) have no
+StackMFF-V3 runs its cross-slice transformer (pixels and slices free; about half of V3's time at the shipped
+stride 2, RESULTS.md issue 29 item 2) on ONNX Runtime and its per-slice encoder-decoder on torch: the decoder's pyramid pools (2, 3 and 6 bins) have no
 ONNX op for free image sizes, and its image-wide pools are gathered over the tiles of a big image (the
 image context), which a frozen graph could not take.
 
