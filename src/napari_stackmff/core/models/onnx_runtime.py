@@ -14,10 +14,10 @@ free: V2's encoder-decoder; the event model's two encoders, cross-modal attentio
 width free), stepped here in Python, so any number of slices runs from one export. The event model's focus
 prior (a classical measure and a small 4-cue gate) stays in torch.
 
-StackMFF-V3 runs its cross-slice transformer (pixels and slices free; about half of V3's time at the shipped
-stride 2, RESULTS.md issue 29 item 2) on ONNX Runtime and its per-slice encoder-decoder on torch: the decoder's pyramid pools (2, 3 and 6 bins) have no
-ONNX op for free image sizes, and its image-wide pools are gathered over the tiles of a big image (the
-image context), which a frozen graph could not take.
+StackMFF-V3 runs its cross-slice transformer (pixels and slices free; about half of V3's time at the
+shipped stride 2, RESULTS.md issue 29 item 2) on ONNX Runtime and its per-slice encoder-decoder on torch:
+the decoder's pyramid pools (2, 3 and 6 bins) have no ONNX op for free image sizes, and its image-wide
+pools are gathered over the tiles of a big image (the image context), which a frozen graph could not take.
 
 The exports are made in memory when a runner first needs them (seconds; nothing is written to disk) and
 kept per model object. The same inputs give the same slice choices as torch (tests/test_onnx_runtime.py).
