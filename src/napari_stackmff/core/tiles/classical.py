@@ -110,7 +110,8 @@ WINDOW_SUM_MIN_PIXELS = 1 << 20
 
 def _scipy_box(a: np.ndarray, k: int) -> np.ndarray:
     """k×k box mean: scipy's running mean along rows, then down the columns (:func:`_window_mean_cols` on
-    big images, :data:`WINDOW_SUM_MIN_PIXELS`), each split into bands run on torch's thread count (or the threads :func:`bands_take_threads` lent them).
+    big images, :data:`WINDOW_SUM_MIN_PIXELS`), each split into bands run on torch's thread count (or the
+    threads :func:`bands_take_threads` lent them).
 
     scipy and numpy release the GIL inside, so bands run truly in parallel; every row (then column) is
     filtered whole, so the result is identical to one call on the full image.
