@@ -180,7 +180,9 @@ class ConvGRUCell(nn.Module):
             # gate view in channels_last it took 7 ms a step, 4x the three in-place passes.
             gates = self.conv_gates(torch.cat((x, h), dim=1)).sigmoid_()
             reset, update = gates[:, :self.hidden], gates[:, self.hidden:]
-            cand = self.conv_can(torch.cat((x, reset * h), dim=1)).tanh_()
+            # tanh(c) = 2 sigmoid(2c) - 1: torch's CPU tanh_ took 6.5 ms on a 16 x 384² NHWC map, this 2.4 ms
+            # (max |difference| 1.8e-7); ~8% of V2's CPU time was tanh (torch profiler, 12 x 384², 2 threads).
+            cand = self.conv_can(torch.cat((x, reset * h), dim=1)).mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
             return cand.sub_(h).mul_(update).add_(h)
         gates = torch.sigmoid(self.conv_gates(torch.cat((x, h), dim=1)))
         reset, update = torch.split(gates, self.hidden, dim=1)
