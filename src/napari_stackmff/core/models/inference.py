@@ -316,14 +316,14 @@ class ModelRunner:
         self._tune = False  # this run's setting (ModelEngine.schedule decides it from the tile count)
         if self.border_pad < 0:
             raise StackMFFError(f"border_pad must be >= 0 pixels, got {border_pad}.")
-        self.model = load_model(name, weights, device, channels_last=self.channels_last)
-        self.readout = readout or getattr(self.model, "stackmff_readout", None) or self.spec.readout
-        if self.readout not in ("softargmax", "argmax"):
-            raise StackMFFError(f"readout must be 'softargmax' or 'argmax', got {self.readout!r}.")
         self.runtime = runtime
         check_runtime(runtime, device, half=self.half, compile=self.compile)
         if runtime != "torch" and compat:
             raise StackMFFError("compat (the published inference) runs on torch: drop runtime or compat.")
+        self.model = load_model(name, weights, device, channels_last=self.channels_last)
+        self.readout = readout or getattr(self.model, "stackmff_readout", None) or self.spec.readout
+        if self.readout not in ("softargmax", "argmax"):
+            raise StackMFFError(f"readout must be 'softargmax' or 'argmax', got {self.readout!r}.")
         if runtime == "onnxruntime":
             self._forward = ort_forward(self.model)
         else:

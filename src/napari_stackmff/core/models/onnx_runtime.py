@@ -36,6 +36,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import StackMFFError
+from .v2 import BiConvGRU, published_kernels
+from .v3 import FEATURES, StackMFFV3
 
 #: Runtimes a :class:`~napari_stackmff.core.models.inference.ModelRunner` can use.
 RUNTIMES = ("torch", "onnxruntime")
@@ -73,13 +75,11 @@ def _session(module: nn.Module, args: tuple[Tensor, ...], names: list[str], dyna
     """Export ``module`` (in fp32, plain kernels) to an in-memory ONNX graph and open it."""
     import onnxruntime as ort
 
-    from . import v2
-
     buf = io.BytesIO()
     # The exporter restores the module's mode afterwards, recursively: a wrapper left in training mode (the
     # default of a new module) would put the shared model it wraps into training mode (drop-path on).
     module.eval()
-    with v2.published_kernels(), warnings.catch_warnings():  # plain ops for the exporter
+    with published_kernels(), warnings.catch_warnings():  # plain ops for the exporter
         warnings.simplefilter("ignore")
         torch.onnx.export(module, args, buf, input_names=names[:len(args)], output_names=names[len(args):],
                           dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
@@ -135,20 +135,10 @@ class RecurrentOrt:
         if self.events:
             assert events is not None
             feed["e"] = _np(events.reshape(b * n, 1, h, w))
-        feats = self.frames.run(None, feed)[0].reshape(b, n, -1, h, w)
-        fwd_cell, bwd_cell = self.cells
-        state = np.zeros((b, self.hidden, h, w), np.float32)
-        fwd: list[np.ndarray | None] = []
-        for i in range(n):
-            state = fwd_cell.run(None, {"x": np.ascontiguousarray(feats[:, i]), "h": state})[0]
-            fwd.append(state)
-        logits = np.empty((b, n, h, w), np.float32)
-        state = np.zeros((b, self.hidden, h, w), np.float32)
-        for i in reversed(range(n)):
-            state = bwd_cell.run(None, {"x": np.ascontiguousarray(feats[:, i]), "h": state})[0]
-            np.add(fwd[i], state).max(axis=1, out=logits[:, i])
-            fwd[i] = None  # release as we go
-        out = torch.from_numpy(logits)
+        feats = torch.from_numpy(self.frames.run(None, feed)[0]).view(b, n, -1, h, w)
+        fwd, bwd = ((lambda x, state, c=c: torch.from_numpy(c.run(None, {"x": _np(x), "h": _np(state)})[0]))
+                    for c in self.cells)
+        out = BiConvGRU.run(feats, fwd, bwd, self.hidden)
         if self.prior is not None:
             out = self.prior(out, slices.float(), events.float())
         return out
@@ -171,8 +161,6 @@ class V3Ort:
     image-wide pools are gathered over tiles: the image context works as on torch)."""
 
     def __init__(self, model: nn.Module, threads: int) -> None:
-        from .v3 import FEATURES
-
         self.model = model
         tokens = torch.rand(50, 3, FEATURES)
         dyn = {0: "p", 1: "n"}
@@ -191,7 +179,7 @@ def ort_forward(model: nn.Module, threads: int | None = None) -> Callable[..., T
     if fn is None:
         threads = threads or torch.get_num_threads()
         try:
-            if hasattr(model, "cross") and hasattr(model, "encoder"):  # StackMFF-V3
+            if isinstance(model, StackMFFV3):
                 fn = V3Ort(model, threads)
             else:
                 fn = RecurrentOrt(model, threads)

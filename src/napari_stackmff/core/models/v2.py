@@ -10,7 +10,7 @@ over its 16 channels is the per-pixel focus logit of each slice.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -201,15 +201,20 @@ class BiConvGRU(nn.Module):
 
     def forward(self, feats: Tensor) -> Tensor:
         """(B, N, C, H, W) -> logits (B, N, H, W): max over the hidden channels."""
+        return self.run(feats, self.forward_cell_list[0], self.backward_cell_list[0], self.hidden)
+
+    @staticmethod
+    def run(feats: Tensor, fwd_cell: Callable[[Tensor, Tensor], Tensor], bwd_cell: Callable[[Tensor, Tensor], Tensor],
+            hidden: int) -> Tensor:
+        """The bidirectional loop with any cells ``cell(x, h) -> h`` (another runtime's: core/models/onnx_runtime.py)."""
         b, n, _, h, w = feats.shape
-        fwd_cell, bwd_cell = self.forward_cell_list[0], self.backward_cell_list[0]
-        state = feats.new_zeros(b, self.hidden, h, w)
+        state = feats.new_zeros(b, hidden, h, w)
         fwd_states: list[Tensor] = []  # needed: output_n = forward_n + backward_n
         for i in range(n):
             state = fwd_cell(feats[:, i], state)
             fwd_states.append(state)
         logits: list[Tensor | None] = [None] * n
-        state = feats.new_zeros(b, self.hidden, h, w)
+        state = feats.new_zeros(b, hidden, h, w)
         for i in reversed(range(n)):
             state = bwd_cell(feats[:, i], state)
             logits[i] = (fwd_states[i] + state).amax(dim=1)

@@ -120,26 +120,29 @@ def _scipy_box(a: np.ndarray, k: int) -> np.ndarray:
 
     a = np.ascontiguousarray(a)
     tmp, out = np.empty_like(a), np.empty_like(a)
-    n = _threads()
     h, w = a.shape[-2:]
+    n = 1 if h * w < 65536 else _threads()
+
+    def bands(size: int) -> list[tuple[int, int]]:
+        return [(i * size // n, (i + 1) * size // n) for i in range(n)]
+
+    def each(run: Callable[[tuple[int, int]], Any], spans: list[tuple[int, int]]) -> None:
+        if len(spans) == 1:
+            run(spans[0])
+        else:
+            list(band_pool().map(run, spans))
+
     # scipy "mirror" (d c b | a b c d) is torch's "reflect" (and numpy.pad's).
-    rows = [(i * h // n, (i + 1) * h // n) for i in range(n)]
-    run_rows = lambda r: uniform_filter1d(a[..., r[0]:r[1], :], k, axis=-1, mode="mirror", output=tmp[..., r[0]:r[1], :])
-    if n == 1 or h * w < 65536:
-        run_rows((0, h))
-        if h * w < WINDOW_SUM_MIN_PIXELS:
-            return uniform_filter1d(tmp, k, axis=-2, mode="mirror", output=out)
-        return _window_mean_cols(_pad_rows(tmp, k // 2), k, out)
-    list(band_pool().map(run_rows, rows))
+    each(lambda r: uniform_filter1d(a[..., r[0]:r[1], :], k, axis=-1, mode="mirror", output=tmp[..., r[0]:r[1], :]),
+         bands(h))
     if h * w < WINDOW_SUM_MIN_PIXELS:
-        run_cols = lambda c: uniform_filter1d(tmp[..., c[0]:c[1]], k, axis=-2, mode="mirror", output=out[..., c[0]:c[1]])
-        list(band_pool().map(run_cols, [(i * w // n, (i + 1) * w // n) for i in range(n)]))
+        each(lambda c: uniform_filter1d(tmp[..., c[0]:c[1]], k, axis=-2, mode="mirror", output=out[..., c[0]:c[1]]),
+             bands(w))
         return out
     padded = _pad_rows(tmp, k // 2)
     del tmp
     # bands of whole rows (a band of columns made the sums strided: 0.5-0.9x scipy's time on 2 threads)
-    list(band_pool().map(lambda r: _window_mean_cols(padded[..., r[0]:r[1] + k - 1, :], k, out[..., r[0]:r[1], :]),
-                         rows))
+    each(lambda r: _window_mean_cols(padded[..., r[0]:r[1] + k - 1, :], k, out[..., r[0]:r[1], :]), bands(h))
     return out
 
 
