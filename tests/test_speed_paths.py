@@ -45,6 +45,31 @@ def test_published_kernels_give_the_same_logits():
     assert torch.equal(trained.detach(), model(x).detach())
 
 
+def test_v2_gru_runs_every_step_in_the_features_layout():
+    """In channels_last every GRU convolution gets a channels_last input: the zero state once was NCHW, so each
+    direction's first step ran (and its cat copied) in the other layout. The inference step's [x | h] buffers
+    give the published step's logits, in either layout."""
+    torch.manual_seed(1)
+    x = torch.rand(1, 5, 64, 96)
+    for channels_last in (True, False):
+        model = StackMFFV2().eval()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        gru = model.layer_interaction.layer_interaction_depth
+        seen: list[bool] = []
+        for cell in (gru.forward_cell_list[0], gru.backward_cell_list[0]):
+            for conv in (cell.conv_gates, cell.conv_can):
+                conv.register_forward_pre_hook(
+                    lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last)
+                                             and not a[0].is_contiguous()))
+        with torch.inference_mode():
+            fast = model(x)
+            assert len(seen) == 4 * 5 and all(s == channels_last for s in seen), seen
+            with published_kernels():
+                ref = model(x)
+        torch.testing.assert_close(fast, ref, rtol=0, atol=1e-5)
+
+
 @pytest.mark.skipif(not heap.enabled(), reason="heap reuse needs Linux with glibc")
 def test_heap_reuse_serves_big_blocks_from_the_heap_and_gives_them_back():
     """Inside a run a 64 MB block comes from the reusable heap, not a fresh mmap; after the (delayed) trim the

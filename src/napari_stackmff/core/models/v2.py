@@ -55,6 +55,18 @@ def _pool2(x: Tensor) -> Tensor:
     return torch.maximum(rows[..., ::2], rows[..., 1::2])
 
 
+def empty_like_layout(x: Tensor, channels: int) -> Tensor:
+    """An empty (B, channels, H, W) tensor in ``x``'s memory layout.
+
+    The GRU's zero state was NCHW while the features were channels_last, so each direction's first step
+    ran NCHW; and ``torch.cat`` of the step's [x | h] cost more than copies into one buffer. Both together,
+    bit-identical: the bare V2 forward 1.12x, ``fuse()`` with its heap reuse 1.02x (benchmarks/RESULTS.md,
+    session 20)."""
+    nhwc = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if nhwc else torch.contiguous_format
+    return torch.empty((x.shape[0], channels, *x.shape[2:]), dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
 def _up2(x: Tensor) -> Tensor:
     # align_corners=True is what the published decoder uses; it matters for exact reproduction.
     return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=True)
@@ -178,11 +190,18 @@ class ConvGRUCell(nn.Module):
             # Inference: activations and the blend h + u (c - h) in place, no temporaries; the same
             # decisions (benchmarks/RESULTS.md, issue 15, 2026-12-06). Not torch.lerp: with the strided
             # gate view in channels_last it took 7 ms a step, 4x the three in-place passes.
-            gates = self.conv_gates(torch.cat((x, h), dim=1)).sigmoid_()
+            c = x.shape[1]
+            xh = empty_like_layout(x, c + self.hidden)  # [x | h], written in place of torch.cat
+            xh[:, :c].copy_(x)
+            xh[:, c:].copy_(h)
+            gates = self.conv_gates(xh).sigmoid_()
             reset, update = gates[:, :self.hidden], gates[:, self.hidden:]
+            xr = empty_like_layout(x, c + self.hidden)  # [x | reset * h]
+            xr[:, :c].copy_(x)
+            torch.mul(reset, h, out=xr[:, c:])
             # tanh(c) = 2 sigmoid(2c) - 1: torch's CPU tanh_ took 6.5 ms on a 16 x 384² NHWC map, this 2.4 ms
             # (max |difference| 1.8e-7); ~8% of V2's CPU time was tanh (torch profiler, 12 x 384², 2 threads).
-            cand = self.conv_can(torch.cat((x, reset * h), dim=1)).mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
+            cand = self.conv_can(xr).mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
             return cand.sub_(h).mul_(update).add_(h)
         gates = torch.sigmoid(self.conv_gates(torch.cat((x, h), dim=1)))
         reset, update = torch.split(gates, self.hidden, dim=1)
@@ -208,13 +227,13 @@ class BiConvGRU(nn.Module):
             hidden: int) -> Tensor:
         """The bidirectional loop with any cells ``cell(x, h) -> h`` (another runtime's: core/models/onnx_runtime.py)."""
         b, n, _, h, w = feats.shape
-        state = feats.new_zeros(b, hidden, h, w)
+        state = empty_like_layout(feats[:, 0], hidden).zero_()
         fwd_states: list[Tensor] = []  # needed: output_n = forward_n + backward_n
         for i in range(n):
             state = fwd_cell(feats[:, i], state)
             fwd_states.append(state)
         logits: list[Tensor | None] = [None] * n
-        state = feats.new_zeros(b, hidden, h, w)
+        state = empty_like_layout(feats[:, 0], hidden).zero_()
         for i in reversed(range(n)):
             state = bwd_cell(feats[:, i], state)
             logits[i] = (fwd_states[i] + state).amax(dim=1)
