@@ -9,7 +9,9 @@ what the process held before the call (sampled every 20 ms), i.e. the working me
 pages. ``--baseline`` runs the same child from another checkout (e.g. ``git worktree add /tmp/base
 HEAD~3``), interleaved with this one, round by round, so both see the same machine.
 Cases: random texture 64 x 2048² (the legacy decision), a dark textured disc on a bright field 64 x
-2048² (the halo decision: its vote is the widest step), and with ``--big`` 8 x 9000² (the tile budget).
+2048² (the halo decision: its vote is the widest step), with ``--big`` 8 x 9000² (the tile budget), and with
+``--real`` three real stacks from ``../shared/data`` (folders of PNG/JPEG at full size, read and aligned as
+``stackmff fuse`` does).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+#: --real: the real stacks with the most pixels (a bright field, a dark ground, the deepest stack).
+REAL = ("real_stacks/pseudoscorpion_rpi_microscope", "pcb_depthmap_stack", "keyboard_sweep")
 
 
 def write_case(path: Path, n: int, side: int, kind: str) -> None:
@@ -61,18 +66,23 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--big", action="store_true", help="also 8 x 9000² (1.3 GB)")
     p.add_argument("--only-big", action="store_true", help="only 8 x 9000²")
+    p.add_argument("--real", action="store_true", help="also real stacks of ../shared/data (folders, full size)")
     args = p.parse_args()
     cases = [("random texture 64 x 2048²", 64, 2048, "random"), ("bright field 64 x 2048² (halo)", 64, 2048, "bright")]
     if args.big or args.only_big:
         cases.append(("random texture 8 x 9000²", 8, 9000, "random"))
     if args.only_big:
         cases = cases[-1:]
+    if args.real:
+        cases += [(f"real: {path.name}", 0, 0, str(path)) for path in (SHARED / name for name in REAL) if path.is_dir()]
     roots = [("this", ROOT)] + ([("baseline", args.baseline.resolve())] if args.baseline else [])
     print("| case | checkout | tiles | seconds (each round) | peak anon MB (each round) |\n|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:
         for label, n, side, kind in cases:
-            path = Path(tmp) / f"{kind}_{n}x{side}.tif"
-            write_case(path, n, side, kind)
+            real = not n
+            path = Path(kind) if real else Path(tmp) / f"{kind}_{n}x{side}.tif"
+            if not real:
+                write_case(path, n, side, kind)
             got: dict[str, list[dict]] = {name: [] for name, _ in roots}
             for _ in range(args.rounds):
                 for name, root in roots:
@@ -85,7 +95,8 @@ def main() -> None:
                 secs = " / ".join(f"{r['seconds']:.1f}" for r in rs)
                 anon = " / ".join(f"{r['anon_mb']:.0f}" for r in rs)
                 print(f"| {label} | {name} | {rs[0]['tiles']} | {secs} | {anon} |", flush=True)
-            path.unlink()
+            if not real:
+                path.unlink()
 
 
 if __name__ == "__main__":

@@ -325,3 +325,23 @@ def test_halo_vote_on_a_window_equals_the_whole_image_inside_its_margin() -> Non
     inner = slice(m, None)
     np.testing.assert_array_equal(part[0][:, inner].numpy(), full[0][:, a:b][:, inner].numpy())
     np.testing.assert_allclose(part[2][:, inner].numpy(), full[2][:, a:b][:, inner].numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_votes_argmax_in_row_bands_equals_all_at_once_and_the_full_size_argmax(monkeypatch) -> None:
+    """The halo vote's winner per pixel, its edge work done in bands of rows (a bounded peak of memory on a busy
+    tile), is the same as in one piece; and it is the argmax of every slice's votes brought back at full size."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    # 6 slices' votes on 4-px blocks, smooth as the blurred votes are (the winner changes every few blocks)
+    votes = torch.nn.functional.avg_pool2d(torch.rand(6, 1, 24, 34, generator=gen), 5, stride=1)[:, 0]
+    slot = votes.max(dim=0).indices
+    shape, offset, f = (75, 113), (3, 5), 4  # ceil((75 + 3) / 4) = 20, ceil((113 + 5) / 4) = 30 blocks
+    got = {}
+    for band in (1 << 30, 113, 500):  # all at once, one row, four rows per band
+        monkeypatch.setattr(decision, "ARGMAX_BAND_PIXELS", band)
+        got[band] = decision._bilinear_argmax(votes, slot, shape, offset, f)
+    assert torch.equal(got[1 << 30], got[113]) and torch.equal(got[1 << 30], got[500])
+    full = torch.stack([decision.block_up(v, f, offset, shape) for v in votes]).argmax(dim=0)
+    assert (got[500] == full).float().mean() >= 0.98  # 99.1% here: only the four blocks' winners compete
+    assert (got[500] != decision.block_up(slot.float(), f, offset, shape).round().int()).any()  # not the blocks' own

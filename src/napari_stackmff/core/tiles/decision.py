@@ -219,13 +219,15 @@ def halo_vote(best: torch.Tensor, idx: torch.Tensor, n: int, hi: float | None = 
     halo = ratio.sub_(lo).div_(hi_ - lo).clamp_(0, 1).neg_().add_(1)  # 1 - ramp(ratio)
     if not bool((halo > 0).any()):
         return torch.zeros_like(best), halo, torch.zeros_like(best)
-    used = torch.unique(idx).tolist()  # slices nobody picked get no votes: skip their blurs
+    # slices nobody picked get no votes: skip their blurs (a count per slice, not torch.unique's sort of the map)
+    used = torch.nonzero(torch.bincount(idx.reshape(-1), minlength=n)).flatten().tolist()
     sigmas = (VOTE_SIGMA, NEAR_SIGMA) if NEAR_SIGMA else (VOTE_SIGMA,)
-    mode, share, total = _vote(idx, best * best, used, sigmas[:1], origin)[0]
+    weight = best * best
+    mode, share, total = _vote(idx, weight, used, sigmas[:1], origin)[0]
     if len(sigmas) > 1:  # beside detail, its own slice: where the near vote's density beats the wide one's
-        mode_n, share_n, total_n = _vote(idx, best * best, used, sigmas[1:], origin)[0]
+        mode_n, share_n, total_n = _vote(idx, weight, used, sigmas[1:], origin)[0]
         close = total_n >= total
-        del total, total_n
+        del total, total_n, weight
         torch.where(close, mode_n, mode, out=mode)
         torch.where(close, share_n, share, out=share)
         del close, mode_n, share_n
@@ -326,21 +328,32 @@ def _bilinear_argmax(votes: torch.Tensor, slot_c: torch.Tensor, shape: tuple[int
     corners = [small[a][:, b] for a in (y0, y1) for b in (x0, x1)]
     out = corners[0].clone()
     edge = (corners[0] != corners[1]) | (corners[0] != corners[2]) | (corners[0] != corners[3])
-    yy, xx = torch.nonzero(edge, as_tuple=True)
-    if yy.numel() == 0:
-        return out.int()
-    a, b, c, d = y0[yy], y1[yy], x0[xx], x1[xx]
-    wy, wx = fy[yy], fx[xx]
-    best_v = torch.full(yy.shape, -1.0, dtype=votes.dtype, device=votes.device)
-    best_s = out[yy, xx].long()
-    for cand in (m[yy, xx].long() for m in corners):
-        v = ((1 - wy) * ((1 - wx) * votes[cand, a, c] + wx * votes[cand, a, d])
-             + wy * ((1 - wx) * votes[cand, b, c] + wx * votes[cand, b, d]))
-        better = v > best_v
-        best_v = torch.where(better, v, best_v)
-        best_s = torch.where(better, cand, best_s)
-    out[yy, xx] = best_s.to(out.dtype)
+    band = max(1, ARGMAX_BAND_PIXELS // max(w, 1))
+    for r0 in range(0, h, band):  # bands of rows: the per-pixel work below is ~100 B per edge pixel
+        yy, xx = torch.nonzero(edge[r0:r0 + band], as_tuple=True)
+        if yy.numel() == 0:
+            continue
+        yy += r0
+        a, b, c, d = y0[yy], y1[yy], x0[xx], x1[xx]
+        wy, wx = fy[yy], fx[xx]
+        best_v = torch.full(yy.shape, -1.0, dtype=votes.dtype, device=votes.device)
+        best_s = out[yy, xx].long()
+        for cand in (m[yy, xx].long() for m in corners):
+            v = ((1 - wy) * ((1 - wx) * votes[cand, a, c] + wx * votes[cand, a, d])
+                 + wy * ((1 - wx) * votes[cand, b, c] + wx * votes[cand, b, d]))
+            better = v > best_v
+            best_v = torch.where(better, v, best_v)
+            best_s = torch.where(better, cand, best_s)
+        out[yy, xx] = best_s.to(out.dtype)
     return out.int()
+
+
+#: Pixels per band of :func:`_bilinear_argmax`'s edge work. Where the blocks' winners change often (a textured
+#: specimen filling a 2048² tile) nearly every pixel is an edge pixel, and the int64 indices and float weights of
+#: all of them at once set the halo decision's peak. With bands of 2^18 px (~30 MB of that work) and the slices'
+#: votes counted, not sorted: 64 x 2048² bright field from a path 565-620 -> 507-516 MB peak anonymous memory, the
+#: same maps (benchmarks/bench_memory.py, RESULTS.md session 20).
+ARGMAX_BAND_PIXELS = 1 << 18
 
 
 #: The glow decision (``decision="glow"``; what "auto" takes off a bright field). A bright glyph on a dark
