@@ -60,8 +60,8 @@ def empty_like_layout(x: Tensor, channels: int) -> Tensor:
 
     The GRU's zero state was NCHW while the features were channels_last, so each direction's first step
     ran NCHW; and ``torch.cat`` of the step's [x | h] cost more than copies into one buffer. Both together,
-    bit-identical: the bare V2 forward 1.12x, ``fuse()`` with its heap reuse 1.02x (benchmarks/RESULTS.md,
-    session 20)."""
+    bit-identical: the bare V2 forward 1.06-1.12x; ``fuse()``, under its heap reuse, within the noise
+    (benchmarks/bench_ab.py, RESULTS.md session 20)."""
     nhwc = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     fmt = torch.channels_last if nhwc else torch.contiguous_format
     return torch.empty((x.shape[0], channels, *x.shape[2:]), dtype=x.dtype, device=x.device, memory_format=fmt)
