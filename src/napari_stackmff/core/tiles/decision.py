@@ -309,6 +309,14 @@ def block_up(m: torch.Tensor, f: int, offset: tuple[int, int], shape: tuple[int,
     return F.interpolate(m[None, None], scale_factor=f, mode="bilinear", align_corners=False)[0, 0, oy:oy + h, ox:ox + w]
 
 
+#: Pixels per band of :func:`_bilinear_argmax`'s edge work. Where the blocks' winners change often (a textured
+#: specimen filling a 2048² tile) nearly every pixel is an edge pixel, and the int64 indices and float weights of
+#: all of them at once set the halo decision's peak. With bands of 2^18 px (~30 MB of that work) and the slices'
+#: votes counted, not sorted: 64 x 2048² bright field from a path 565-620 -> 507-516 MB peak anonymous memory, the
+#: same maps (benchmarks/bench_memory.py, RESULTS.md session 20).
+ARGMAX_BAND_PIXELS = 1 << 18
+
+
 def _bilinear_argmax(votes: torch.Tensor, slot_c: torch.Tensor, shape: tuple[int, int], offset: tuple[int, int],
                      f: int) -> torch.Tensor:
     """Per full-size pixel, the slot whose bilinearly interpolated votes are highest, among the winners of the
@@ -346,14 +354,6 @@ def _bilinear_argmax(votes: torch.Tensor, slot_c: torch.Tensor, shape: tuple[int
             best_s = torch.where(better, cand, best_s)
         out[yy, xx] = best_s.to(out.dtype)
     return out.int()
-
-
-#: Pixels per band of :func:`_bilinear_argmax`'s edge work. Where the blocks' winners change often (a textured
-#: specimen filling a 2048² tile) nearly every pixel is an edge pixel, and the int64 indices and float weights of
-#: all of them at once set the halo decision's peak. With bands of 2^18 px (~30 MB of that work) and the slices'
-#: votes counted, not sorted: 64 x 2048² bright field from a path 565-620 -> 507-516 MB peak anonymous memory, the
-#: same maps (benchmarks/bench_memory.py, RESULTS.md session 20).
-ARGMAX_BAND_PIXELS = 1 << 18
 
 
 #: The glow decision (``decision="glow"``; what "auto" takes off a bright field). A bright glyph on a dark
