@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import timeit
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,13 +118,8 @@ def _kernel_floor(side: int = 384, n: int = 12, repeats: int = 5) -> dict:
     cl = torch.channels_last
 
     def best(fn) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
+        fn()  # warm-up: oneDNN picks its kernel on the first call
+        return min(timeit.repeat(fn, number=1, repeat=repeats))
 
     xh = torch.rand(1, 24, side, side).contiguous(memory_format=cl)
     wg, wc = (torch.rand(c, 24, 3, 3).contiguous(memory_format=cl) for c in (32, 16))
