@@ -6,8 +6,8 @@ Run:  OMP_NUM_THREADS=1 python benchmarks/bench_halo.py [--stacks 8] [--size 256
 Synthetic (known truth): stacks rendered with occluding objects (``depth="objects"``: a near object's
 defocused rim spills over the background, as in real optics), noisy, half 8-bit gray and half 16-bit RGB,
 N = 10, fixed seeds; and the same number of mildly noisy ones (2000 photons, the tests' renderer).
-Methods: wavelet and StackMFF-V2 (shipped weights), each with ``blend="hard"`` and ``"soft"`` at the
-guided-filter radii of ``--radii`` (the default radius is core/blend.py's SOFT_RADIUS). Scores, on the inner region (16 px from the border):
+Methods: wavelet and StackMFF-V2 (shipped weights), each with ``blend="hard"``, ``"soft"`` at the
+guided-filter radii of ``--radii`` (the default radius is core/blend.py's SOFT_RADIUS) and ``"two-scale"``. Scores, on the inner region (16 px from the border):
   PSNR       of the fused image against the all-in-focus truth (dB)
   band PSNR  the same inside the depth-edge band: pixels within 6 px of a step of >= 1 slice in the true
              focus index (where halos live)
@@ -102,8 +102,9 @@ def synthetic_stacks(count: int, size: int, mild: bool) -> list:
 
 
 def blends(radii: list[int]) -> list[tuple[str, dict]]:
-    """(label, fuse keywords) for hard and each soft radius."""
-    return [("hard", {"blend": "hard"})] + [(f"soft r={r}", {"blend": "soft", "radius": r}) for r in radii]
+    """(label, fuse keywords) for hard, each soft radius and the two-scale blend (issue 26)."""
+    return ([("hard", {"blend": "hard"})] + [(f"soft r={r}", {"blend": "soft", "radius": r}) for r in radii]
+            + [("two-scale", {"blend": "two-scale"})])
 
 
 def fuse_with(stack, method: str, blend: dict):

@@ -167,6 +167,7 @@ def contenders(extra: list[str], compat: bool = False, baselines: bool = True) -
     c["wavelet-halo"] = {"method": "wavelet", "decision": "halo"}
     c["wavelet-legacy"] = {"method": "wavelet", "decision": "legacy"}  # the default off a bright field until issue 26's glow decision
     c["wavelet-soft"] = {"method": "wavelet", "blend": "soft"}
+    c["wavelet-two-scale"] = {"method": "wavelet", "blend": "two-scale"}
     if baselines:
         import baselines as bl
 

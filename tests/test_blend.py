@@ -114,3 +114,44 @@ def test_blend_through_cli_and_parallel_batch(make_synth, tmp_path, capsys) -> N
 def test_unknown_blend_is_one_line() -> None:
     with pytest.raises(StackMFFError, match="blend must be one of hard, exact, soft"):
         fuse(np.zeros((3, 32, 32), np.uint8), method="variance", blend="smooth")
+
+
+def _noisy_occlusion(seed: int, size: int = 160, n: int = 8):
+    """bench_halo.py's noisy occlusion stacks: a near object's defocused rim spills over the background."""
+    from napari_stackmff.core.training import synth
+
+    rng = np.random.default_rng(seed)
+    rgb = seed % 2 == 1
+    return synth.random_stack(rng, size=size, n=n, rgb=rgb, depth="objects", noise=True,
+                              dtype="uint16" if rgb else "uint8", max_radius=(6.0, 10.0))
+
+
+@pytest.mark.parametrize("seed", [0, pytest.param(2, marks=pytest.mark.slow), 3])
+def test_two_scale_blend_has_the_fewest_halos(seed) -> None:
+    """Issue 26: the base layers mixed wide, the detail narrow near depth changes: the overshoot at depth
+    edges (glow, dark rings) falls well below the hard and the soft results', with the same decision."""
+    s = _noisy_occlusion(seed)
+    hard = fuse(s.slices, method="wavelet")
+    soft = fuse(s.slices, method="wavelet", blend="soft")
+    two = fuse(s.slices, method="wavelet", blend="two-scale")
+    assert two.blend == "two-scale" and two.all_in_focus.dtype == s.slices.dtype
+    np.testing.assert_array_equal(two.focus_map, hard.focus_map)
+    band = edge_band(s.focus_index)
+    assert band[INNER].mean() > 0.05
+    halo = {k: halo_percent(r.all_in_focus, s.aif, band) for k, r in (("hard", hard), ("soft", soft), ("two", two))}
+    assert halo["two"] < 0.6 * halo["hard"] and halo["two"] < halo["soft"], halo
+    # not free: further from any one slice (bench_halo.py: -0.9 to +0.5 dB against hard on these stacks)
+    assert psnr(two.all_in_focus[INNER], s.aif[INNER]) > psnr(hard.all_in_focus[INNER], s.aif[INNER]) - 1.5
+
+
+def test_two_scale_blend_is_the_same_tiled_and_per_time_point() -> None:
+    s = _noisy_occlusion(5, size=480, n=4)
+    whole = fuse(s.slices, method="wavelet", blend="two-scale")
+    tiled = fuse(s.slices, method="wavelet", blend="two-scale", tile=448)  # its reach needs tiles >= 448 px
+    assert tiled.timings["tiles"] > 1
+    np.testing.assert_array_equal(tiled.focus_map, whole.focus_map)
+    assert np.abs(tiled.all_in_focus.astype(int) - whole.all_in_focus.astype(int)).max() <= 1
+    series = np.stack([s.slices, s.slices[:, ::-1]])
+    ts = fuse(series, method="wavelet", blend="two-scale", axes="TZYX" if s.slices.ndim == 3 else "TZYXC")
+    for got, want in ((ts.all_in_focus[0], whole.all_in_focus), (ts.all_in_focus[1], whole.all_in_focus[::-1])):
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # float32 sums: rounding only

@@ -36,11 +36,13 @@ def _add_fuse_options(p: argparse.ArgumentParser) -> None:
                         "auto (default): a quick probe measures how far the slices move and aligns (similarity) "
                         "only when they do; a bare --align: similarity; off: never. What was found and done is "
                         "printed, and the transforms go into the _fusion.json")
-    p.add_argument("--blend", choices=("hard", "exact", "soft"), default=None,
+    p.add_argument("--blend", choices=("hard", "exact", "soft", "two-scale"), default=None,
                    help="hard (default): each pixel copied from one slice, except a few px of open field where a "
                         "bright field's slice changes (cross-faded: no seams); exact: every pixel copied from one "
                         "slice (for measurements); soft: slices mixed with edge-following weights, fewer seams and "
-                        "halos at depth edges, but not pixel-faithful")
+                        "halos at depth edges, but not pixel-faithful; two-scale: soft detail over widely mixed base "
+                        "layers (as guided-filter fusion does): the cleanest picture, no rings, noise and JPEG grain "
+                        "averaged, least faithful to any one slice")
     p.add_argument("--events", type=Path, default=None, metavar="PATH",
                    help="event frames for an event model: a folder of red/blue frames, a TIFF of frames, or a raw "
                         "recording (.raw, .dat, .aedat4, .es, .h5, .npy, .csv) binned per slice")

@@ -45,7 +45,8 @@ GROUP = "fusion"
 #: the tooltips say more.
 ALIGN_CHOICES = (("auto", "auto"), ("off", None), ("shift", "translation"), ("shift + scale", "similarity"),
                  ("homography", "homography"))
-BLEND_CHOICES = (("hard", "hard"), ("exact pixels", "exact"), ("soft (fewer halos)", "soft"))
+BLEND_CHOICES = (("hard", "hard"), ("exact pixels", "exact"), ("soft (fewer halos)", "soft"),
+                 ("two-scale", "two-scale"))
 DECISION_CHOICES = (("auto", "auto"), ("brightfield (no rings)", "halo"), ("darkfield (no rings)", "glow"),
                     ("plain", "legacy"))
 
@@ -230,7 +231,9 @@ class FusionWidget(QWidget):
             "hard: every pixel copied from one slice, except a few pixels of open field where a bright "
             "field's slice changes, cross-faded so that no seam shows. exact pixels: every pixel copied "
             "from one slice (for measurements). soft: slices mixed with weights that follow image edges: "
-            "fewer seams and halos at depth edges, but values are mixes, not measurements.")
+            "fewer seams and halos at depth edges, but values are mixes, not measurements. two-scale: the "
+            "soft blend's detail over widely mixed base layers (as guided-filter fusion does): the cleanest "
+            "picture, no rings, noise and JPEG grain averaged, but the furthest from any one slice.")
         main.addRow("Layer", self.layer_combo)
         main.addRow("Method", self.method_combo)
         main.addRow("Weights", self.methods.weights_row)  # networks only: shown when one is chosen

@@ -163,7 +163,7 @@ class Retoucher:
 
         self.base = base
         self.stack = matching_stack(load_stack(stack, **load), base)
-        self.feather = FEATHER_PX if base.blend == "soft" else 0
+        self.feather = FEATHER_PX if base.blend in ("soft", "two-scale") else 0
         self.timed = base.focus_map.ndim == 3
         z = base.z_positions if base.z_positions is not None else self.stack.z_positions
         if z is None and base.z_step:
