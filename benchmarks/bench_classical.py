@@ -55,11 +55,15 @@ def baseline_variance_argmax(stack: np.ndarray, window: int = 9) -> tuple[np.nda
 
 
 def quality(n_stacks: int, seed: int = 1234, decisions: tuple[str, ...] = ("legacy",),
-            methods: tuple[str, ...] = METHODS) -> None:
+            methods: tuple[str, ...] = METHODS, blends: tuple[str, ...] = ("hard",)) -> None:
     """``decisions``: "legacy" (the default: best/mean confidence, one fill scale) and/or "halo"
-    (core/tiles/decision.py), each method under each, side by side on the same stacks (issue 26)."""
+    (core/tiles/decision.py), each method under each, side by side on the same stacks (issue 26).
+    ``blends``: any of fuse()'s blends, each a row per method and decision (the default: hard only)."""
     rng = np.random.default_rng(seed)
-    names = [m if decisions == ("legacy",) else f"{m}/{d}" for m in methods for d in decisions]
+    def name(m: str, d: str, b: str) -> str:
+        return (m if decisions == ("legacy",) else f"{m}/{d}") + ("" if b == "hard" else f" {b}")
+
+    names = [name(m, d, b) for m in methods for d in decisions for b in blends]
     rows: dict[str, list] = {m: [] for m in ("baseline", *names)}
     for i in range(n_stacks):
         rgb = i % 2 == 0
@@ -70,10 +74,10 @@ def quality(n_stacks: int, seed: int = 1234, decisions: tuple[str, ...] = ("lega
         rows["baseline"].append((psnr(aif, s.aif), ssim(aif, s.aif), *focus_error(idx, s.focus_index, mask).values()))
         for m in methods:
             for d in decisions:
-                r = fuse(s.slices, method=m, device="cpu", decision=d)
-                rows[m if decisions == ("legacy",) else f"{m}/{d}"].append(
-                    (psnr(r.all_in_focus, s.aif), ssim(r.all_in_focus, s.aif),
-                     *focus_error(r.focus_map, s.focus_index, mask).values()))
+                for b in blends:
+                    r = fuse(s.slices, method=m, device="cpu", decision=d, blend=b)
+                    rows[name(m, d, b)].append((psnr(r.all_in_focus, s.aif), ssim(r.all_in_focus, s.aif),
+                                                *focus_error(r.focus_map, s.focus_index, mask).values()))
     print(f"\n## Quality on {n_stacks} synthetic stacks (seed {seed}; N 5-30; 8-bit RGB / 16-bit gray; noisy)")
     print(f"{'method':18s} {'PSNR dB':>8s} {'SSIM':>7s} {'focus MAE':>10s} {'within±1':>9s} {'within±0.5':>10s} {'ΔPSNR vs base':>14s}")
     base = np.mean([r[0] for r in rows["baseline"]])
@@ -127,12 +131,14 @@ def main() -> None:
     p.add_argument("--child", default=None)
     p.add_argument("--decisions", default="legacy", help="comma list of legacy,halo (issue 26: side by side)")
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--blends", default="hard", help="comma list of hard,exact,soft,two-scale")
     p.add_argument("--no-speed", action="store_true")
     args = p.parse_args()
     if args.child:
         print(json.dumps(_one(args.child, str(args.real), args.repeat)))
         return
-    quality(args.stacks, decisions=tuple(args.decisions.split(",")), methods=tuple(args.methods.split(",")))
+    quality(args.stacks, decisions=tuple(args.decisions.split(",")), methods=tuple(args.methods.split(",")),
+            blends=tuple(args.blends.split(",")))
     if args.no_speed:
         return
     if args.real.exists():
