@@ -19,6 +19,7 @@ tile margin covers, so tiled and whole-image soft blends agree (to float roundin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -125,6 +126,53 @@ def _box(x: torch.Tensor, k: int) -> torch.Tensor:
     return box_mean(x[None, None].contiguous(), k)[0, 0]
 
 
+def _guide_stats(I: torch.Tensor, k: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box mean and variance (+ ``eps``) of a guide: computed once per tile, shared by every slice's filter."""
+    m = _box(I, k)
+    return m, (_box(I * I, k) - m * m).clamp_min(0) + eps
+
+
+def _coefficients(I: torch.Tensor, mean_I: torch.Tensor, var_I: torch.Tensor, p: torch.Tensor,
+                  k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """He et al.'s guided filter of ``p`` (box ``k``): the box means of its linear coefficients a and b, so
+    that the filtered map is a * I + b."""
+    a = (_box(I * p, k) - mean_I * _box(p, k)) / var_I
+    b = _box(p, k) - a * mean_I
+    return _box(a.contiguous(), k), _box(b.contiguous(), k)
+
+
+def _guided(I: torch.Tensor, mean_I: torch.Tensor, var_I: torch.Tensor, p: torch.Tensor, k: int) -> np.ndarray:
+    """The guided filter of ``p`` with the guide's statistics given, clipped at 0 (a weight map)."""
+    a, b = _coefficients(I, mean_I, var_I, p, k)
+    return (a * I + b).clamp_min(0).numpy()
+
+
+def _unit_guide(img: np.ndarray, stack: FocalStack, blend: SoftBlend) -> torch.Tensor:
+    """The focus image of ``img`` with the stack's value range mapped to [0, 1] (the filters' eps assume it)."""
+    lo, hi = blend.guide_range
+    g = to_focus_image(img, rgb=stack.rgb, channel=blend.channel, dtype=stack.dtype)
+    return torch.from_numpy((g - np.float32(lo)) * np.float32(1.0 / (hi - lo)))
+
+
+def _slice_boxes(index: np.ndarray, reach: int) -> Iterator[tuple[int, np.ndarray, tuple[slice, slice]]]:
+    """(slice, its selection mask inside the box, the box) for every slice the map uses: the box around its
+    pixels plus ``reach``, clipped to the map. A slice's weights are 0 beyond it, so it is the only part read."""
+    h, w = index.shape
+    for z in np.unique(index):
+        mask = index == z
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        sub = (slice(max(0, rows[0] - reach), min(h, rows[-1] + 1 + reach)),
+               slice(max(0, cols[0] - reach), min(w, cols[-1] + 1 + reach)))
+        yield int(z), mask[sub], sub
+
+
+def _read_box(stack: FocalStack, z: int, t: int, read: tuple[slice, slice], sub: tuple[slice, slice]) -> np.ndarray:
+    """Slice ``z``'s pixels in ``sub`` of the read window ``read``."""
+    y0, x0 = read[0].start or 0, read[1].start or 0
+    return stack.read_window(z, t, (slice(y0 + sub[0].start, y0 + sub[0].stop),
+                                    slice(x0 + sub[1].start, x0 + sub[1].stop)))
+
+
 def soft_blend_window(stack: FocalStack, index: np.ndarray, t: int, read: tuple[slice, slice],
                       crop: tuple[slice, slice], guide: np.ndarray, blend: SoftBlend) -> np.ndarray:
     """Soft all-in-focus pixels of a tile's write window.
@@ -135,41 +183,20 @@ def soft_blend_window(stack: FocalStack, index: np.ndarray, t: int, read: tuple[
     if blend.two_scale:
         return two_scale_window(stack, index, t, read, crop, guide, blend)
     k = 2 * blend.radius + 1
-    lo, hi = blend.guide_range
-    g = to_focus_image(guide, rgb=stack.rgb, channel=blend.channel, dtype=stack.dtype)
-    I = torch.from_numpy((g - np.float32(lo)) * np.float32(1.0 / (hi - lo)))
-    mean_I = _box(I, k)
-    var_I = (_box(I * I, k) - mean_I * mean_I).clamp_min(0) + blend.eps
+    I = _unit_guide(guide, stack, blend)
+    mean_I, var_I = _guide_stats(I, k, blend.eps)
     h, w = index.shape
     chans = (stack.n_channels,) if stack.has_channels else ()
     num = np.zeros((h, w) + chans, np.float64)
     den = np.zeros((h, w), np.float64)
-    reach = blend.support
-    y0, x0 = read[0].start or 0, read[1].start or 0
-    for z in np.unique(index):
-        mask = index == z
-        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-        ya, yb = max(0, rows[0] - reach), min(h, rows[-1] + 1 + reach)
-        xa, xb = max(0, cols[0] - reach), min(w, cols[-1] + 1 + reach)
-        sub = (slice(ya, yb), slice(xa, xb))
-        p = torch.from_numpy(mask[sub].astype(np.float32))
-        Is, mI, vI = I[sub], mean_I[sub], var_I[sub]
-        a = (_box(Is * p, k) - mI * _box(p, k)) / vI
-        b = _box(p, k) - a * mI
-        q = (_box(a.contiguous(), k) * Is + _box(b.contiguous(), k)).clamp_min(0).numpy()
-        pixels = stack.read_window(int(z), t, (slice(y0 + ya, y0 + yb), slice(x0 + xa, x0 + xb)))
+    for z, mask, sub in _slice_boxes(index, blend.support):
+        q = _guided(I[sub], mean_I[sub], var_I[sub], torch.from_numpy(mask.astype(np.float32)), k)
+        pixels = _read_box(stack, z, t, read, sub)
         den[sub] += q
         num[sub] += (q[..., None] if chans else q) * pixels
     cy, cx = crop
     den_c = np.maximum(den[cy, cx], 1e-12)
     return cast_to(num[cy, cx] / (den_c[..., None] if chans else den_c), stack.dtype)
-
-
-def _guided(I: torch.Tensor, mean_I: torch.Tensor, var_I: torch.Tensor, p: torch.Tensor, k: int) -> np.ndarray:
-    """He et al.'s guided filter of ``p`` (box ``k``) with the guide's box mean and variance (+ eps) given."""
-    a = (_box(I * p, k) - mean_I * _box(p, k)) / var_I
-    b = _box(p, k) - a * mean_I
-    return (_box(a.contiguous(), k) * I + _box(b.contiguous(), k)).clamp_min(0).numpy()
 
 
 def _coarse_guided(I: torch.Tensor, p: torch.Tensor, radius: int, eps: float, f: int,
@@ -182,17 +209,9 @@ def _coarse_guided(I: torch.Tensor, p: torch.Tensor, radius: int, eps: float, f:
     both = F.pad(torch.stack((I, p))[None], pad, mode="replicate")
     Ic, pc = F.avg_pool2d(both, f)[0]
     k = 2 * max(1, round(radius / f)) + 1
-    mean_I, var_I = _guide_stats(Ic, k, eps)
-    a = (_box(Ic * pc, k) - mean_I * _box(pc, k)) / var_I
-    b = _box(pc, k) - a * mean_I
-    ab = torch.stack((_box(a.contiguous(), k), _box(b.contiguous(), k)))[None]
+    ab = torch.stack(_coefficients(Ic, *_guide_stats(Ic, k, eps), pc, k))[None]
     ab = F.interpolate(ab, scale_factor=f, mode="bilinear", align_corners=False)[0, :, gy:gy + h, gx:gx + w]
     return (ab[0] * I + ab[1]).clamp_min(0).numpy()
-
-
-def _guide_stats(I: torch.Tensor, k: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    m = _box(I, k)
-    return m, (_box(I * I, k) - m * m).clamp_min(0) + eps
 
 
 def two_scale_window(stack: FocalStack, index: np.ndarray, t: int, read: tuple[slice, slice],
@@ -207,15 +226,8 @@ def two_scale_window(stack: FocalStack, index: np.ndarray, t: int, read: tuple[s
     time: memory stays O(tile). Not pixel-faithful, and unlike the soft blend not even a convex mix per
     pixel: a slice's detail rides on the mixed base, so values can pass the slices' range (clipped to the dtype).
     """
-    lo, hi = blend.guide_range
-    scale = np.float32(1.0 / (hi - lo))
-
-    def unit(img: np.ndarray) -> torch.Tensor:
-        g = to_focus_image(img, rgb=stack.rgb, channel=blend.channel, dtype=stack.dtype)
-        return torch.from_numpy((g - np.float32(lo)) * scale)
-
     kn, kw = 2 * blend.radius + 1, 2 * TWO_SCALE_WIDE_RADIUS + 1
-    I = unit(guide)
+    I = _unit_guide(guide, stack, blend)
     mean_n, var_n = _guide_stats(I, kn, blend.eps)
     mean_w, var_w = _guide_stats(I, kw, TWO_SCALE_WIDE_EPS)
     fi = torch.from_numpy(index.astype(np.float32))
@@ -226,22 +238,17 @@ def two_scale_window(stack: FocalStack, index: np.ndarray, t: int, read: tuple[s
     # sums of weight x layer, channels first (every box filter and sum runs on whole rows), and of weights
     num_b, num_d = np.zeros((nc, h, w), np.float32), np.zeros((nc, h, w), np.float32)
     den_b, den_d = np.zeros((h, w), np.float32), np.zeros((h, w), np.float32)
-    reach = blend.support
     y0, x0 = read[0].start or 0, read[1].start or 0
-    for z in np.unique(index):
-        mask = index == z
-        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-        ya, yb = max(0, rows[0] - reach), min(h, rows[-1] + 1 + reach)
-        xa, xb = max(0, cols[0] - reach), min(w, cols[-1] + 1 + reach)
-        sub = (slice(ya, yb), slice(xa, xb))
-        m = mask[sub].astype(np.float32)
+    for z, mask, sub in _slice_boxes(index, blend.support):
+        m = mask.astype(np.float32)
         p = torch.from_numpy(m)
-        pixels = stack.read_window(int(z), t, (slice(y0 + ya, y0 + yb), slice(x0 + xa, x0 + xb)))
+        pixels = _read_box(stack, z, t, read, sub)
         px = np.ascontiguousarray(np.moveaxis(pixels, -1, 0) if stack.has_channels else pixels[None], np.float32)
         base = box_mean(torch.from_numpy(px), TWO_SCALE_BASE_BOX).numpy()
         px -= base  # the detail layer
-        wb = _coarse_guided(unit(pixels), p, TWO_SCALE_BASE_RADIUS, TWO_SCALE_BASE_EPS, TWO_SCALE_COARSE,
-                            ((y0 + ya) % TWO_SCALE_COARSE, (x0 + xa) % TWO_SCALE_COARSE))
+        wb = _coarse_guided(_unit_guide(pixels, stack, blend), p, TWO_SCALE_BASE_RADIUS, TWO_SCALE_BASE_EPS,
+                            TWO_SCALE_COARSE, ((y0 + sub[0].start) % TWO_SCALE_COARSE,
+                                               (x0 + sub[1].start) % TWO_SCALE_COARSE))
         wb += np.float32(_FLOOR) * m
         c = narrow_share[sub]
         # the narrow and wide detail weights of one guide each sum to ~1 over the slices (a guided filter is
